@@ -1,0 +1,159 @@
+"""Every setting Sluice reads from the environment, in one place."""
+
+import secrets
+from pathlib import Path
+
+import environ
+from django.utils.translation import gettext_lazy as _
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+if (BASE_DIR / ".env").exists():
+    environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+DATA_DIR = Path(env("SLUICE_DATA_DIR", default=str(BASE_DIR / "data")))
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+
+def _persistent_secret_key() -> str:
+    """Embedded defaults keep a generated key in the data directory: provider keys stay decryptable."""
+    path = DATA_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+SECRET_KEY = env("SECRET_KEY", default="") or _persistent_secret_key()
+DEBUG = env.bool("DEBUG", default=False)
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+PORT = env.int("PORT", default=8000)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "settings_app",
+    "providers",
+    "proxy",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "config.urls"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'sluice.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL lets the request-log writer and the admin work side by side.
+    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
+    DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
+    DATABASES["default"]["OPTIONS"]["timeout"] = 20
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+
+REDIS_URL = env("REDIS_URL", default="")
+if REDIS_URL:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CHANNEL_LAYERS = {
+        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "sluice"}}
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+LANGUAGES = [
+    ("en", _("English")),
+    ("zh-hans", _("Simplified Chinese")),
+    ("zh-hant", _("Traditional Chinese")),
+    ("ja", _("Japanese")),
+    ("ru", _("Russian")),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
+USE_I18N = True
+TIME_ZONE = env("TIME_ZONE", default="UTC")
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+# The admin's static files are served by the gateway itself (no web server needed in front of it).
+WHITENOISE_USE_FINDERS = True
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+
+# The gateway checks body size itself (SLUICE_MAX_BODY_BYTES) and answers with an OpenAI-style error;
+# Django's 2.5 MB default must not apply to /v1 bodies.
+DATA_UPLOAD_MAX_MEMORY_SIZE = None
+FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
+    "loggers": {"httpx": {"level": "WARNING"}, "httpcore": {"level": "WARNING"}},
+}
+
+# Gateway behaviour.
+SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=32 * 1024 * 1024)
+SLUICE_WS_MAX_FRAME_BYTES = env.int("SLUICE_WS_MAX_FRAME_BYTES", default=32 * 1024 * 1024)
+SLUICE_WS_FIRST_FRAME_TIMEOUT = env.float("SLUICE_WS_FIRST_FRAME_TIMEOUT", default=60.0)
+SLUICE_WS_IDLE_TIMEOUT = env.float("SLUICE_WS_IDLE_TIMEOUT", default=15 * 60.0)
+SLUICE_WS_MAX_AGE = env.float("SLUICE_WS_MAX_AGE", default=60 * 60.0)
+SLUICE_WS_QUEUE_LIMIT = env.int("SLUICE_WS_QUEUE_LIMIT", default=8)
+SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT = env.float("SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT", default=10.0)
+SLUICE_WS_UNSUPPORTED_TTL = env.int("SLUICE_WS_UNSUPPORTED_TTL", default=15 * 60)
+SLUICE_CONFIG_POLL_SECONDS = env.float("SLUICE_CONFIG_POLL_SECONDS", default=2.0)
+SLUICE_BREAKER_THRESHOLD = env.int("SLUICE_BREAKER_THRESHOLD", default=3)
+SLUICE_BREAKER_COOLDOWN = env.int("SLUICE_BREAKER_COOLDOWN", default=30)
+SLUICE_SESSION_AFFINITY_TTL = env.int("SLUICE_SESSION_AFFINITY_TTL", default=6 * 3600)
+SLUICE_RESPONSE_AFFINITY_TTL = env.int("SLUICE_RESPONSE_AFFINITY_TTL", default=7 * 24 * 3600)
+# "on"/"off" forces a system-settings switch regardless of the admin; empty leaves it to the admin.
+SLUICE_FORCE_CLIENT_WEBSOCKETS = env("SLUICE_FORCE_CLIENT_WEBSOCKETS", default="")
+SLUICE_FORCE_UPSTREAM_WEBSOCKETS = env("SLUICE_FORCE_UPSTREAM_WEBSOCKETS", default="")
+# Optional dedicated key for encrypting provider secrets; defaults to one derived from SECRET_KEY.
+SLUICE_ENCRYPTION_KEY = env("SLUICE_ENCRYPTION_KEY", default="")

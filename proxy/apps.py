@@ -1,0 +1,51 @@
+from django.apps import AppConfig
+from django.utils.translation import gettext_lazy as _
+
+
+class ProxyConfig(AppConfig):
+    name = "proxy"
+    verbose_name = _("Gateway")
+
+    def ready(self) -> None:
+        from django.db.models.signals import post_delete, post_save
+
+        from proxy.models import ApiKey, ModelPrice
+        from settings_app.runtime import bump_version
+
+        def key_changed(instance: ApiKey, **kwargs: object) -> None:
+            bump_version("api-keys")
+            if kwargs.get("signal") is post_delete or not instance.enabled or instance.is_expired:
+                _revoke(instance.pk)
+
+        post_save.connect(key_changed, sender=ApiKey, dispatch_uid="key-changed")
+        post_delete.connect(key_changed, sender=ApiKey, dispatch_uid="key-deleted")
+
+        def price_changed(**kwargs: object) -> None:
+            bump_version("prices")
+
+        post_save.connect(price_changed, sender=ModelPrice, dispatch_uid="price-changed")
+
+
+def _revoke(key_id: int) -> None:
+    """Close the live sockets of a revoked key in every process, through the channel layer."""
+    from asgiref.sync import async_to_sync
+    from channels.layers import get_channel_layer
+    from django.db import transaction
+
+    from proxy.consumers import key_group
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+
+    def send() -> None:
+        try:
+            async_to_sync(layer.group_send)(key_group(key_id), {"type": "sluice.revoke"})
+        except Exception:  # noqa: BLE001 - revocation must not break the admin save
+            import logging
+
+            logging.getLogger("sluice").warning(
+                "could not signal revocation of key %s", key_id, exc_info=True
+            )
+
+    transaction.on_commit(send)

@@ -1,0 +1,53 @@
+"""Client authentication against Sluice's own API keys, from an in-memory snapshot of the key table."""
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from proxy.models import ApiKey, hash_key
+from settings_app.runtime import Snapshot
+
+
+@dataclass(frozen=True)
+class Client:
+    key_id: int
+    key_name: str
+    owner_id: int
+    expires_at: dt.datetime | None
+
+
+def _load() -> dict[str, Client]:
+    rows = ApiKey.objects.filter(enabled=True).values_list(
+        "pk", "name", "owner_id", "expires_at", "hashed_key"
+    )
+    return {h: Client(pk, name, owner, exp) for pk, name, owner, exp, h in rows}
+
+
+keys: Snapshot[dict[str, Client]] = Snapshot("api-keys", _load)
+
+PROTOCOL_PREFIX = "openai-insecure-api-key."
+
+
+def presented_key(headers: Mapping[str, str], subprotocols: list[str] | tuple[str, ...] = ()) -> str | None:
+    """The key a client presents: ``Authorization: Bearer``, ``x-api-key``, or (WebSocket only) the
+    ``openai-insecure-api-key.<key>`` subprotocol that browsers use."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer " and auth[7:].strip():
+        return auth[7:].strip()
+    if headers.get("x-api-key"):
+        return headers["x-api-key"].strip()
+    for proto in subprotocols:
+        if proto.startswith(PROTOCOL_PREFIX):
+            return proto[len(PROTOCOL_PREFIX) :]
+    return None
+
+
+async def authenticate(raw: str | None) -> Client | None:
+    if not raw:
+        return None
+    client = (await keys.aget()).get(hash_key(raw))
+    if client is None or (client.expires_at is not None and client.expires_at <= timezone.now()):
+        return None
+    return client

@@ -1,0 +1,115 @@
+"""WebSocket ingress on /v1/responses: translates ASGI events into calls on a ``Session``."""
+
+import logging
+from typing import Any
+
+from channels.consumer import AsyncConsumer
+from channels.exceptions import StopConsumer
+
+from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
+from proxy.wire import WireError
+from proxy.ws_session import Session
+from settings_app.runtime import system_settings
+
+log = logging.getLogger("sluice.ws")
+
+
+def key_group(key_id: int) -> str:
+    return f"sluice.key.{key_id}"
+
+
+class ResponsesConsumer(AsyncConsumer):
+    session: Session | None = None
+    closed = False
+
+    async def deny(self, status: int, error: WireError) -> None:
+        """Refuse the upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
+        daphne can only refuse with 403."""
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            await self.send(
+                {
+                    "type": "websocket.http.response.start",
+                    "status": status,
+                    "headers": [(b"content-type", b"application/json")],
+                }
+            )
+            await self.send({"type": "websocket.http.response.body", "body": error.http_body()})
+        else:
+            await self.send({"type": "websocket.close", "code": 1008})
+        self.closed = True
+
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
+        offered = self.scope.get("subprotocols") or []
+        if not (await system_settings.aget()).client_websockets:
+            log.info("refused a WebSocket upgrade: client WebSockets are turned off")
+            await self.deny(
+                426,
+                WireError(
+                    426, "websockets_disabled", "WebSocket mode is turned off on this gateway; use HTTP."
+                ),
+            )
+            return
+        client = await authenticate(presented_key(headers, offered))
+        if client is None:
+            log.info("refused a WebSocket upgrade: missing or invalid API key")
+            await self.deny(
+                401, WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
+            )
+            return
+        if self.channel_layer is not None:
+            await self.channel_layer.group_add(key_group(client.key_id), self.channel_name)
+            self.groups = [key_group(client.key_id)]
+        # Never echo the subprotocol that carries the key; pick another one the client offered, if any.
+        subprotocol = next((p for p in offered if not p.startswith(PROTOCOL_PREFIX)), None)
+        await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
+        self.session = Session(client, headers, self.send_text, self.close)
+
+    async def send_text(self, text: str) -> None:
+        if not self.closed:
+            await self.send({"type": "websocket.send", "text": text})
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        if not self.closed:
+            self.closed = True
+            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+
+    async def websocket_receive(self, message: dict[str, Any]) -> None:
+        if self.session is None:
+            return
+        text = message.get("text")
+        if text is None:
+            await self.send_text(
+                WireError(
+                    400, "unsupported_frame", "Binary frames are not supported; send JSON text frames."
+                ).ws_frame()
+            )
+            await self.close(1003, "binary frames are not supported")
+            return
+        await self.session.receive(text)
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        self.closed = True
+        if self.session is not None:
+            await self.session.shutdown()
+        for group in getattr(self, "groups", []):
+            await self.channel_layer.group_discard(group, self.channel_name)
+        raise StopConsumer()
+
+    async def sluice_revoke(self, event: dict[str, Any]) -> None:
+        """The key was disabled or deleted in another process: end this connection."""
+        await self.send_text(WireError(401, "invalid_api_key", "This API key was revoked.").ws_frame())
+        await self.close(1008, "API key revoked")
+
+
+class NotFoundConsumer(AsyncConsumer):
+    async def websocket_connect(self, message: dict[str, Any]) -> None:
+        if "websocket.http.response" in self.scope.get("extensions", {}):
+            body = WireError(404, "not_found", f"No WebSocket endpoint at {self.scope['path']}.").http_body()
+            await self.send({"type": "websocket.http.response.start", "status": 404, "headers": []})
+            await self.send({"type": "websocket.http.response.body", "body": body})
+        else:
+            await self.send({"type": "websocket.close", "code": 1008})
+
+    async def websocket_disconnect(self, message: dict[str, Any]) -> None:
+        raise StopConsumer()

@@ -1,0 +1,119 @@
+"""The ASGI handler for /v1: Django's, without the admin's middleware and per-request thread hops.
+
+Django's ``ASGIHandler`` runs every request inside its own thread-sensitive context, fires the
+request_started/finished signals through ``sync_to_async`` and passes through the session, CSRF and auth
+middleware that only the admin needs. The API views touch no database connection in the event loop
+(configuration comes from in-memory snapshots, the request log is written by its own thread), so this
+handler skips all of that, and enforces the body size limit while the body is being received.
+"""
+
+import asyncio
+import logging
+import tempfile
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.exception import convert_exception_to_response
+from django.urls import set_script_prefix
+
+from proxy.views import error_response, max_body_error
+
+log = logging.getLogger("sluice.http")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ApiHandler(ASGIHandler):
+    def load_middleware(self, is_async: bool = False) -> None:
+        self._view_middleware = []
+        self._template_response_middleware = []
+        self._exception_middleware = []
+        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        await self.handle(scope, receive, send)
+
+    async def read_body(self, receive: Any) -> Any:
+        limit = settings.SLUICE_MAX_BODY_BYTES
+        body_file = tempfile.SpooledTemporaryFile(max_size=settings.FILE_UPLOAD_MAX_MEMORY_SIZE, mode="w+b")
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                body_file.close()
+                raise RequestAborted()
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                body_file.close()
+                raise BodyTooLarge()
+            if chunk:
+                body_file.write(chunk)
+            if not message.get("more_body", False):
+                break
+        body_file.seek(0)
+        return body_file
+
+    async def handle(self, scope: dict, receive: Any, send: Any) -> None:
+        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        try:
+            if declared is not None and int(declared) > settings.SLUICE_MAX_BODY_BYTES:
+                raise BodyTooLarge()
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        except (BodyTooLarge, ValueError):
+            log.info(
+                "refused %s %s: body over %d bytes",
+                scope["method"],
+                scope["path"],
+                settings.SLUICE_MAX_BODY_BYTES,
+            )
+            response = error_response(max_body_error())
+            response["Connection"] = "close"
+            await self.send_response(response, send)
+            return
+        set_script_prefix(self.get_script_prefix(scope))
+        request, error_response_ = self.create_request(scope, body_file)
+        if request is None:
+            body_file.close()
+            await self.send_response(error_response_, send)
+            return
+
+        async def process() -> None:
+            response = await self.run_get_response(request)
+            try:
+                await self.send_response(response, send)
+            except asyncio.CancelledError:
+                pass
+
+        # A client that goes away cancels the view, and with it the upstream request.
+        listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
+        worker = asyncio.ensure_future(process())
+        try:
+            await asyncio.wait((listener, worker), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (worker, listener):
+                if not task.done():
+                    task.cancel()
+                    try:
+                        await task
+                    except (asyncio.CancelledError, RequestAborted):
+                        pass
+            if worker.done() and not worker.cancelled() and worker.exception() is not None:
+                log.error(
+                    "unhandled error in %s %s", scope["method"], scope["path"], exc_info=worker.exception()
+                )
+            if listener.done() and not listener.cancelled():
+                listener.exception()  # RequestAborted on disconnect: expected, retrieved so it is not logged
+            body_file.close()
+
+    @staticmethod
+    def get_script_prefix(scope: dict) -> str:
+        from django.core.handlers.asgi import get_script_prefix
+
+        return get_script_prefix(scope)

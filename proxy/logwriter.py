@@ -1,0 +1,158 @@
+"""Request-log rows written off the hot path: turns are queued in memory and a thread inserts them in
+batches, pricing each from ``ModelPrice`` as it goes."""
+
+import datetime as dt
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from django.db import close_old_connections
+from django.utils import timezone
+
+from proxy.outcome import Outcome
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class TurnRecord:
+    key_id: int | None
+    client_transport: str
+    endpoint: str = "responses"
+    requested_model: str = ""
+    upstream_model: str = ""
+    provider_id: int | None = None
+    status: int = 200
+    error_code: str = ""
+    upstream_transport: str = ""
+    fallback_reason: str = ""
+    ws_handshake_ms: float | None = None
+    upstream_ws_url: str = ""
+    session_id: str = ""
+    created_at: dt.datetime = field(default_factory=timezone.now)
+    started: float = field(default_factory=time.perf_counter)
+    first_event_at: float | None = None
+    finished_at: float | None = None
+    outcome: Outcome = field(default_factory=Outcome)
+
+    def first_event(self) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = time.perf_counter()
+
+
+_queue: "queue.SimpleQueue[TurnRecord | None]" = queue.SimpleQueue()
+_lock = threading.Lock()
+_thread: threading.Thread | None = None
+_pending = 0
+_idle = threading.Condition(_lock)
+
+
+def submit(record: TurnRecord) -> None:
+    """Queue a finished turn; never blocks, never touches the database in the caller's thread."""
+    global _pending, _thread
+    if record.finished_at is None:
+        record.finished_at = time.perf_counter()
+    with _lock:
+        _pending += 1
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="sluice-request-log", daemon=True)
+            _thread.start()
+    _queue.put(record)
+
+
+def flush(timeout: float = 10.0) -> bool:
+    """Wait until every submitted record is written (tests, shutdown). Returns False on timeout."""
+    deadline = time.monotonic() + timeout
+    with _idle:
+        while _pending:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            _idle.wait(remaining)
+    return True
+
+
+def _run() -> None:
+    global _pending
+    while True:
+        batch = [_queue.get()]
+        time.sleep(0.05)  # let a burst gather into one transaction
+        while len(batch) < 500:
+            try:
+                batch.append(_queue.get_nowait())
+            except queue.Empty:
+                break
+        try:
+            write(batch)
+        except Exception:
+            log.exception("could not write %d request log rows", len(batch))
+        finally:
+            close_old_connections()
+            with _idle:
+                _pending -= len(batch)
+                _idle.notify_all()
+
+
+def write(batch: list[TurnRecord]) -> None:
+    from django.db.models import F
+    from django.db.models.functions import Coalesce, Greatest
+
+    from proxy.models import ApiKey, ModelPrice, RequestLog
+
+    prices = {p.model: p for p in ModelPrice.objects.all()}
+    rows = []
+    for r in batch:
+        o = r.outcome
+        model = o.model or r.upstream_model
+        price = _price_for(prices, model)
+        finished = r.finished_at or r.started
+        rows.append(
+            RequestLog(
+                created_at=r.created_at,
+                api_key_id=r.key_id,
+                provider_id=r.provider_id,
+                endpoint=r.endpoint,
+                requested_model=r.requested_model[:200],
+                upstream_model=model[:200],
+                status=r.status,
+                error_code=(r.error_code or o.error_code)[:100],
+                input_tokens=o.input_tokens,
+                cached_input_tokens=o.cached_input_tokens,
+                output_tokens=o.output_tokens,
+                reasoning_tokens=o.reasoning_tokens,
+                cost=price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens)
+                if price
+                else Decimal(0),
+                time_to_first_event_ms=(r.first_event_at - r.started) * 1000 if r.first_event_at else None,
+                duration_ms=(finished - r.started) * 1000,
+                client_transport=r.client_transport,
+                upstream_transport=r.upstream_transport,
+                fallback_reason=r.fallback_reason,
+                ws_handshake_ms=r.ws_handshake_ms,
+                upstream_ws_url=r.upstream_ws_url[:500],
+                response_id=o.response_id[:200],
+                session_id=r.session_id[:200],
+            )
+        )
+    RequestLog.objects.bulk_create(rows)
+    used: dict[int, dt.datetime] = {}
+    for r in batch:
+        if r.key_id is not None:
+            used[r.key_id] = max(used.get(r.key_id, r.created_at), r.created_at)
+    for key_id, when in used.items():
+        ApiKey.objects.filter(pk=key_id).update(
+            last_used_at=Greatest(Coalesce(F("last_used_at"), when), when)
+        )
+
+
+def _price_for(prices: dict, model: str) -> object | None:
+    if model in prices:
+        return prices[model]
+    best = None
+    for name, price in prices.items():
+        if model.startswith(name) and (best is None or len(name) > len(best[0])):
+            best = (name, price)
+    return best[1] if best else None

@@ -1,0 +1,47 @@
+import sys
+
+import uvicorn
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.core.management.base import BaseCommand, CommandParser
+
+
+class Command(BaseCommand):
+    help = "Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=settings.PORT)
+        parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument("--access-log", action="store_true", help="Log every HTTP request line.")
+        parser.add_argument("--workers", type=int, default=1)
+
+    def handle(self, *args: object, **options: object) -> None:
+        if not options["no_migrate"]:
+            call_command("migrate", interactive=False, verbosity=0)
+        host, port = options["host"], options["port"]
+        admin_url = f"http://{host}:{port}/admin/"
+        if not get_user_model().objects.filter(is_superuser=True).exists():
+            self.stdout.write(
+                f"Sluice is starting on http://{host}:{port}/v1. No admin user exists yet: create one with\n"
+                f"  {sys.executable} manage.py createsuperuser\n"
+                f"then sign in at {admin_url} to add providers and API keys."
+            )
+        else:
+            self.stdout.write(f"Sluice is starting on http://{host}:{port}/v1; admin at {admin_url}")
+        self.stdout.flush()
+        uvicorn.run(
+            "config.asgi:application",
+            host=str(host),
+            port=int(port),  # type: ignore[arg-type]
+            workers=int(options["workers"]),  # type: ignore[arg-type]
+            lifespan="off",
+            ws="websockets-sansio",
+            ws_max_size=settings.SLUICE_WS_MAX_FRAME_BYTES,
+            ws_per_message_deflate=True,
+            access_log=bool(options["access_log"]),
+            proxy_headers=True,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )

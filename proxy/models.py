@@ -1,0 +1,131 @@
+import hashlib
+import secrets
+from decimal import Decimal
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
+
+from proxy.transport import FallbackReason, Transport
+
+KEY_PREFIX = "sk-sluice-"
+
+
+def hash_key(raw: str) -> str:
+    # Keys are 256-bit random tokens: a fast hash is enough and keeps authentication off the hot path.
+    return hashlib.sha256(raw.encode()).hexdigest()
+
+
+class ApiKey(models.Model):
+    name = models.CharField(_("name"), max_length=100)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        on_delete=models.CASCADE,
+        related_name="sluice_keys",
+    )
+    enabled = models.BooleanField(_("enabled"), default=True)
+    expires_at = models.DateTimeField(_("expires at"), null=True, blank=True)
+    prefix = models.CharField(_("prefix"), max_length=20, editable=False)
+    hashed_key = models.CharField(_("hashed key"), max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    last_used_at = models.DateTimeField(_("last used"), null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("API key")
+        verbose_name_plural = _("API keys")
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    def generate(self) -> str:
+        """Give the key a new secret and return it: the only time it exists in clear."""
+        raw = KEY_PREFIX + secrets.token_urlsafe(32)
+        self.prefix = raw[: len(KEY_PREFIX) + 4]
+        self.hashed_key = hash_key(raw)
+        return raw
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+
+class ModelPrice(models.Model):
+    model = models.CharField(
+        _("model"),
+        max_length=200,
+        unique=True,
+        help_text=_("An upstream model name; it also prices dated variants that start with it."),
+    )
+    input_per_million = models.DecimalField(_("input (USD / 1M tokens)"), max_digits=12, decimal_places=4)
+    cached_input_per_million = models.DecimalField(
+        _("cached input (USD / 1M tokens)"), max_digits=12, decimal_places=4, default=Decimal(0)
+    )
+    output_per_million = models.DecimalField(_("output (USD / 1M tokens)"), max_digits=12, decimal_places=4)
+
+    class Meta:
+        ordering = ["model"]
+        verbose_name = _("model price")
+        verbose_name_plural = _("model prices")
+
+    def __str__(self) -> str:
+        return self.model
+
+    def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
+        cached = min(cached_tokens, input_tokens)
+        total = (
+            (input_tokens - cached) * self.input_per_million
+            + cached * self.cached_input_per_million
+            + output_tokens * self.output_per_million
+        )
+        return (total / Decimal(1_000_000)).quantize(Decimal("0.00000001"))
+
+
+class ClientTransport(models.TextChoices):
+    HTTP = "http", _("HTTP")
+    WEBSOCKET = "websocket", _("WebSocket")
+
+
+class RequestLog(models.Model):
+    """One row per turn: an HTTP request, or one response.create on a WebSocket."""
+
+    created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
+    api_key = models.ForeignKey(ApiKey, verbose_name=_("API key"), null=True, on_delete=models.SET_NULL)
+    provider = models.ForeignKey(
+        "providers.Provider", verbose_name=_("provider"), null=True, blank=True, on_delete=models.SET_NULL
+    )
+    endpoint = models.CharField(_("endpoint"), max_length=64, default="responses")
+    requested_model = models.CharField(_("requested model"), max_length=200, blank=True)
+    upstream_model = models.CharField(_("upstream model"), max_length=200, blank=True)
+    status = models.PositiveSmallIntegerField(_("status"), default=200)
+    error_code = models.CharField(_("error code"), max_length=100, blank=True)
+    input_tokens = models.PositiveIntegerField(_("input tokens"), default=0)
+    cached_input_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
+    output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
+    reasoning_tokens = models.PositiveIntegerField(_("reasoning tokens"), default=0)
+    cost = models.DecimalField(_("cost (USD)"), max_digits=14, decimal_places=8, default=Decimal(0))
+    time_to_first_event_ms = models.FloatField(_("time to first event (ms)"), null=True, blank=True)
+    duration_ms = models.FloatField(_("duration (ms)"), default=0)
+    client_transport = models.CharField(
+        _("client transport"), max_length=10, choices=ClientTransport.choices, default=ClientTransport.HTTP
+    )
+    upstream_transport = models.CharField(
+        _("upstream transport"), max_length=10, choices=Transport.choices, blank=True
+    )
+    fallback_reason = models.CharField(
+        _("fallback reason"), max_length=40, choices=FallbackReason.choices, blank=True
+    )
+    ws_handshake_ms = models.FloatField(_("upstream handshake (ms)"), null=True, blank=True)
+    upstream_ws_url = models.CharField(_("upstream WebSocket URL"), max_length=500, blank=True)
+    response_id = models.CharField(_("response id"), max_length=200, blank=True, db_index=True)
+    session_id = models.CharField(_("session"), max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = _("request log")
+        verbose_name_plural = _("request logs")
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.requested_model} {self.status}"

@@ -1,0 +1,77 @@
+"""What a turn produced, read from its terminal event (the only event the gateway parses whole)."""
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Outcome:
+    response_id: str = ""
+    model: str = ""
+    status: str = ""
+    input_tokens: int = 0
+    cached_input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    error_code: str = ""
+    output: list[Any] = field(default_factory=list)
+
+    def read_response(self, response: dict[str, Any]) -> None:
+        self.response_id = response.get("id") or self.response_id
+        self.model = response.get("model") or self.model
+        self.status = response.get("status") or self.status
+        self.output = response.get("output") or []
+        usage = response.get("usage") or {}
+        self.input_tokens = int(usage.get("input_tokens") or 0)
+        self.output_tokens = int(usage.get("output_tokens") or 0)
+        self.cached_input_tokens = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
+        self.reasoning_tokens = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
+        error = response.get("error") or {}
+        if isinstance(error, dict) and error.get("code"):
+            self.error_code = str(error["code"])
+        elif self.status == "incomplete":
+            details = response.get("incomplete_details") or {}
+            self.error_code = str(details.get("reason") or "incomplete")
+
+    def read_terminal(self, event_type: str, data: str) -> None:
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            self.error_code = "invalid_upstream_event"
+            return
+        if event_type == "error":
+            error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
+            self.error_code = str(error.get("code") or error.get("type") or "upstream_error")
+            self.status = "error"
+            return
+        response = payload.get("response")
+        if isinstance(response, dict):
+            self.read_response(response)
+
+
+def scan_json_response(head: bytes, tail: bytes, complete: bytes | None, outcome: Outcome) -> None:
+    """Fill ``outcome`` from a non-streamed response body: parse it whole when it was small enough to keep,
+    else read the id from its head and the usage object from its tail."""
+    if complete is not None:
+        try:
+            outcome.read_response(json.loads(complete))
+        except (ValueError, AttributeError):
+            outcome.error_code = "invalid_upstream_body"
+        return
+    text = head.decode(errors="replace")
+    marker = text.find('"id"')
+    if marker >= 0:
+        try:
+            _, rest = text[marker:].split(":", 1)
+            outcome.response_id = json.JSONDecoder().raw_decode(rest.lstrip())[0]
+        except (ValueError, IndexError):
+            pass
+    tail_text = tail.decode(errors="replace")
+    marker = tail_text.rfind('"usage":')
+    if marker >= 0:
+        try:
+            usage = json.JSONDecoder().raw_decode(tail_text[marker + 8 :].lstrip())[0]
+            outcome.read_response({"usage": usage, "id": outcome.response_id})
+        except ValueError:
+            pass

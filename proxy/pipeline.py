@@ -1,0 +1,269 @@
+"""The turn pipeline shared by both ingresses: routing with failover over upstream HTTP, and relaying."""
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from providers import health, routing
+from providers.routing import Affinity, Plan, Route
+from proxy import logwriter
+from proxy.logwriter import TurnRecord
+from proxy.upstream_http import Opened, open_request
+from proxy.wire import TERMINAL_TYPES, Event, WireError
+
+log = logging.getLogger("sluice.pipeline")
+
+_SECRET = re.compile(r"(sk-[A-Za-z0-9_\-]{2})[A-Za-z0-9_\-*.]{6,}")
+
+
+def is_provider_failure(status: int) -> bool:
+    """Statuses that say the provider (not the request) is at fault: try the next provider.
+
+    401/403 from an upstream mean the gateway's own provider key is wrong; the client's key is fine and
+    the next provider may well serve it."""
+    return status >= 500 or status in (401, 403, 408, 429)
+
+
+def scrub(text: str, provider_key: str = "") -> str:
+    """Remove secrets from upstream text before it reaches a client, a log line or the admin."""
+    if provider_key:
+        text = text.replace(provider_key, "***")
+    return _SECRET.sub(r"\1***", text)
+
+
+def upstream_error(status: int, body: bytes, provider_key: str) -> WireError:
+    """The upstream's own error, as the client should see it, with secrets removed."""
+    try:
+        error = json.loads(body).get("error") or {}
+    except (ValueError, AttributeError):
+        error = {}
+    if not isinstance(error, dict):
+        error = {"message": str(error)}
+    message = scrub(
+        str(error.get("message") or body[:500].decode(errors="replace") or "Upstream error."), provider_key
+    )
+    return WireError(
+        status,
+        str(error.get("code") or ("rate_limit_exceeded" if status == 429 else "upstream_error")),
+        message,
+        error.get("param"),
+        str(error.get("type") or ("invalid_request_error" if status < 500 else "server_error")),
+    )
+
+
+class ProvidersFailed(WireError):
+    """Every provider tried failed on its side; the status is what the client should act on."""
+
+
+def all_failed(last: WireError | None) -> ProvidersFailed:
+    if last is not None and (last.status == 429 or last.code == "upstream_timeout"):
+        return ProvidersFailed(last.status, last.code, last.message, last.param, last.type)
+    detail = f" Last error: {last.message}" if last is not None else ""
+    return ProvidersFailed(
+        502,
+        "upstream_unavailable",
+        "No upstream provider could serve the request." + detail,
+        None,
+        "server_error",
+    )
+
+
+@dataclass
+class Relay:
+    """An upstream answer the client will receive, opened on one route."""
+
+    route: Route
+    opened: Opened
+    events: AsyncIterator[Event] | None  # SSE: the rest of the events, the first one already read
+    first: Event | None
+
+
+def body_for(route: Route, model: str | None, raw: bytes | None, body: dict[str, Any] | None) -> bytes | None:
+    """The request body for a route: the client's bytes untouched unless the model is redirected."""
+    if body is None or not model or route.upstream_model == model:
+        return raw
+    return json.dumps({**body, "model": route.upstream_model}).encode()
+
+
+async def open_with_failover(
+    plan: Plan,
+    *,
+    method: str,
+    path: str,
+    model: str | None,
+    raw: bytes | None,
+    body: dict[str, Any] | None,
+    headers: Mapping[str, str],
+    record: TurnRecord,
+    query: str = "",
+    read_first_event: bool = True,
+) -> Relay:
+    """Try routes in order until one answers; failures before any byte reaches the client move on."""
+    last: WireError | None = None
+    for route in plan.routes:
+        provider = route.provider
+        record.provider_id = provider.id
+        record.upstream_model = route.upstream_model
+        record.upstream_transport = "http"
+        opened: Opened | None = None
+        try:
+            async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
+                opened = await open_request(
+                    provider,
+                    method,
+                    path,
+                    body=body_for(route, model, raw, body),
+                    client_headers=headers,
+                    query=query,
+                )
+                if is_provider_failure(opened.status):
+                    last = upstream_error(opened.status, await opened.read_error(), provider.api_key)
+                    log.warning("provider %s answered %s; trying the next one", provider.name, opened.status)
+                    await health.record_failure(provider.id)
+                    continue
+                if opened.status >= 400:
+                    error = upstream_error(opened.status, await opened.read_error(), provider.api_key)
+                    raise error
+                is_sse = opened.response.headers.get("content-type", "").startswith("text/event-stream")
+                if not (is_sse and read_first_event):
+                    return Relay(route, opened, None, None)
+                events = opened.events().__aiter__()
+                first = await anext(events)
+                return Relay(route, opened, events, first)
+        except WireError:
+            raise
+        except (TimeoutError, httpx.TimeoutException):
+            last = WireError(
+                504,
+                "upstream_timeout",
+                f"Provider {provider.name} did not answer in time.",
+                None,
+                "server_error",
+            )
+        except (httpx.HTTPError, OSError, StopAsyncIteration) as exc:
+            last = WireError(
+                502,
+                "upstream_unavailable",
+                f"Provider {provider.name} failed: {type(exc).__name__}.",
+                None,
+                "server_error",
+            )
+        if opened is not None:
+            await opened.close()
+        log.warning("provider %s failed before the first event: %s", provider.name, last.message)
+        await health.record_failure(provider.id)
+    raise all_failed(last)
+
+
+async def finish(
+    record: TurnRecord, relay_route: Route | None, affinity: Affinity, plan: Plan | None
+) -> None:
+    """Bookkeeping once a turn's terminal event is known, before the client sees it: affinity, health."""
+    if relay_route is None:
+        return
+    provider_id = relay_route.provider.id
+    if record.status < 400:
+        await health.record_success(provider_id, relay_route.breaker_state)
+    await routing.remember(
+        provider_id, record.outcome.response_id or None, affinity, plan.session_provider if plan else None
+    )
+
+
+async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: Plan) -> AsyncIterator[bytes]:
+    """Relay SSE events untouched; the terminal event is parsed for usage before it is sent."""
+    assert relay.first is not None and relay.events is not None
+    terminal = False
+    sequence = 0
+    try:
+        record.first_event()
+        event = relay.first
+        while True:
+            if event.type in TERMINAL_TYPES:
+                terminal = True
+                record.outcome.read_terminal(event.type, event.data)
+                if event.type != "response.completed":
+                    record.status = 502 if event.type == "error" else 200
+                await finish(record, relay.route, affinity, plan)
+            yield event.as_sse()
+            sequence += 1
+            if terminal:
+                break
+            event = await anext(relay.events)
+    except StopAsyncIteration:
+        pass
+    except (httpx.HTTPError, OSError) as exc:
+        error = WireError(
+            502,
+            "upstream_stream_error",
+            f"The upstream stream broke: {type(exc).__name__}.",
+            None,
+            "server_error",
+        )
+        record.status, record.error_code = 502, error.code
+        log.warning("provider %s stream broke after %d events: %r", relay.route.provider.name, sequence, exc)
+        yield error.sse_event(sequence)
+        return
+    except asyncio.CancelledError:
+        record.status, record.error_code = 499, "client_disconnected"
+        raise
+    finally:
+        await relay.opened.close()
+        logwriter.submit(record)
+    if not terminal:
+        error = WireError(
+            502,
+            "upstream_stream_incomplete",
+            "The upstream stream ended before the response finished.",
+            None,
+            "server_error",
+        )
+        record.status, record.error_code = 502, error.code
+        yield error.sse_event(sequence)
+
+
+async def relay_bytes(
+    relay: Relay, record: TurnRecord, affinity: Affinity, plan: Plan | None, scan: bool
+) -> AsyncIterator[bytes]:
+    """Relay a body as it arrives. When ``scan``, the id and usage of a response object are read from
+    it with bounded memory, and the last chunk is held back until affinity is recorded."""
+    from proxy.outcome import scan_json_response
+
+    keep_limit = 1024 * 1024
+    kept: bytearray | None = bytearray() if scan else None
+    head = b""
+    tail = b""
+    held: bytes | None = None
+    try:
+        async for chunk in relay.opened.response.aiter_raw():
+            record.first_event()
+            if scan:
+                if len(head) < 8192:
+                    head += chunk[: 8192 - len(head)]
+                tail = (tail + chunk)[-65536:]
+                if kept is not None:
+                    kept += chunk
+                    if len(kept) > keep_limit:
+                        kept = None
+            if held is not None:
+                yield held
+            held = chunk
+        if scan:
+            scan_json_response(head, tail, bytes(kept) if kept is not None else None, record.outcome)
+        await finish(record, relay.route, affinity, plan)
+        if held is not None:
+            yield held
+    except (httpx.HTTPError, OSError) as exc:
+        record.status, record.error_code = 502, "upstream_stream_error"
+        log.warning("provider %s body broke: %r", relay.route.provider.name, exc)
+    except asyncio.CancelledError:
+        record.status, record.error_code = 499, "client_disconnected"
+        raise
+    finally:
+        await relay.opened.close()
+        logwriter.submit(record)

@@ -1,0 +1,95 @@
+"""Upstream WebSocket: one socket per client connection, reused across its turns."""
+
+import time
+from collections.abc import Mapping
+from urllib.parse import urlsplit, urlunsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import InvalidStatus
+
+from providers.registry import ProviderInfo
+from proxy.transport import FallbackReason
+from proxy.upstream_http import upstream_headers
+from settings_app import shared
+
+BETA_HEADER = "responses_websockets=2026-02-06"
+# Upgrade refusals that say "this upstream has no WebSocket mode", remembered for a while.
+NO_WEBSOCKET_STATUSES = frozenset({400, 404, 405, 426, 501})
+
+
+def public_url(url: str) -> str:
+    """The URL without credentials or query string, fit for the request log."""
+    parts = urlsplit(url)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def unsupported_key(provider_id: int) -> str:
+    return f"sluice:ws-unsupported:{provider_id}"
+
+
+class HandshakeFailed(Exception):
+    def __init__(self, reason: FallbackReason, status: int | None = None, detail: str = "") -> None:
+        super().__init__(detail or reason.label)
+        self.reason = reason
+        self.status = status
+        self.detail = detail
+
+
+class UpstreamSocket:
+    def __init__(self, provider: ProviderInfo, connection: ClientConnection, handshake_ms: float) -> None:
+        self.provider = provider
+        self.connection = connection
+        self.handshake_ms = handshake_ms
+        self.url = public_url(provider.websocket_url)
+        self.turns = 0
+
+    @property
+    def is_open(self) -> bool:
+        return self.connection.state is websockets.protocol.State.OPEN
+
+    @classmethod
+    async def open(
+        cls, provider: ProviderInfo, client_headers: Mapping[str, str], timeout: float
+    ) -> "UpstreamSocket":
+        headers = upstream_headers(provider, client_headers)
+        headers.pop("accept", None)
+        headers.pop("accept-encoding", None)
+        headers["openai-beta"] = BETA_HEADER
+        started = time.perf_counter()
+        try:
+            connection = await connect(
+                provider.websocket_url,
+                additional_headers=headers,
+                open_timeout=timeout,
+                max_size=None,
+                compression=None,
+                proxy=provider.proxy_url or None,
+                ping_interval=20,
+                ping_timeout=20,
+                user_agent_header=headers.get("user-agent") or "sluice",
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            raise HandshakeFailed(
+                FallbackReason.UPGRADE_REFUSED, status, f"upgrade refused with HTTP {status}"
+            ) from None
+        except TimeoutError:
+            raise HandshakeFailed(FallbackReason.HANDSHAKE_TIMEOUT, None, "handshake timed out") from None
+        except (OSError, websockets.exceptions.WebSocketException) as exc:
+            raise HandshakeFailed(FallbackReason.CONNECT_FAILED, None, type(exc).__name__) from None
+        return cls(provider, connection, (time.perf_counter() - started) * 1000)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+async def known_unsupported(provider_id: int) -> bool:
+    return bool(await shared.aget(unsupported_key(provider_id)))
+
+
+async def remember_unsupported(provider_id: int, ttl: int) -> None:
+    await shared.aset(unsupported_key(provider_id), True, ttl)

@@ -1,0 +1,283 @@
+"""HTTP ingress: the Responses API family on /v1, as async Django views."""
+
+import asyncio
+import functools
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httpx
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+
+from providers import routing
+from providers.registry import enabled_providers
+from providers.routing import Affinity
+from proxy import logwriter, pipeline
+from proxy.auth import Client, authenticate, presented_key
+from proxy.logwriter import TurnRecord
+from proxy.upstream_http import open_request, returned_headers
+from proxy.wire import WireError, parse_body, require_model
+
+log = logging.getLogger("sluice.http")
+
+View = Callable[..., Awaitable[HttpResponse]]
+
+
+def error_response(error: WireError) -> HttpResponse:
+    response = HttpResponse(error.http_body(), status=error.status, content_type="application/json")
+    if error.status == 401:
+        response["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def request_headers(request: HttpRequest) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}  # type: ignore[attr-defined]
+
+
+def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
+    """Authenticate with a Sluice key, allow ``methods``, and turn every refusal into an OpenAI error."""
+
+    def decorate(view: View) -> View:
+        @functools.wraps(view)
+        async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method not in methods:
+                response = error_response(
+                    WireError(
+                        405,
+                        "method_not_allowed",
+                        f"Method {request.method} is not allowed on {request.path}.",
+                    )
+                )
+                response["Allow"] = ", ".join(methods)
+                return response
+            headers = request_headers(request)
+            client = await authenticate(presented_key(headers))
+            if client is None:
+                log.info("refused %s %s: missing or invalid API key", request.method, request.path)
+                return error_response(
+                    WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
+                )
+            try:
+                return await view(request, client, headers, *args, **kwargs)
+            except WireError as error:
+                log.info(
+                    "%s %s -> %s %s: %s",
+                    request.method,
+                    request.path,
+                    error.status,
+                    error.code,
+                    error.message,
+                )
+                return error_response(error)
+
+        return wrapper
+
+    return decorate
+
+
+def session_of(client: Client, body: dict[str, Any] | None, headers: dict[str, str]) -> str:
+    session = (
+        (body or {}).get("prompt_cache_key") or headers.get("session-id") or headers.get("session_id") or ""
+    )
+    return session if isinstance(session, str) else ""
+
+
+def affinity_for(client: Client, response_id: str | None, session: str) -> Affinity:
+    return Affinity(
+        response_id=response_id or None,
+        session_key=routing.session_key(client.key_id, session) if session else None,
+    )
+
+
+def _reject(record: TurnRecord, error: WireError) -> WireError:
+    record.status, record.error_code = error.status, error.code
+    logwriter.submit(record)
+    return error
+
+
+async def _relay(
+    request: HttpRequest,
+    client: Client,
+    headers: dict[str, str],
+    *,
+    endpoint: str,
+    method: str,
+    path: str,
+    with_body: bool,
+    response_id: str | None = None,
+) -> HttpResponse:
+    raw: bytes | None = None
+    body: dict[str, Any] | None = None
+    model: str | None = None
+    record = TurnRecord(key_id=client.key_id, client_transport="http", endpoint=endpoint)
+    if with_body:
+        raw = request.body
+        body = parse_body(raw)
+        model = require_model(body)
+        record.requested_model = model
+        response_id = response_id or body.get("previous_response_id") or None
+    session = session_of(client, body, headers)
+    record.session_id = session
+    affinity = affinity_for(client, response_id if isinstance(response_id, str) else None, session)
+    plan = await routing.plan(model, affinity)
+    if not plan.routes:
+        raise _reject(
+            record,
+            WireError(404, "model_not_found", f"The model '{model}' is not served by this gateway.", "model")
+            if model
+            else WireError(503, "no_provider", "No upstream provider is enabled.", None, "server_error"),
+        )
+    try:
+        relay = await pipeline.open_with_failover(
+            plan,
+            method=method,
+            path=path,
+            model=model,
+            raw=raw,
+            body=body,
+            headers=headers,
+            record=record,
+            query=request.META.get("QUERY_STRING", ""),
+        )
+    except WireError as error:
+        raise _reject(record, error) from None
+    extra = returned_headers(relay.opened.response)
+    if relay.first is not None:
+        response = StreamingHttpResponse(
+            pipeline.relay_sse(relay, record, affinity, plan), content_type="text/event-stream"
+        )
+        response["Cache-Control"] = "no-cache"
+        response["X-Accel-Buffering"] = "no"
+    else:
+        response = StreamingHttpResponse(
+            pipeline.relay_bytes(relay, record, affinity, plan, scan=endpoint in ("responses", "compact")),
+            status=relay.opened.status,
+            content_type=relay.opened.response.headers.get("content-type", "application/json"),
+        )
+    for name, value in extra.items():
+        response[name] = value
+    return response
+
+
+@api_view(("POST",))
+async def create_response(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    return await _relay(
+        request, client, headers, endpoint="responses", method="POST", path="/responses", with_body=True
+    )
+
+
+@api_view(("POST",))
+async def compact(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    return await _relay(
+        request, client, headers, endpoint="compact", method="POST", path="/responses/compact", with_body=True
+    )
+
+
+@api_view(("POST",))
+async def input_tokens(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    return await _relay(
+        request,
+        client,
+        headers,
+        endpoint="input_tokens",
+        method="POST",
+        path="/responses/input_tokens",
+        with_body=True,
+    )
+
+
+@api_view(("GET", "DELETE"))
+async def response_detail(
+    request: HttpRequest, client: Client, headers: dict[str, str], rid: str
+) -> HttpResponse:
+    return await _relay(
+        request,
+        client,
+        headers,
+        endpoint="retrieve" if request.method == "GET" else "delete",
+        method=request.method or "GET",
+        path=f"/responses/{rid}",
+        with_body=False,
+        response_id=rid,
+    )
+
+
+@api_view(("POST",))
+async def cancel(request: HttpRequest, client: Client, headers: dict[str, str], rid: str) -> HttpResponse:
+    return await _relay(
+        request,
+        client,
+        headers,
+        endpoint="cancel",
+        method="POST",
+        path=f"/responses/{rid}/cancel",
+        with_body=False,
+        response_id=rid,
+    )
+
+
+@api_view(("GET",))
+async def input_items(
+    request: HttpRequest, client: Client, headers: dict[str, str], rid: str
+) -> HttpResponse:
+    return await _relay(
+        request,
+        client,
+        headers,
+        endpoint="input_items",
+        method="GET",
+        path=f"/responses/{rid}/input_items",
+        with_body=False,
+        response_id=rid,
+    )
+
+
+_upstream_models: dict[int, tuple[float, list[str]]] = {}
+
+
+async def _provider_models(provider: Any) -> list[str]:
+    """Models of a provider that allows any model: its own /models list, cached for a minute."""
+    cached = _upstream_models.get(provider.id)
+    if cached and time.monotonic() - cached[0] < 60:
+        return cached[1]
+    names: list[str] = []
+    try:
+        async with asyncio.timeout(provider.connect_timeout + 5):
+            opened = await open_request(provider, "GET", "/models", body=None, client_headers={})
+            data = json.loads(await opened.read_error(limit=4 * 1024 * 1024))
+        names = [
+            m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
+    except (TimeoutError, httpx.HTTPError, OSError, ValueError, AttributeError) as exc:
+        log.warning("could not list models of provider %s: %r", provider.name, exc)
+    _upstream_models[provider.id] = (time.monotonic(), names)
+    return names
+
+
+@api_view(("GET",))
+async def models(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    owners: dict[str, str] = {}
+    for provider in await enabled_providers.aget():
+        names = list(provider.allowed_models) or await _provider_models(provider)
+        for name in [*names, *provider.model_redirects]:
+            owners.setdefault(name, "sluice")
+    data = [
+        {"id": name, "object": "model", "created": 0, "owned_by": owner}
+        for name, owner in sorted(owners.items())
+    ]
+    return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
+    return error_response(WireError(404, "not_found", f"Unknown endpoint {request.method} {request.path}."))
+
+
+def max_body_error() -> WireError:
+    return WireError(
+        413,
+        "request_too_large",
+        f"The request body is larger than the gateway's limit of {settings.SLUICE_MAX_BODY_BYTES} bytes.",
+    )

@@ -1,0 +1,161 @@
+"""The Responses API wire format: request validation, error bodies and frames, event types, the SSE codec."""
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+TERMINAL_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
+
+
+class WireError(Exception):
+    """A request the gateway refuses, with what the client needs to know, in OpenAI's error shape."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        param: str | None = None,
+        type: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.type = type
+
+    def error_object(self) -> dict[str, Any]:
+        return {"type": self.type, "code": self.code, "message": self.message, "param": self.param}
+
+    def http_body(self) -> bytes:
+        return json.dumps({"error": self.error_object()}).encode()
+
+    def ws_frame(self) -> str:
+        """The service's WebSocket error frame: Codex reads ``status`` as the HTTP status it stands for."""
+        return json.dumps({"type": "error", "status": self.status, "error": self.error_object()})
+
+    def sse_event(self, sequence_number: int = 0) -> bytes:
+        data = json.dumps(
+            {
+                "type": "error",
+                "code": self.code,
+                "message": self.message,
+                "param": self.param,
+                "sequence_number": sequence_number,
+            }
+        )
+        return b"event: error\ndata: " + data.encode() + b"\n\n"
+
+
+def parse_body(raw: bytes | str) -> dict[str, Any]:
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+    if not isinstance(body, dict):
+        raise WireError(400, "invalid_json", "The body must be a JSON object.")
+    return body
+
+
+def require_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise WireError(400, "missing_required_parameter", "Missing required parameter: 'model'.", "model")
+    return model
+
+
+def validate_create_frame(frame: dict[str, Any]) -> str:
+    """Check a WebSocket ``response.create`` frame; return its model."""
+    kind = frame.get("type")
+    if kind != "response.create":
+        raise WireError(
+            400,
+            "unsupported_event_type" if isinstance(kind, str) else "missing_event_type",
+            f"Unsupported client event type {kind!r}: send 'response.create'."
+            if isinstance(kind, str)
+            else "Every client event needs a 'type'; send 'response.create'.",
+            "type",
+        )
+    if frame.get("background"):
+        raise WireError(
+            400,
+            "unsupported_parameter",
+            "'background' is not supported in WebSocket mode; use HTTP for background responses.",
+            "background",
+        )
+    generate = frame.get("generate", True)
+    if not isinstance(generate, bool):
+        raise WireError(400, "invalid_type", "'generate' must be a boolean.", "generate")
+    return require_model(frame)
+
+
+def event_type(data: str) -> str:
+    """The ``type`` of an event's JSON without parsing it whole (it leads every event the service sends)."""
+    if data.startswith('{"type":"'):
+        end = data.find('"', 9)
+        if end > 0:
+            return data[9:end]
+    try:
+        kind = json.loads(data).get("type")
+    except (ValueError, AttributeError):
+        return ""
+    return kind if isinstance(kind, str) else ""
+
+
+@dataclass(slots=True)
+class Event:
+    """One upstream event: its type, its JSON text as received, and (from SSE) its original block."""
+
+    type: str
+    data: str
+    sse: bytes | None = None
+
+    def as_sse(self) -> bytes:
+        if self.sse is not None:
+            return self.sse
+        return b"event: " + self.type.encode() + b"\ndata: " + self.data.encode() + b"\n\n"
+
+
+class SSEDecoder:
+    """Incremental server-sent-events parser that keeps each event's bytes for untouched relaying."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        buffer = self._buffer + chunk if self._buffer else chunk
+        if b"\r" in buffer:
+            buffer = buffer.replace(b"\r\n", b"\n")
+        events: list[Event] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            event = _parse_block(buffer[start:end])
+            if event is not None:
+                events.append(event)
+            start = end + 2
+        self._buffer = buffer[start:]
+        return events
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._buffer.strip())
+
+
+def _parse_block(block: bytes) -> Event | None:
+    kind = ""
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if line.startswith(b"data:"):
+            data.append(line[6:] if line[5:6] == b" " else line[5:])
+        elif line.startswith(b"event:"):
+            kind = (line[7:] if line[6:7] == b" " else line[6:]).decode()
+    if not data:
+        return None
+    text = (data[0] if len(data) == 1 else b"\n".join(data)).decode()
+    if text == "[DONE]":
+        return None
+    return Event(type=kind or event_type(text), data=text, sse=block + b"\n\n")

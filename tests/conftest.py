@@ -1,0 +1,157 @@
+"""Fixtures: the gateway served by a real uvicorn on 127.0.0.1, fake upstreams, providers and keys."""
+
+import asyncio
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from django.core.cache import caches
+
+from tests.fakeupstream import FakeUpstream
+
+REQUIRE_ALL = os.environ.get("SLUICE_REQUIRE_ALL") == "1"
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip when a tool is missing on a developer machine; fail in CI, where everything must run."""
+    if not condition:
+        if REQUIRE_ALL:
+            pytest.fail(f"required in CI: {reason}")
+        pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerThread:
+    """A real uvicorn server in a thread of the test process, so tests share its database and cache."""
+
+    def __init__(self, app: Any, **config: Any) -> None:
+        self.port = free_port()
+        self.config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, lifespan="off", log_level="warning", **config
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_until_complete(self.server.serve())
+
+    def start(self) -> "ServerThread":
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def gateway_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[ServerThread]:
+    from django.conf import settings
+
+    with django_db_blocker.unblock():
+        from config.asgi import application
+
+        server = ServerThread(
+            application, ws="websockets-sansio", ws_max_size=settings.SLUICE_WS_MAX_FRAME_BYTES
+        ).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state() -> Iterator[None]:
+    """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots."""
+    from settings_app.runtime import invalidate_all
+
+    caches["default"].clear()
+    invalidate_all()
+    yield
+    invalidate_all()
+
+
+@pytest.fixture
+def gateway(gateway_server: ServerThread, transactional_db: None) -> ServerThread:
+    return gateway_server
+
+
+@pytest.fixture
+def upstream() -> Iterator[FakeUpstream]:
+    with FakeUpstream(name="alpha") as fake:
+        yield fake
+
+
+@pytest.fixture
+def upstream_b() -> Iterator[FakeUpstream]:
+    with FakeUpstream(name="beta") as fake:
+        yield fake
+
+
+def make_provider(fake: FakeUpstream | None, name: str = "alpha", **fields: Any) -> Any:
+    from providers.models import Provider
+
+    provider = Provider(
+        name=name,
+        base_url=fake.base_url if fake is not None else f"http://127.0.0.1:{free_port()}/v1",
+        **fields,
+    )
+    provider.set_api_key(fake.api_key if fake is not None else "sk-nothing-listens")
+    provider.save()
+    return provider
+
+
+def make_key(name: str = "team", username: str = "alice", **fields: Any) -> tuple[Any, str]:
+    from django.contrib.auth import get_user_model
+
+    from proxy.models import ApiKey
+
+    owner, _ = get_user_model().objects.get_or_create(username=username)
+    key = ApiKey(name=name, owner=owner, **fields)
+    raw = key.generate()
+    key.save()
+    return key, raw
+
+
+@pytest.fixture
+def api_key(transactional_db: None) -> str:
+    return make_key()[1]
+
+
+def request_logs(count: int, timeout: float = 10.0) -> list[Any]:
+    """Wait for the off-path writer to store ``count`` rows; return them oldest first."""
+    from proxy import logwriter
+    from proxy.models import RequestLog
+
+    deadline = time.monotonic() + timeout
+    while True:
+        logwriter.flush(timeout)
+        rows = list(RequestLog.objects.order_by("created_at", "pk"))
+        if len(rows) >= count or time.monotonic() > deadline:
+            return rows
+        time.sleep(0.05)
+
+
+def which(name: str) -> str | None:
+    return shutil.which(name)

@@ -1,0 +1,127 @@
+"""Bad input and broken upstreams over HTTP: OpenAI-style errors, never a 500, streams that end cleanly."""
+
+import json
+import time
+
+import httpx
+import pytest
+
+from tests.conftest import make_provider, request_logs
+
+
+def post(gateway, key: str, content: bytes, **headers: str) -> httpx.Response:
+    return httpx.post(
+        gateway.url + "/v1/responses",
+        content=content,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
+        timeout=20,
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'{"input": "no model"}', "missing_required_parameter"),
+        (b'{"model": "", "input": "x"}', "missing_required_parameter"),
+    ],
+)
+def test_malformed_body_is_a_400_with_an_openai_error(gateway, upstream, api_key, body, code):
+    make_provider(upstream)
+    response = post(gateway, api_key, body)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == code
+    assert upstream.http_requests == 0
+
+
+def test_body_over_the_limit_is_a_413(gateway, upstream, api_key, settings):
+    settings.SLUICE_MAX_BODY_BYTES = 1000
+    make_provider(upstream)
+    response = post(gateway, api_key, b'{"model": "gpt-5.5", "input": "' + b"x" * 2000 + b'"}')
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+
+
+def test_large_bodies_within_the_default_limit_pass(gateway, upstream, api_key):
+    make_provider(upstream)
+    big = "y" * (5 * 1024 * 1024)  # over Django's 2.5 MB default
+    response = post(gateway, api_key, json.dumps({"model": "gpt-5.5", "input": big}).encode())
+    assert response.status_code == 200, response.text
+    assert response.json()["output"][0]["content"][0]["text"].startswith("echo: yyy")
+
+
+def test_missing_key_is_a_401_and_x_api_key_works(gateway, upstream, api_key):
+    make_provider(upstream)
+    anonymous = httpx.post(gateway.url + "/v1/responses", json={"model": "gpt-5.5", "input": "x"}, timeout=20)
+    assert anonymous.status_code == 401 and anonymous.json()["error"]["type"] == "invalid_request_error"
+    keyed = httpx.post(
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x"},
+        headers={"x-api-key": api_key},
+        timeout=20,
+    )
+    assert keyed.status_code == 200
+
+
+def test_wrong_method_and_unknown_path(gateway, api_key):
+    wrong = httpx.get(gateway.url + "/v1/responses", headers={"authorization": f"Bearer {api_key}"})
+    assert wrong.status_code == 405 and wrong.json()["error"]["code"] == "method_not_allowed"
+    unknown = httpx.get(gateway.url + "/v1/nothing-here", headers={"authorization": f"Bearer {api_key}"})
+    assert unknown.status_code == 404 and "error" in unknown.json()
+
+
+def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, api_key):
+    upstream.drop_after_events = 3
+    make_provider(upstream)
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x", "stream": True},
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    blocks = [b for b in text.split("\n\n") if b.strip()]
+    assert blocks[0].startswith("event: response.created")
+    assert blocks[-1].startswith("event: error") and "upstream_stream" in blocks[-1]
+    (row,) = request_logs(1)
+    assert row.status == 502 and row.error_code.startswith("upstream_stream")
+
+
+def test_failover_does_not_happen_after_the_first_byte(gateway, upstream, upstream_b, api_key):
+    upstream.drop_after_events = 2
+    make_provider(upstream, name="a", priority=1)
+    make_provider(upstream_b, name="b", priority=2)
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x", "stream": True},
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=20,
+    ) as response:
+        response.read()
+    assert upstream_b.http_requests == 0
+
+
+def test_client_disconnect_cancels_the_upstream_request(gateway, upstream, api_key):
+    upstream.text_deltas = 200
+    upstream.event_delay = 0.05
+    make_provider(upstream)
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x", "stream": True},
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=20,
+    ) as response:
+        for line in response.iter_lines():
+            if "output_text.delta" in line:
+                break
+    deadline = time.monotonic() + 5
+    while upstream.open_http_streams and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.open_http_streams == 0, "the upstream stream is still being read"
+    (row,) = request_logs(1)
+    assert row.status == 499 and row.error_code == "client_disconnected"

@@ -1,0 +1,205 @@
+"""The OpenAI SDK through a running gateway over HTTP: turns, tools, affinity, failover, usage and cost."""
+
+import json
+from decimal import Decimal
+
+import openai
+import pytest
+
+from tests.conftest import make_key, make_provider, request_logs
+
+
+def sdk(gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def test_streaming_turn_relays_events_and_logs_usage_and_cost(gateway, upstream, api_key):
+    from proxy.models import ModelPrice
+
+    make_provider(upstream)
+    ModelPrice.objects.create(
+        model="gpt-5.5",
+        input_per_million=Decimal("2"),
+        cached_input_per_million=Decimal("0.5"),
+        output_per_million=Decimal("10"),
+    )
+    events = list(sdk(gateway, api_key).responses.create(model="gpt-5.5", input="hello there", stream=True))
+
+    types = [e.type for e in events]
+    assert types[0] == "response.created" and types[-1] == "response.completed"
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "echo: hello there"
+    usage = events[-1].response.usage
+    (row,) = request_logs(1)
+    assert (row.status, row.client_transport, row.upstream_transport) == (200, "http", "http")
+    assert row.input_tokens == usage.input_tokens and row.output_tokens == usage.output_tokens
+    expected = (Decimal(usage.input_tokens) * 2 + Decimal(usage.output_tokens) * 10) / Decimal(1_000_000)
+    assert row.cost == expected.quantize(Decimal("0.00000001"))
+    assert row.response_id == events[-1].response.id
+    assert row.time_to_first_event_ms is not None and row.duration_ms >= row.time_to_first_event_ms
+
+
+def test_non_streaming_turn(gateway, upstream, api_key):
+    make_provider(upstream)
+    response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="one shot")
+    assert response.output_text == "echo: one shot"
+    (row,) = request_logs(1)
+    assert row.response_id == response.id
+    assert row.output_tokens == response.usage.output_tokens > 0
+
+
+def test_tool_call_round_trip(gateway, upstream, api_key):
+    def responder(body):
+        last = body["input"][-1] if isinstance(body["input"], list) else {}
+        if last.get("type") == "function_call_output":
+            return [
+                {
+                    "type": "message",
+                    "id": "msg_tool",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [
+                        {"type": "output_text", "text": f"weather is {last['output']}", "annotations": []}
+                    ],
+                }
+            ]
+        return [
+            {
+                "type": "function_call",
+                "id": "fc_1",
+                "call_id": "call_1",
+                "name": "get_weather",
+                "arguments": json.dumps({"city": "Oslo"}),
+                "status": "completed",
+            }
+        ]
+
+    upstream.responder = responder
+    make_provider(upstream)
+    client = sdk(gateway, api_key)
+    tools = [{"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}]
+    first = client.responses.create(
+        model="gpt-5.5", input=[{"role": "user", "content": "weather?"}], tools=tools
+    )
+    call = next(item for item in first.output if item.type == "function_call")
+    assert json.loads(call.arguments) == {"city": "Oslo"}
+    second = client.responses.create(
+        model="gpt-5.5",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=tools,
+    )
+    assert second.output_text == "weather is sunny"
+
+
+def test_previous_response_id_goes_to_the_provider_that_produced_it(gateway, upstream, upstream_b, api_key):
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    client = sdk(gateway, api_key)
+    for i in range(6):
+        first = client.responses.create(model="gpt-5.5", input=f"turn {i}")
+        producer = (
+            upstream
+            if any(r.body and r.body.get("input") == f"turn {i}" for r in upstream.requests)
+            else upstream_b
+        )
+        before = len(producer.requests)
+        second = client.responses.create(model="gpt-5.5", input="and then?", previous_response_id=first.id)
+        assert second.output_text == "echo: and then?"
+        assert len(producer.requests) == before + 1, "the continuation went to the other provider"
+
+
+def test_session_sticks_to_one_provider(gateway, upstream, upstream_b, api_key):
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    client = sdk(gateway, api_key)
+    for i in range(8):
+        client.responses.create(model="gpt-5.5", input=f"q{i}", prompt_cache_key="session-42")
+    counts = sorted([len(upstream.requests), len(upstream_b.requests)])
+    assert counts == [0, 8]
+
+
+def test_failover_when_the_first_provider_is_down(gateway, upstream, api_key):
+    make_provider(None, name="dead", priority=1)
+    make_provider(upstream, name="alive", priority=2)
+    response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="still there?")
+    assert response.output_text == "echo: still there?"
+    (row,) = request_logs(1)
+    assert row.provider.name == "alive"
+
+
+@pytest.mark.parametrize("status", [500, 429])
+def test_failover_on_upstream_status(gateway, upstream, upstream_b, api_key, status):
+    upstream.http_fail_status = status
+    make_provider(upstream, name="failing", priority=1)
+    make_provider(upstream_b, name="healthy", priority=2)
+    events = list(sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x", stream=True))
+    assert events[-1].type == "response.completed"
+    assert upstream.http_requests == 1 and upstream_b.http_requests == 1
+
+
+def test_all_providers_rate_limited_gives_429(gateway, upstream, api_key):
+    upstream.http_fail_status = 429
+    make_provider(upstream)
+    with pytest.raises(openai.RateLimitError):
+        sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x")
+
+
+def test_bad_key_gets_401(gateway, upstream, transactional_db):
+    make_provider(upstream)
+    with pytest.raises(openai.AuthenticationError) as info:
+        sdk(gateway, "sk-sluice-not-a-key").responses.create(model="gpt-5.5", input="x")
+    assert info.value.body["code"] == "invalid_api_key"
+    assert upstream.http_requests == 0
+
+
+def test_disabled_and_expired_keys_get_401(gateway, upstream, transactional_db):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    make_provider(upstream)
+    _, disabled = make_key("off", enabled=False)
+    _, expired = make_key("old", expires_at=timezone.now() - dt.timedelta(minutes=1))
+    for key in (disabled, expired):
+        with pytest.raises(openai.AuthenticationError):
+            sdk(gateway, key).responses.create(model="gpt-5.5", input="x")
+
+
+def test_unknown_model_is_a_clear_404(gateway, upstream, api_key):
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    with pytest.raises(openai.NotFoundError) as info:
+        sdk(gateway, api_key).responses.create(model="gpt-4-nope", input="x")
+    assert info.value.body["code"] == "model_not_found"
+
+
+def test_model_redirect_reaches_upstream(gateway, upstream, api_key):
+    make_provider(upstream, allowed_models=["fast"], model_redirects={"fast": "gpt-5-mini"})
+    response = sdk(gateway, api_key).responses.create(model="fast", input="x")
+    assert upstream.requests[-1].body["model"] == "gpt-5-mini"
+    assert response.model == "gpt-5-mini"
+    (row,) = request_logs(1)
+    assert (row.requested_model, row.upstream_model) == ("fast", "gpt-5-mini")
+
+
+def test_models_lists_what_the_caller_can_use(gateway, upstream, api_key):
+    make_provider(upstream, allowed_models=["gpt-5.5"], model_redirects={"fast": "gpt-5-mini"})
+    ids = [m.id for m in sdk(gateway, api_key).models.list()]
+    assert ids == ["fast", "gpt-5.5"]
+
+
+def test_retrieve_goes_to_the_producing_provider(gateway, upstream, upstream_b, api_key):
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    client = sdk(gateway, api_key)
+    created = [client.responses.create(model="gpt-5.5", input=f"r{i}") for i in range(4)]
+    for response in created:
+        assert client.responses.retrieve(response.id).id == response.id
+
+
+def test_client_key_never_reaches_upstream(gateway, upstream, api_key):
+    make_provider(upstream)
+    sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x")
+    headers = upstream.requests[-1].headers
+    assert headers["authorization"] == f"Bearer {upstream.api_key}"
+    assert api_key not in json.dumps(headers)
