@@ -1,11 +1,29 @@
+from asgiref.sync import async_to_sync
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponseRedirect
+from django.shortcuts import get_object_or_404
+from django.urls import path, reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from providers.models import Provider
+from providers.models import Provider, Verdict
+from providers.testing import Report, run_test, save_result
+from proxy.transport import FallbackReason
+from proxy.wire import WireError
+
+VERDICT_COLOURS = {Verdict.GREEN: "#2e7d32", Verdict.YELLOW: "#b58900", Verdict.RED: "#c62828"}
 
 
 class ProviderForm(forms.ModelForm):
+    base_url = forms.URLField(
+        label=_("base URL"),
+        max_length=500,
+        assume_scheme="https",
+        help_text=_("The API root including /v1, e.g. https://api.openai.com/v1."),
+    )
     api_key = forms.CharField(
         label=_("API key"),
         required=False,
@@ -47,13 +65,60 @@ class ProviderForm(forms.ModelForm):
         return provider
 
 
+def verdict_badge(verdict: str) -> str:
+    if not verdict:
+        return "—"
+    return format_html(
+        '<strong class="sluice-verdict" style="color:{}">{}</strong>',
+        VERDICT_COLOURS[verdict],
+        Verdict(verdict).label,
+    )
+
+
+def report_table(data: dict) -> str:
+    def ms(value: object) -> str:
+        return "—" if value is None else f"{float(value):,.1f} ms"  # type: ignore[arg-type]
+
+    reason = data.get("fallback_reason") or ""
+    rows = [
+        (gettext("Verdict"), verdict_badge(data.get("verdict", ""))),
+        (gettext("Transport"), data.get("transport") or "—"),
+        (gettext("Fallback reason"), FallbackReason(reason).label if reason else "—"),
+        (gettext("Handshake"), ms(data.get("handshake_ms"))),
+        (gettext("First event"), ms(data.get("first_event_ms"))),
+        (gettext("Total"), ms(data.get("total_ms"))),
+        (gettext("Events"), data.get("events", 0)),
+        (gettext("Model"), data.get("model") or "—"),
+        (gettext("Tokens (in / out)"), f"{data.get('input_tokens', 0)} / {data.get('output_tokens', 0)}"),
+    ]
+    rows += [(gettext("Note"), note) for note in data.get("notes") or []]
+    if data.get("error"):
+        rows.append((gettext("Error"), data["error"]))
+    return format_html(
+        '<table class="sluice-report">{}</table>',
+        format_html_join("", "<tr><th>{}</th><td>{}</td></tr>", rows),
+    )
+
+
 @admin.register(Provider)
 class ProviderAdmin(admin.ModelAdmin):
     form = ProviderForm
-    list_display = ("name", "base_url", "enabled", "priority", "weight", "websocket_mode", "key_set")
-    list_filter = ("enabled", "websocket_mode")
+    change_form_template = "admin/providers/provider/change_form.html"
+    list_display = (
+        "name",
+        "base_url",
+        "enabled",
+        "priority",
+        "weight",
+        "websocket_mode",
+        "key_set",
+        "last_test",
+        "last_test_at",
+    )
+    list_filter = ("enabled", "websocket_mode", "last_test_verdict")
     search_fields = ("name", "base_url")
-    readonly_fields = ("key_set", "created_at", "updated_at")
+    readonly_fields = ("key_set", "last_test", "last_test_at", "last_report", "created_at", "updated_at")
+    actions = ("test_selected",)
     fieldsets = (
         (None, {"fields": ("name", "base_url", "api_key", "key_set", "enabled")}),
         (_("Routing"), {"fields": ("priority", "weight", "allowed_models", "model_redirects")}),
@@ -70,9 +135,59 @@ class ProviderAdmin(admin.ModelAdmin):
                 )
             },
         ),
+        (_("Provider test"), {"fields": ("last_test", "last_test_at", "last_report")}),
         (_("History"), {"fields": ("created_at", "updated_at")}),
     )
 
     @admin.display(description=_("API key set"), boolean=True)
     def key_set(self, obj: Provider) -> bool:
         return obj.has_api_key
+
+    @admin.display(description=_("last test verdict"), ordering="last_test_verdict")
+    def last_test(self, obj: Provider) -> str:
+        return verdict_badge(obj.last_test_verdict)
+
+    @admin.display(description=_("last test report"))
+    def last_report(self, obj: Provider) -> str:
+        return report_table(obj.last_test_report) if obj.last_test_report else "—"
+
+    def get_urls(self) -> list:
+        return [
+            path(
+                "<int:pk>/test/", self.admin_site.admin_view(self.test_view), name="providers_provider_test"
+            ),
+            *super().get_urls(),
+        ]
+
+    def _test(self, request: HttpRequest, provider: Provider) -> None:
+        try:
+            report: Report = async_to_sync(run_test)(provider)
+        except WireError as error:
+            self.message_user(
+                request,
+                gettext("%(name)s: %(message)s") % {"name": provider.name, "message": error.message},
+                messages.ERROR,
+            )
+            return
+        save_result(provider, report)
+        level = {Verdict.GREEN: messages.SUCCESS, Verdict.YELLOW: messages.WARNING}.get(
+            report.verdict, messages.ERROR
+        )
+        detail = report.error or "; ".join(report.notes) or report.transport
+        self.message_user(
+            request,
+            gettext("Test of %(name)s: %(verdict)s (%(detail)s)")
+            % {"name": provider.name, "verdict": Verdict(report.verdict).label, "detail": detail},
+            level,
+        )
+
+    def test_view(self, request: HttpRequest, pk: int) -> HttpResponseRedirect:
+        provider = get_object_or_404(Provider, pk=pk)
+        if request.method == "POST" and self.has_change_permission(request, provider):
+            self._test(request, provider)
+        return HttpResponseRedirect(reverse("admin:providers_provider_change", args=[pk]))
+
+    @admin.action(description=_("Test the selected providers"))
+    def test_selected(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:
+        for provider in queryset:
+            self._test(request, provider)

@@ -12,7 +12,7 @@ from settings_app.runtime import Snapshot
 
 @dataclass(frozen=True)
 class Client:
-    key_id: int
+    key_id: int | None
     key_name: str
     owner_id: int
     expires_at: dt.datetime | None

@@ -17,6 +17,7 @@ import httpx
 from django.conf import settings
 
 from providers import health, routing
+from providers.registry import ProviderInfo
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter, pipeline
 from proxy.auth import Client
@@ -64,12 +65,14 @@ class Session:
         close: Close,
         *,
         forced_transport: str | None = None,
+        pinned: ProviderInfo | None = None,
     ) -> None:
         self.client = client
         self.headers = headers
         self.send_text = send_text
         self.close_client = close
         self.forced_transport = forced_transport
+        self.pinned = pinned  # the provider test: this provider only, whatever routing would say
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
         self.frames_seen = 0
@@ -131,7 +134,9 @@ class Session:
                 log.info("closing client socket of key %s: %s", self.client.key_name, reason)
                 await self.close_client(1000, reason)
                 return
-            await asyncio.sleep(min(deadline - now, 30.0))
+            await asyncio.sleep(
+                min(deadline - now, settings.SLUICE_WS_IDLE_TIMEOUT, settings.SLUICE_WS_FIRST_FRAME_TIMEOUT)
+            )
 
     async def _run(self) -> None:
         while True:
@@ -163,7 +168,11 @@ class Session:
     # ----- one turn -----
 
     async def turn(self, text: str) -> None:
-        record = TurnRecord(key_id=self.client.key_id, client_transport="websocket")
+        record = TurnRecord(
+            key_id=self.client.key_id,
+            client_transport="websocket",
+            endpoint="provider_test" if self.pinned is not None else "responses",
+        )
         try:
             frame = parse_body(text)
             model = validate_create_frame(frame)

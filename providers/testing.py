@@ -1,0 +1,136 @@
+"""The provider test: one small real turn through the code path that serves users, with diagnostics."""
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from providers.models import Provider, Verdict
+from providers.registry import info_from_model
+from proxy.pipeline import scrub
+from proxy.transport import FallbackReason
+from proxy.wire import WireError, validate_create_frame
+
+SLOW_MS = 10_000.0
+PROMPT = "Reply with the single word: OK"
+
+
+@dataclass
+class Report:
+    verdict: str
+    transport: str = ""
+    fallback_reason: str = ""
+    handshake_ms: float | None = None
+    first_event_ms: float | None = None
+    total_ms: float = 0.0
+    events: int = 0
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def fallback_label(self) -> str:
+        return str(FallbackReason(self.fallback_reason).label) if self.fallback_reason else ""
+
+
+def test_payload(provider: Provider, model: str | None) -> dict[str, Any]:
+    """The request the test sends, validated before anything leaves the gateway."""
+    chosen = (
+        model
+        or next(iter(provider.allowed_models or []), None)
+        or next(iter(provider.model_redirects or {}), None)
+    )
+    frame = {
+        "type": "response.create",
+        "model": chosen,
+        "input": PROMPT,
+        "store": False,
+        "max_output_tokens": 16,
+    }
+    try:
+        validate_create_frame(frame)
+    except WireError as error:
+        raise WireError(
+            400,
+            error.code,
+            _("The test needs a model: pass one, or give the provider an allowed model."),
+            "model",
+        ) from None
+    return frame
+
+
+async def run_test(provider: Provider, *, transport: str = "auto", model: str | None = None) -> Report:
+    """Send the test turn. Raises WireError when the test itself is misconfigured (nothing was sent)."""
+    from proxy.auth import Client
+    from proxy.ws_session import Session
+
+    frame = test_payload(provider, model)
+    info = info_from_model(provider)
+    received: list[str] = []
+
+    async def collect(text: str) -> None:
+        received.append(text)
+
+    async def ignore_close(code: int, reason: str) -> None:
+        return None
+
+    session = Session(
+        Client(key_id=None, key_name="provider test", owner_id=0, expires_at=None),
+        {"user-agent": "sluice-provider-test"},
+        collect,
+        ignore_close,
+        forced_transport=None if transport == "auto" else transport,
+        pinned=info,
+    )
+    session.keep_records = True
+    started = time.perf_counter()
+    try:
+        await session.turn(json.dumps(frame))
+    finally:
+        await session.shutdown()
+    total = (time.perf_counter() - started) * 1000
+    record = session.records[-1] if session.records else None
+    report = Report(verdict=Verdict.RED, total_ms=round(total, 1), events=len(received))
+    if record is not None:
+        report.transport = record.upstream_transport
+        report.fallback_reason = record.fallback_reason
+        report.handshake_ms = None if record.ws_handshake_ms is None else round(record.ws_handshake_ms, 1)
+        if record.first_event_at is not None:
+            report.first_event_ms = round((record.first_event_at - record.started) * 1000, 1)
+        report.model = record.outcome.model or record.upstream_model
+        report.input_tokens = record.outcome.input_tokens
+        report.output_tokens = record.outcome.output_tokens
+    last = json.loads(received[-1]) if received else {}
+    if last.get("type") == "response.completed":
+        degraded = []
+        if report.fallback_reason and report.fallback_reason != FallbackReason.FORCED_HTTP:
+            degraded.append(_("fell back to HTTP: %(reason)s") % {"reason": report.fallback_label})
+        if total > SLOW_MS:
+            degraded.append(_("slow: %(ms).0f ms") % {"ms": total})
+        report.verdict = Verdict.YELLOW if degraded else Verdict.GREEN
+        report.notes = degraded
+    else:
+        error = (
+            last.get("error")
+            if isinstance(last.get("error"), dict)
+            else last.get("response", {}).get("error")
+        )
+        message = (
+            (error or {}).get("message") or (error or {}).get("code") or _("No answer from the provider.")
+        )
+        report.error = scrub(str(message), info.api_key)
+    return report
+
+
+def save_result(provider: Provider, report: Report) -> None:
+    Provider.objects.filter(pk=provider.pk).update(
+        last_test_at=timezone.now(), last_test_verdict=report.verdict, last_test_report=report.as_dict()
+    )

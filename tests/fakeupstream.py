@@ -1,0 +1,742 @@
+"""A fake OpenAI Responses API upstream for the test suite.
+
+A real uvicorn server on 127.0.0.1, in a background thread with its own event loop, that speaks the
+Responses API over HTTP (JSON and SSE) and WebSocket mode on `/v1/responses` the way the real service
+does (see docs PROTOCOL.md): bearer auth, `previous_response_id` continuation from stored responses and,
+on a socket, from the connection-local cache of its most recent response, also with `store: false`.
+
+Failure switches are plain attributes, settable from the test thread while the server runs:
+- `http_fail_status`: every `POST /v1/responses` answers that status with an OpenAI error body.
+- `ws_error_status`: every WebSocket `response.create` answers an `error` frame carrying that status.
+- `ws_refuse_status`: WebSocket upgrades are refused with that HTTP status.
+- `hang`: HTTP `POST /v1/responses` never answers; WebSocket turns never get an event.
+- `drop_after_events`: after that many events the connection is cut abruptly. HTTP: the transport is
+  closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
+  number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
+- `event_delay`: seconds slept between two events of a turn.
+
+Leak checks: `open_ws` counts open sockets, `open_http_streams` the `POST /v1/responses` still being
+answered; a paced stream notices a client that left and stops. Usage is deterministic, see `usage_for`.
+HTTP bodies are validated like the real service: `model` is required and the WebSocket-only fields
+`type`, `generate` and `stream_id` are unknown parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Responder = Callable[[dict[str, Any]], list[dict[str, Any]]]
+
+DEFAULT_MODELS: tuple[str, ...] = ("gpt-5.5", "gpt-5-mini", "gpt-5-nano")
+WS_ONLY_FIELDS: tuple[str, ...] = ("type", "generate", "stream_id")
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recorded:
+    """One HTTP request or one WebSocket frame the upstream received."""
+
+    transport: str  # "http" or "websocket"
+    path: str
+    headers: dict[str, str]  # lower-cased names; for WS frames, the handshake's headers
+    body: dict[str, Any] | None  # parsed JSON body / frame; None when absent or not a JSON object
+    connection_id: int | None  # WebSocket connection number (1-based) for WS frames
+    method: str = "GET"  # HTTP method; "GET" (the upgrade) for WS frames
+    raw: str = ""  # the body or frame text exactly as received
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def message_item(text: str) -> dict[str, Any]:
+    """An assistant message output item, for a `responder`."""
+    return {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": text}]}
+
+
+def function_call_item(name: str, arguments: str, call_id: str | None = None) -> dict[str, Any]:
+    """A function_call output item, for a `responder`."""
+    return {
+        "type": "function_call",
+        "name": name,
+        "arguments": arguments,
+        "call_id": call_id or new_id("call"),
+    }
+
+
+def openai_error(message: str, type_: str, code: str | None, param: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": param}}
+
+
+def usage_for(full_input: list[dict[str, Any]], continued: bool, output_tokens: int) -> dict[str, Any]:
+    """The usage the fake reports: input tokens from the JSON size of the full input, half of them cached
+    on a continuation, one output token per delta event."""
+    input_tokens = len(json.dumps(full_input)) // 4 + 1
+    cached = input_tokens // 2 if continued else 0
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
+def as_items(value: Any) -> list[dict[str, Any]]:
+    """The `input` field as a list of items (a bare string is one user message)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [{"type": "message", "role": "user", "content": value}]
+    return list(value)
+
+
+def item_text(value: Any) -> str:
+    """The text of a message's content or a tool output: a string or a list of text parts."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        return "".join(part.get("text", "") for part in value if isinstance(part, dict))
+    return ""
+
+
+def default_responder(body: dict[str, Any]) -> list[dict[str, Any]]:
+    items = as_items(body.get("input"))
+    if items and items[-1].get("type") == "function_call_output":
+        return [message_item(f"tool said: {item_text(items[-1].get('output'))}")]
+    users = [item for item in items if item.get("role") == "user"]
+    return [message_item(f"echo: {item_text(users[-1].get('content')) if users else ''}")]
+
+
+def split_text(text: str, pieces: int) -> list[str]:
+    pieces = max(pieces, 1)
+    bounds = [len(text) * i // pieces for i in range(pieces + 1)]
+    return [text[bounds[i] : bounds[i + 1]] for i in range(pieces)]
+
+
+def finish_item(item: dict[str, Any]) -> dict[str, Any]:
+    """A responder's item as the service returns it: with an id, a status and the full part shapes."""
+    kind = item.get("type")
+    if kind == "message":
+        content = item.get("content", [])
+        if isinstance(content, str):
+            content = [{"type": "output_text", "text": content}]
+        parts = [{"type": "output_text", "annotations": [], "logprobs": [], **part} for part in content]
+        return {"id": new_id("msg"), "status": "completed", "role": "assistant", **item, "content": parts}
+    if kind == "function_call":
+        return {"id": new_id("fc"), "status": "completed", "call_id": new_id("call"), "arguments": "", **item}
+    return {"id": new_id("item"), **item}
+
+
+def item_events(index: int, item: dict[str, Any], text_deltas: int) -> tuple[list[dict[str, Any]], int]:
+    """The stream events of one output item, and how many delta events (output tokens) they hold."""
+    at = {"item_id": item["id"], "output_index": index}
+    events: list[dict[str, Any]] = []
+    deltas = 0
+    if item["type"] == "message":
+        added = {**item, "status": "in_progress", "content": []}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": added})
+        for content_index, part in enumerate(item["content"]):
+            where = {**at, "content_index": content_index}
+            text = part.get("text", "")
+            empty = {**part, "text": ""}
+            events.append({"type": "response.content_part.added", **where, "part": empty})
+            for delta in split_text(text, text_deltas):
+                events.append({"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []})
+                deltas += 1
+            events.append({"type": "response.output_text.done", **where, "text": text, "logprobs": []})
+            events.append({"type": "response.content_part.done", **where, "part": part})
+    elif item["type"] == "function_call":
+        added = {**item, "status": "in_progress", "arguments": ""}
+        events.append({"type": "response.output_item.added", "output_index": index, "item": added})
+        arguments = item["arguments"]
+        events.append({"type": "response.function_call_arguments.delta", **at, "delta": arguments})
+        deltas += 1
+        events.append(
+            {
+                "type": "response.function_call_arguments.done",
+                **at,
+                "name": item.get("name"),
+                "arguments": arguments,
+            }
+        )
+    else:
+        events.append({"type": "response.output_item.added", "output_index": index, "item": item})
+    events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    return events, deltas
+
+
+def response_object(
+    body: dict[str, Any],
+    response_id: str,
+    created_at: int,
+    status: str,
+    output: list[dict[str, Any]],
+    usage: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": created_at,
+        "status": status,
+        "background": False,
+        "error": None,
+        "incomplete_details": None,
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
+        "model": body.get("model"),
+        "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True),
+        "previous_response_id": body.get("previous_response_id"),
+        "prompt_cache_key": body.get("prompt_cache_key"),
+        "reasoning": body.get("reasoning") or {"effort": None, "summary": None},
+        "service_tier": body.get("service_tier") or "default",
+        "store": body.get("store") is not False,
+        "temperature": 1.0,
+        "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"),
+        "tools": body.get("tools") or [],
+        "top_p": 1.0,
+        "truncation": "disabled",
+        "usage": usage,
+        "user": None,
+        "metadata": body.get("metadata") or {},
+    }
+
+
+def previous_not_found(previous_id: str) -> dict[str, Any]:
+    message = f"Previous response with id '{previous_id}' not found."
+    return openai_error(
+        message, "invalid_request_error", "previous_response_not_found", "previous_response_id"
+    )
+
+
+def status_error(status: int) -> dict[str, Any]:
+    if status == 429:
+        return openai_error("Rate limit reached for requests.", "requests", "rate_limit_exceeded")
+    if status >= 500:
+        return openai_error("The server had an error while processing your request.", "server_error", None)
+    return openai_error(f"Upstream refused the request (status {status}).", "invalid_request_error", None)
+
+
+@dataclass
+class Kept:
+    """A finished response with what a continuation needs: its full input and its output."""
+
+    response: dict[str, Any]
+    full_input: list[dict[str, Any]]
+    output: list[dict[str, Any]]
+
+
+@dataclass
+class Turn:
+    kept: Kept
+    events: list[dict[str, Any]]
+
+
+class PreviousNotFound(Exception):
+    pass
+
+
+class DropConnection(Exception):
+    """Raised inside the app so uvicorn closes the transport mid-response, like a crashed upstream."""
+
+
+class _QuietDrops(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], DropConnection))
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers[key] = f"{headers[key]}, {text}" if key in headers else text
+    return headers
+
+
+def _parse_object(raw: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            break
+    return b"".join(chunks)
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+    data = json.dumps(payload).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        (b"x-request-id", new_id("req").encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})
+
+
+class FakeUpstream:
+    def __init__(self, api_key: str = "sk-upstream-test", name: str = "fake") -> None:
+        self.api_key = api_key
+        self.name = name
+        self.models: list[str] = list(DEFAULT_MODELS)
+        self.requests: list[Recorded] = []
+        self.port = 0
+        self._kept: dict[str, Kept] = {}
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self.open_ws = 0  # WebSocket connections currently open
+        self.open_http_streams = 0  # POST /v1/responses still being answered (streaming, paced or hung)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget requests, counters, stored responses, and set every switch back to normal."""
+        self.requests.clear()
+        self._kept.clear()
+        self.ws_connections = 0
+        self.ws_handshakes_refused = 0
+        self.http_requests = 0
+        self.http_fail_status: int | None = None
+        self.ws_error_status: int | None = None
+        self.ws_refuse_status: int | None = None
+        self.hang = False
+        self.drop_after_events: int | None = None
+        self.event_delay = 0.0
+        self.text_deltas = 3
+        self.responder: Responder | None = None
+
+    # lifecycle
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/responses"
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{path.lstrip('/')}"
+
+    def start(self) -> FakeUpstream:
+        if self._thread is not None:
+            return self
+        logger = logging.getLogger("uvicorn.error")
+        if not any(isinstance(f, _QuietDrops) for f in logger.filters):
+            logger.addFilter(_QuietDrops())
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self._app,
+            host="127.0.0.1",
+            port=self.port,
+            lifespan="off",
+            interface="asgi3",
+            proxy_headers=False,
+            log_config=None,
+            log_level="warning",
+            ws="websockets-sansio",
+            ws_max_size=64 * 1024 * 1024,
+            ws_ping_interval=None,
+            timeout_graceful_shutdown=3,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, args=(sock,), name=f"fakeupstream-{self.name}")
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"fake upstream {self.name!r} did not start")
+            time.sleep(0.01)
+        return self
+
+    def _run(self, sock: socket.socket) -> None:
+        async def serve() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stopping = asyncio.Event()
+            assert self._server is not None
+            await self._server.serve(sockets=[sock])
+
+        try:
+            asyncio.run(serve())
+        finally:
+            sock.close()
+
+    def stop(self) -> None:
+        thread, server, loop, stopping = self._thread, self._server, self._loop, self._stopping
+        if thread is None or server is None:
+            return
+        if loop is not None and stopping is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stopping.set)
+            except RuntimeError:  # the loop closed in between
+                pass
+        server.should_exit = True
+        thread.join(10)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(5)
+        self._thread = self._server = self._loop = self._stopping = None
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def wait_for(self, predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+        """Poll `predicate` (e.g. `lambda: fake.open_ws == 0`) until true or `timeout` seconds pass."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stored(self, response_id: str) -> dict[str, Any] | None:
+        kept = self._kept.get(response_id)
+        return kept.response if kept else None
+
+    # the protocol
+
+    def _authorized(self, headers: dict[str, str]) -> bool:
+        return headers.get("authorization") == f"Bearer {self.api_key}"
+
+    def _body_problem(self, body: dict[str, Any], websocket: bool) -> dict[str, Any] | None:
+        if not websocket:
+            for key in WS_ONLY_FIELDS:
+                if key in body:
+                    return openai_error(
+                        f"Unknown parameter: '{key}'.", "invalid_request_error", "unknown_parameter", key
+                    )
+        if not isinstance(body.get("model"), str) or not body["model"]:
+            return openai_error(
+                "Missing required parameter: 'model'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                "model",
+            )
+        return None
+
+    def _previous(self, body: dict[str, Any], cached: Kept | None) -> Kept | None:
+        previous_id = body.get("previous_response_id")
+        if not previous_id:
+            return None
+        if cached is not None and cached.response["id"] == previous_id:
+            return cached
+        kept = self._kept.get(previous_id)
+        if kept is None:
+            raise PreviousNotFound(previous_id)
+        return kept
+
+    def _turn(self, body: dict[str, Any], previous: Kept | None) -> Turn:
+        full_input = (previous.full_input + previous.output if previous else []) + as_items(body.get("input"))
+        response_id, created_at = new_id("resp"), int(time.time())
+        started = response_object(body, response_id, created_at, "in_progress", [], None)
+        if body.get("generate") is False:
+            usage = usage_for(full_input, previous is not None, 0)
+            done = response_object(body, response_id, created_at, "completed", [], usage)
+            events = [{"type": "response.created", "response": started}]
+        else:
+            responder = self.responder or default_responder
+            output = [finish_item(item) for item in responder({**body, "input": full_input})]
+            events = [
+                {"type": "response.created", "response": started},
+                {"type": "response.in_progress", "response": started},
+            ]
+            output_tokens = 0
+            for index, item in enumerate(output):
+                more, deltas = item_events(index, item, self.text_deltas)
+                events += more
+                output_tokens += deltas
+            usage = usage_for(full_input, previous is not None, output_tokens)
+            done = response_object(body, response_id, created_at, "completed", output, usage)
+        events.append({"type": "response.completed", "response": done})
+        for number, event in enumerate(events):
+            event["sequence_number"] = number
+        return Turn(Kept(done, full_input, done["output"]), events)
+
+    def _keep(self, body: dict[str, Any], kept: Kept) -> None:
+        if body.get("store") is not False:
+            self._kept[kept.response["id"]] = kept
+
+    async def _pace(
+        self,
+        events: list[dict[str, Any]],
+        emit: Callable[[dict[str, Any]], Awaitable[None]],
+        gone: asyncio.Future[None] | None = None,
+    ) -> bool:
+        """Emit the events with the configured delay; False when the client left first. Raises
+        DropConnection when `drop_after_events` cuts the turn short."""
+        for number, event in enumerate(events):
+            if self.drop_after_events is not None and number >= self.drop_after_events:
+                raise DropConnection("drop_after_events")
+            if number and self.event_delay:
+                if gone is None:
+                    await asyncio.sleep(self.event_delay)
+                else:
+                    await asyncio.wait([gone], timeout=self.event_delay)
+            if gone is not None and gone.done():
+                return False
+            await emit(event)
+        return True
+
+    # ASGI
+
+    async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "websocket":
+            await self._websocket(scope, receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method, path, headers = scope["method"], scope["path"], _headers(scope)
+        raw = (await _read_body(receive)).decode("utf-8", "replace")
+        body = _parse_object(raw)
+        self.requests.append(Recorded("http", path, headers, body, None, method, raw))
+        if path.startswith("/v1/"):
+            self.http_requests += 1
+        if not self._authorized(headers):
+            message = "Incorrect API key provided. You can find your API key at https://platform.openai.com."
+            return await _send_json(
+                send, 401, openai_error(message, "invalid_request_error", "invalid_api_key")
+            )
+        parts = path.rstrip("/").split("/")[1:]
+        if method == "POST" and parts == ["v1", "responses"]:
+            return await self._create(body, receive, send)
+        if method == "GET" and parts == ["v1", "models"]:
+            data = [
+                {"id": m, "object": "model", "created": 1_700_000_000, "owned_by": "openai"}
+                for m in self.models
+            ]
+            return await _send_json(send, 200, {"object": "list", "data": data})
+        if method == "GET" and len(parts) == 3 and parts[:2] == ["v1", "models"] and parts[2] in self.models:
+            model = {"id": parts[2], "object": "model", "created": 1_700_000_000, "owned_by": "openai"}
+            return await _send_json(send, 200, model)
+        if method == "POST" and parts == ["v1", "responses", "input_tokens"]:
+            tokens = usage_for(as_items((body or {}).get("input")), False, 0)["input_tokens"]
+            return await _send_json(send, 200, {"object": "response.input_tokens", "input_tokens": tokens})
+        if method == "POST" and parts == ["v1", "responses", "compact"]:
+            return await _send_json(send, 200, self._compacted(body or {}))
+        if len(parts) in (3, 4) and parts[:2] == ["v1", "responses"]:
+            return await self._stored_route(method, parts[2], parts[3:], send)
+        message = f"Invalid URL ({method} {path})"
+        await _send_json(send, 404, openai_error(message, "invalid_request_error", None))
+
+    async def _create(self, body: dict[str, Any] | None, receive: Receive, send: Send) -> None:
+        self.open_http_streams += 1
+        gone = asyncio.ensure_future(_until_disconnect(receive))
+        try:
+            await self._answer(body, gone, send)
+        finally:
+            gone.cancel()
+            self.open_http_streams -= 1
+
+    async def _answer(self, body: dict[str, Any] | None, gone: asyncio.Future[None], send: Send) -> None:
+        if self.hang:
+            assert self._stopping is not None
+            stopping = asyncio.ensure_future(self._stopping.wait())
+            await asyncio.wait([gone, stopping], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if gone.done():
+                return
+            raise DropConnection("hung request released at shutdown")
+        if self.http_fail_status is not None:
+            return await _send_json(send, self.http_fail_status, status_error(self.http_fail_status))
+        if body is None:
+            message = "We could not parse the JSON body of your request."
+            return await _send_json(send, 400, openai_error(message, "invalid_request_error", None))
+        problem = self._body_problem(body, websocket=False)
+        if problem is not None:
+            return await _send_json(send, 400, problem)
+        try:
+            turn = self._turn(body, self._previous(body, None))
+        except PreviousNotFound as missing:
+            return await _send_json(send, 400, previous_not_found(str(missing)))
+        except Exception:
+            log.exception("fake upstream responder failed")
+            return await _send_json(send, 500, status_error(500))
+        if body.get("stream"):
+            headers = [
+                (b"content-type", b"text/event-stream; charset=utf-8"),
+                (b"cache-control", b"no-cache"),
+            ]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+
+            async def emit(event: dict[str, Any]) -> None:
+                chunk = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+
+            if not await self._pace(turn.events, emit, gone):
+                return
+            await send({"type": "http.response.body", "body": b""})
+        elif self.drop_after_events is not None:
+            data = json.dumps(turn.kept.response).encode()
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
+            await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
+            raise DropConnection("drop_after_events")
+        else:
+            await _send_json(send, 200, turn.kept.response)
+        self._keep(body, turn.kept)
+
+    def _compacted(self, body: dict[str, Any]) -> dict[str, Any]:
+        items = as_items(body.get("input"))
+        users = [item for item in items if item.get("role") == "user"]
+        compaction = {"type": "compaction", "id": new_id("cmp"), "encrypted_content": secrets.token_hex(16)}
+        return {
+            "id": new_id("resp"),
+            "object": "response.compaction",
+            "created_at": int(time.time()),
+            "output": [*users, compaction],
+            "usage": usage_for(items, False, 1),
+        }
+
+    async def _stored_route(self, method: str, response_id: str, rest: list[str], send: Send) -> None:
+        kept = self._kept.get(response_id)
+        if kept is None:
+            message = f"Response with id '{response_id}' not found."
+            return await _send_json(send, 404, openai_error(message, "invalid_request_error", None))
+        if method == "GET" and not rest:
+            return await _send_json(send, 200, kept.response)
+        if method == "DELETE" and not rest:
+            del self._kept[response_id]
+            return await _send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})
+        if method == "POST" and rest == ["cancel"]:
+            return await _send_json(send, 200, {**kept.response, "status": "cancelled"})
+        if method == "GET" and rest == ["input_items"]:
+            data = [{"id": new_id("msg"), **item} for item in kept.full_input]
+            page = {"object": "list", "data": data, "has_more": False}
+            page |= {"first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
+            return await _send_json(send, 200, page)
+        message = f"Invalid URL ({method} /v1/responses/{response_id}/{'/'.join(rest)})"
+        await _send_json(send, 404, openai_error(message, "invalid_request_error", None))
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = _headers(scope)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        refusal = self._refusal(scope["path"], headers)
+        if refusal is not None:
+            self.ws_handshakes_refused += 1
+            status, payload = refusal
+            data = json.dumps(payload).encode()
+            response_headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+            ]
+            await send(
+                {"type": "websocket.http.response.start", "status": status, "headers": response_headers}
+            )
+            await send({"type": "websocket.http.response.body", "body": data})
+            return
+        await send({"type": "websocket.accept"})
+        self.ws_connections += 1
+        self.open_ws += 1
+        try:
+            await self._ws_session(self.ws_connections, scope["path"], headers, receive, send)
+        except (DropConnection, OSError):  # OSError: uvicorn's ClientDisconnected, the client left mid-turn
+            pass
+        finally:
+            self.open_ws -= 1
+        # Returning without a close frame makes uvicorn drop the TCP connection: that is the abrupt
+        # close `drop_after_events` wants; every other exit already went through a close handshake.
+
+    def _refusal(self, path: str, headers: dict[str, str]) -> tuple[int, dict[str, Any]] | None:
+        if path.rstrip("/") != "/v1/responses":
+            return 404, openai_error(f"Invalid URL (GET {path})", "invalid_request_error", None)
+        if not self._authorized(headers):
+            message = "Incorrect API key provided."
+            return 401, openai_error(message, "invalid_request_error", "invalid_api_key")
+        if self.ws_refuse_status is not None:
+            return self.ws_refuse_status, status_error(self.ws_refuse_status)
+        return None
+
+    async def _ws_session(
+        self, connection_id: int, path: str, headers: dict[str, str], receive: Receive, send: Send
+    ) -> None:
+        cached: Kept | None = None
+
+        async def emit(event: dict[str, Any]) -> None:
+            await send({"type": "websocket.send", "text": json.dumps(event)})
+
+        async def fail(status: int, error: dict[str, Any]) -> None:
+            nonlocal cached
+            cached = None  # a failed turn evicts the connection's cached response
+            await emit({"type": "error", "status": status, **error})
+
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+            frame = _parse_object(raw)
+            self.requests.append(Recorded("websocket", path, headers, frame, connection_id, "GET", raw))
+            if self.hang:
+                continue
+            if frame is None:
+                await fail(
+                    400, openai_error("Invalid JSON in message.", "invalid_request_error", "invalid_json")
+                )
+                continue
+            if frame.get("type") != "response.create":
+                message_text = f"Unsupported event type '{frame.get('type')}'."
+                await fail(400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"))
+                continue
+            if self.ws_error_status is not None:
+                await fail(self.ws_error_status, status_error(self.ws_error_status))
+                continue
+            problem = self._body_problem(frame, websocket=True)
+            if problem is not None:
+                await fail(400, problem)
+                continue
+            try:
+                turn = self._turn(frame, self._previous(frame, cached))
+            except PreviousNotFound as missing:
+                await fail(400, previous_not_found(str(missing)))
+                continue
+            except Exception:
+                log.exception("fake upstream responder failed")
+                await fail(500, status_error(500))
+                continue
+            await self._pace(turn.events, emit)
+            cached = turn.kept
+            self._keep(frame, turn.kept)

@@ -1,0 +1,253 @@
+"""Frame rules of the WebSocket consumer, driven by Channels' WebsocketCommunicator."""
+
+import asyncio
+import json
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.testing import WebsocketCommunicator
+
+from tests.conftest import make_key, make_provider
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+EXT = {"websocket.http.response": {}}
+
+
+def communicator(key: str | None, **scope_extra) -> WebsocketCommunicator:
+    from config.asgi import application
+
+    headers = [(b"authorization", f"Bearer {key}".encode())] if key else []
+    comm = WebsocketCommunicator(application, "/v1/responses", headers=headers)
+    comm.scope.update(scope_extra)
+    return comm
+
+
+async def connected(key: str) -> WebsocketCommunicator:
+    comm = communicator(key)
+    ok, _ = await comm.connect()
+    assert ok
+    return comm
+
+
+async def next_json(comm: WebsocketCommunicator, timeout: float = 5) -> dict:
+    return json.loads(await comm.receive_from(timeout))
+
+
+async def until_terminal(comm: WebsocketCommunicator) -> list[dict]:
+    events = []
+    while True:
+        event = await next_json(comm)
+        events.append(event)
+        if event["type"] in ("response.completed", "response.failed", "response.incomplete", "error"):
+            return events
+
+
+@pytest.fixture
+def key(transactional_db) -> str:
+    return make_key()[1]
+
+
+@pytest.fixture
+def http_provider(upstream, transactional_db):
+    return make_provider(upstream, websocket_mode="never")
+
+
+async def test_bad_key_is_refused_with_401_before_accepting():
+    comm = communicator("sk-wrong", extensions=EXT)
+    await comm.send_input({"type": "websocket.connect"})
+    start = await comm.receive_output(5)
+    assert (start["type"], start["status"]) == ("websocket.http.response.start", 401)
+    body = await comm.receive_output(5)
+    assert json.loads(body["body"])["error"]["code"] == "invalid_api_key"
+
+
+async def test_without_the_denial_extension_a_refusal_is_a_close(key):
+    comm = communicator("sk-wrong")
+    ok, code = await comm.connect()
+    assert not ok and code == 1008
+
+
+async def test_switch_off_refuses_with_426(key):
+    from settings_app.models import SystemSettings
+
+    row = await sync_to_async(SystemSettings.load)()
+    row.client_websockets = False
+    await sync_to_async(row.save)()
+    comm = communicator(key, extensions=EXT)
+    await comm.send_input({"type": "websocket.connect"})
+    start = await comm.receive_output(5)
+    assert start["status"] == 426
+
+
+async def test_invalid_json_gets_an_error_frame_and_the_socket_stays_open(key, http_provider):
+    comm = await connected(key)
+    await comm.send_to(text_data="{oops")
+    error = await next_json(comm)
+    assert error["type"] == "error" and error["error"]["code"] == "invalid_json" and error["status"] == 400
+    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "hi"}))
+    events = await until_terminal(comm)
+    assert events[-1]["type"] == "response.completed"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"type": "response.cancel"}, "unsupported_event_type"),
+        ({"model": "gpt-5.5"}, "missing_event_type"),
+        ({"type": "response.create", "input": "no model"}, "missing_required_parameter"),
+        ({"type": "response.create", "model": "gpt-5.5", "background": True}, "unsupported_parameter"),
+        ({"type": "response.create", "model": "gpt-5.5", "generate": "no"}, "invalid_type"),
+    ],
+)
+async def test_invalid_frames_get_stable_error_codes(key, http_provider, frame, code):
+    comm = await connected(key)
+    await comm.send_to(text_data=json.dumps(frame))
+    error = await next_json(comm)
+    assert error["type"] == "error" and error["error"]["code"] == code
+    assert await comm.receive_nothing(0.1)
+    await comm.disconnect()
+
+
+async def test_stream_true_is_tolerated(key, http_provider):
+    comm = await connected(key)
+    await comm.send_to(
+        text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x", "stream": True})
+    )
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    await comm.disconnect()
+
+
+async def test_binary_frame_gets_an_error_and_close_1003(key):
+    comm = await connected(key)
+    await comm.send_to(bytes_data=b"\x00\x01")
+    error = await next_json(comm)
+    assert error["error"]["code"] == "unsupported_frame"
+    closed = await comm.receive_output(5)
+    assert closed == {"type": "websocket.close", "code": 1003, "reason": "binary frames are not supported"}
+
+
+async def test_frame_over_the_limit_is_closed_with_1009(key, settings):
+    settings.SLUICE_WS_MAX_FRAME_BYTES = 100
+    comm = await connected(key)
+    await comm.send_to(
+        text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x" * 200})
+    )
+    closed = await comm.receive_output(5)
+    assert closed["type"] == "websocket.close" and closed["code"] == 1009
+
+
+async def test_silent_connection_is_closed_after_the_first_frame_deadline(key, settings):
+    settings.SLUICE_WS_FIRST_FRAME_TIMEOUT = 0.2
+    comm = await connected(key)
+    closed = await comm.receive_output(3)
+    assert (
+        closed["type"] == "websocket.close"
+        and closed["code"] == 1000
+        and "response.create" in closed["reason"]
+    )
+
+
+async def test_idle_connection_is_closed(key, http_provider, settings):
+    settings.SLUICE_WS_IDLE_TIMEOUT = 0.3
+    comm = await connected(key)
+    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+    await until_terminal(comm)
+    closed = await comm.receive_output(3)
+    assert closed["type"] == "websocket.close" and closed["reason"] == "idle timeout"
+
+
+async def test_old_connection_answers_connection_limit_reached(key, http_provider, settings):
+    settings.SLUICE_WS_MAX_AGE = 0.1
+    comm = await connected(key)
+    await asyncio.sleep(0.2)
+    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+    error = await next_json(comm)
+    assert error["status"] == 400 and error["error"]["code"] == "websocket_connection_limit_reached"
+    await comm.disconnect()
+
+
+async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(key, http_provider, upstream):
+    comm = await connected(key)
+    await comm.send_to(
+        text_data=json.dumps(
+            {
+                "type": "response.create",
+                "model": "gpt-5.5",
+                "generate": False,
+                "store": False,
+                "input": [{"role": "user", "content": "hi"}],
+            }
+        )
+    )
+    created, completed = await next_json(comm), await next_json(comm)
+    assert created["type"] == "response.created" and completed["type"] == "response.completed"
+    assert completed["response"]["output"] == [] and completed["response"]["id"].startswith("resp_")
+    assert upstream.http_requests == 0, "a warm-up never needs the upstream over HTTP"
+    await comm.send_to(
+        text_data=json.dumps(
+            {
+                "type": "response.create",
+                "model": "gpt-5.5",
+                "store": False,
+                "previous_response_id": completed["response"]["id"],
+                "input": [{"role": "user", "content": "again"}],
+            }
+        )
+    )
+    events = await until_terminal(comm)
+    assert events[-1]["type"] == "response.completed"
+    sent = upstream.requests[-1].body
+    assert [i["content"] for i in sent["input"]] == ["hi", "again"] and "previous_response_id" not in sent
+    await comm.disconnect()
+
+
+async def test_unknown_previous_response_with_store_false_is_not_found(key, http_provider, upstream):
+    comm = await connected(key)
+    await comm.send_to(
+        text_data=json.dumps(
+            {
+                "type": "response.create",
+                "model": "gpt-5.5",
+                "store": False,
+                "previous_response_id": "resp_abc",
+                "input": [],
+            }
+        )
+    )
+    error = await next_json(comm)
+    assert error == {
+        "type": "error",
+        "status": 400,
+        "error": {
+            "type": "invalid_request_error",
+            "code": "previous_response_not_found",
+            "message": "Previous response with id 'resp_abc' not found.",
+            "param": "previous_response_id",
+        },
+    }
+    assert upstream.http_requests == 0
+    await comm.disconnect()
+
+
+async def test_turns_run_in_order_with_a_bounded_queue(key, http_provider, upstream, settings):
+    settings.SLUICE_WS_QUEUE_LIMIT = 2
+    upstream.event_delay = 0.05
+    comm = await connected(key)
+    for word in ("a", "b", "c", "d"):
+        await comm.send_to(
+            text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": word})
+        )
+    seen = []
+    refused = 0
+    while len(seen) + refused < 4:
+        event = await next_json(comm, timeout=10)
+        if event["type"] == "error":
+            assert event["error"]["code"] == "too_many_queued_requests"
+            refused += 1
+        elif event["type"] == "response.completed":
+            seen.append(event["response"]["output"][0]["content"][0]["text"])
+    # The worker may or may not have taken "a" off the queue before "c" arrived.
+    assert refused in (1, 2) and seen == ["echo: a", "echo: b", "echo: c"][: 4 - refused]
+    await comm.disconnect()

@@ -1,0 +1,166 @@
+"""WebSocket mode through a running gateway with the OpenAI SDK's ``responses.connect()``."""
+
+import json
+import time
+
+import openai
+import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import make_provider, request_logs
+
+TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
+
+
+def sdk(gateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+def run_turn(conn, **fields) -> list:
+    conn.response.create(**fields)
+    events = []
+    for event in conn:
+        events.append(event)
+        if event.type in TERMINAL:
+            return events
+    raise AssertionError("connection ended mid-turn")
+
+
+def text_of(events) -> str:
+    return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+
+
+def chain_three_turns(gateway, key: str) -> list[list]:
+    turns = []
+    with sdk(gateway, key).responses.connect(max_retries=0) as conn:
+        previous = None
+        for word in ("one", "two", "three"):
+            extra = {"previous_response_id": previous} if previous else {}
+            events = run_turn(
+                conn, model="gpt-5.5", store=False, input=[{"role": "user", "content": word}], **extra
+            )
+            assert events[-1].type == "response.completed", events[-1]
+            previous = events[-1].response.id
+            turns.append(events)
+    return turns
+
+
+def test_three_chained_turns_with_store_false_share_one_upstream_socket(gateway, upstream, api_key):
+    make_provider(upstream)
+    turns = chain_three_turns(gateway, api_key)
+    assert [text_of(t) for t in turns] == ["echo: one", "echo: two", "echo: three"]
+    assert upstream.ws_connections == 1
+    assert upstream.http_requests == 0
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert frames[1]["previous_response_id"] == turns[0][-1].response.id
+    assert frames[2]["input"] == [{"role": "user", "content": "three"}], "the gateway must not resend history"
+    rows = request_logs(3)
+    assert [(r.client_transport, r.upstream_transport, r.fallback_reason) for r in rows] == [
+        ("websocket", "websocket", "")
+    ] * 3
+    assert rows[0].ws_handshake_ms is not None and rows[0].upstream_ws_url.startswith("ws://127.0.0.1")
+    assert all(r.output_tokens > 0 for r in rows)
+    deadline = time.monotonic() + 5
+    while upstream.open_ws and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.open_ws == 0, "the upstream socket outlived its client"
+
+
+def test_http_only_upstream_continuation_is_served_by_the_gateway(gateway, upstream, api_key):
+    make_provider(upstream, websocket_mode="never")
+    turns = chain_three_turns(gateway, api_key)
+    assert [text_of(t) for t in turns] == ["echo: one", "echo: two", "echo: three"]
+    assert upstream.ws_connections == 0
+    last = [r.body for r in upstream.requests if r.transport == "http"][-1]
+    assert "previous_response_id" not in last
+    said = [item.get("content") for item in last["input"] if item.get("role") == "user"]
+    assert said == ["one", "two", "three"], "the full conversation must be sent upstream"
+    rows = request_logs(3)
+    assert {(r.upstream_transport, r.fallback_reason) for r in rows} == {("http", "provider_never")}
+
+
+def test_fallback_when_the_upstream_refuses_the_upgrade(gateway, upstream, api_key):
+    upstream.ws_refuse_status = 426
+    make_provider(upstream)
+    turns = chain_three_turns(gateway, api_key)
+    assert text_of(turns[2]) == "echo: three"
+    assert upstream.ws_handshakes_refused == 1, "a refused upgrade must be remembered, not retried every turn"
+    rows = request_logs(3)
+    assert [r.fallback_reason for r in rows] == ["upgrade_refused", "known_unsupported", "known_unsupported"]
+
+
+def test_upstream_drop_mid_stream_gives_an_error_frame_and_the_socket_lives_on(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.drop_after_events = 3
+    with sdk(gateway, api_key).responses.connect(max_retries=0) as conn:
+        events = run_turn(conn, model="gpt-5.5", input="first")
+        assert events[-1].type == "error"
+        assert upstream.http_requests == 0, "no replay over HTTP after the first event"
+        upstream.drop_after_events = None
+        events = run_turn(conn, model="gpt-5.5", input="second")
+        assert text_of(events) == "echo: second"
+    rows = request_logs(2)
+    assert rows[0].status == 502 and rows[0].error_code == "upstream_stream_error"
+
+
+def test_client_drop_mid_turn_closes_the_upstream_socket(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.text_deltas = 200
+    upstream.event_delay = 0.05
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {api_key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "long"}))
+        while "output_text.delta" not in ws.recv(timeout=10):
+            pass
+    deadline = time.monotonic() + 5
+    while upstream.open_ws and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert upstream.open_ws == 0
+    (row,) = request_logs(1)
+    assert row.status == 499 and row.error_code == "client_disconnected"
+
+
+def test_handshake_with_a_bad_key_is_refused_with_401(gateway, upstream, transactional_db):
+    make_provider(upstream)
+    with pytest.raises(InvalidStatus) as info:
+        ws_connect(
+            gateway.url.replace("http", "ws") + "/v1/responses",
+            additional_headers={"authorization": "Bearer sk-wrong"},
+        )
+    assert info.value.response.status_code == 401
+    assert json.loads(info.value.response.body)["error"]["code"] == "invalid_api_key"
+
+
+def test_handshake_is_refused_with_426_when_the_switch_is_off(gateway, upstream, api_key):
+    from settings_app.models import SystemSettings
+
+    make_provider(upstream)
+    settings_row = SystemSettings.load()
+    settings_row.client_websockets = False
+    settings_row.save()
+    with pytest.raises(InvalidStatus) as info:
+        ws_connect(
+            gateway.url.replace("http", "ws") + "/v1/responses",
+            additional_headers={"authorization": f"Bearer {api_key}"},
+        )
+    assert info.value.response.status_code == 426
+    # HTTP keeps working: this is where clients fall back to.
+    assert sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x").output_text == "echo: x"
+
+
+def test_subprotocol_key_is_accepted_and_never_echoed(gateway, upstream, api_key):
+    make_provider(upstream)
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        subprotocols=["realtime", f"openai-insecure-api-key.{api_key}"],
+    ) as ws:
+        assert ws.subprotocol == "realtime"
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "hi"}))
+        while True:
+            event = json.loads(ws.recv(timeout=10))
+            if event["type"] in TERMINAL:
+                break
+    assert event["type"] == "response.completed"
