@@ -15,5 +15,5 @@ class ProvidersConfig(AppConfig):
         def changed(**kwargs: object) -> None:
             bump_version("providers")
 
-        post_save.connect(changed, sender=Provider, dispatch_uid="provider-changed")
-        post_delete.connect(changed, sender=Provider, dispatch_uid="provider-deleted")
+        post_save.connect(changed, sender=Provider, weak=False, dispatch_uid="provider-changed")
+        post_delete.connect(changed, sender=Provider, weak=False, dispatch_uid="provider-deleted")

@@ -17,13 +17,13 @@ class ProxyConfig(AppConfig):
             if kwargs.get("signal") is post_delete or not instance.enabled or instance.is_expired:
                 _revoke(instance.pk)
 
-        post_save.connect(key_changed, sender=ApiKey, dispatch_uid="key-changed")
-        post_delete.connect(key_changed, sender=ApiKey, dispatch_uid="key-deleted")
+        post_save.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-changed")
+        post_delete.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-deleted")
 
         def price_changed(**kwargs: object) -> None:
             bump_version("prices")
 
-        post_save.connect(price_changed, sender=ModelPrice, dispatch_uid="price-changed")
+        post_save.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-changed")
 
 
 def _revoke(key_id: int) -> None:

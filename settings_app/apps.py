@@ -15,5 +15,5 @@ class SettingsAppConfig(AppConfig):
         def changed(**kwargs: object) -> None:
             bump_version("settings")
 
-        post_save.connect(changed, sender=SystemSettings, dispatch_uid="settings-changed")
-        post_delete.connect(changed, sender=SystemSettings, dispatch_uid="settings-deleted")
+        post_save.connect(changed, sender=SystemSettings, weak=False, dispatch_uid="settings-changed")
+        post_delete.connect(changed, sender=SystemSettings, weak=False, dispatch_uid="settings-deleted")

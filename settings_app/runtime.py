@@ -37,13 +37,14 @@ def bump_version(name: str) -> None:
 
 
 class Snapshot(Generic[T]):
-    def __init__(self, name: str, loader: Callable[[], T]) -> None:
+    def __init__(self, name: str, loader: Callable[[], T], *, register: bool = True) -> None:
         self.name = name
         self._loader = loader
         self._value: T | None = None
         self._version: object = None
         self._checked_at = float("-inf")
-        _registry[name] = self
+        if register:  # registered snapshots are refreshed at once after a change made in this process
+            _registry[name] = self
 
     def invalidate(self) -> None:
         self._checked_at = float("-inf")

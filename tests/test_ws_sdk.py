@@ -164,3 +164,47 @@ def test_subprotocol_key_is_accepted_and_never_echoed(gateway, upstream, api_key
             if event["type"] in TERMINAL:
                 break
     assert event["type"] == "response.completed"
+
+
+def test_revoking_a_key_in_the_admin_closes_its_live_sockets(gateway, upstream, transactional_db):
+    import re
+
+    import httpx
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+    from websockets.exceptions import ConnectionClosed
+
+    from tests.conftest import make_key
+
+    make_provider(upstream)
+    key, raw = make_key("soon-revoked")
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    django_client = Client()
+    django_client.force_login(admin)
+    browser = httpx.Client(
+        base_url=gateway.url, cookies={"sessionid": django_client.cookies["sessionid"].value}
+    )
+    change_url = f"/admin/proxy/apikey/{key.pk}/change/"
+    page = browser.get(change_url)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {raw}"},
+    ) as ws:
+        saved = browser.post(
+            change_url,
+            data={
+                "csrfmiddlewaretoken": token,
+                "name": key.name,
+                "owner": key.owner_id,
+                "expires_at_0": "",
+                "expires_at_1": "",
+            },
+            headers={"referer": gateway.url + change_url},
+        )
+        assert saved.status_code == 302, saved.text[:500]
+        error = json.loads(ws.recv(timeout=5))
+        assert error["type"] == "error" and error["status"] == 401
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+        assert info.value.rcvd.code == 1008

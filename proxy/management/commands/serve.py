@@ -4,7 +4,7 @@ import uvicorn
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 
 class Command(BaseCommand):
@@ -18,6 +18,10 @@ class Command(BaseCommand):
         parser.add_argument("--workers", type=int, default=1)
 
     def handle(self, *args: object, **options: object) -> None:
+        if int(options["workers"]) > 1 and not settings.REDIS_URL:  # type: ignore[arg-type]
+            raise CommandError(
+                "Several workers share affinity, breakers and settings through Redis: set REDIS_URL first."
+            )
         if not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         host, port = options["host"], options["port"]

@@ -1,0 +1,71 @@
+"""The provider test: a real turn through the serving code path, with a verdict and diagnostics."""
+
+from io import StringIO
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from tests.conftest import make_provider
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def run(name: str, *args: str) -> str:
+    out = StringIO()
+    call_command("testprovider", name, *args, stdout=out)
+    return out.getvalue()
+
+
+def test_over_websocket_is_green(upstream):
+    provider = make_provider(upstream, allowed_models=["gpt-5.5"])
+    out = run("alpha")
+    assert "Verdict: Green" in out and "Transport: websocket" in out and "Model: gpt-5.5" in out
+    assert upstream.ws_connections == 1
+    provider.refresh_from_db()
+    assert provider.last_test_verdict == "green" and provider.last_test_at is not None
+    assert provider.last_test_report["handshake_ms"] is not None and provider.last_test_report["events"] > 3
+
+
+def test_refused_upgrade_is_yellow_with_the_reason(upstream):
+    upstream.ws_refuse_status = 404
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    out = run("alpha")
+    assert "Verdict: Yellow" in out and "Transport: http" in out
+    assert "Fallback reason: The upstream refused the WebSocket upgrade" in out
+
+
+def test_forced_http(upstream):
+    make_provider(upstream)
+    out = run("alpha", "--transport", "http", "--model", "gpt-5.5")
+    assert "Verdict: Green" in out and "Transport: http" in out and upstream.ws_connections == 0
+
+
+def test_dead_upstream_is_red():
+    from providers.models import Provider
+
+    make_provider(None, name="dead", allowed_models=["gpt-5.5"], connect_timeout=2)
+    with pytest.raises(CommandError):
+        run("dead")
+    assert Provider.objects.get(name="dead").last_test_verdict == "red"
+
+
+def test_upstream_error_is_reported_without_secrets(upstream):
+    upstream.api_key = "sk-the-right-one"  # the provider's stored key is now wrong
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    from providers.models import Provider
+
+    provider = Provider.objects.get()
+    provider.set_api_key("sk-wrong-secret-1234567890")
+    provider.save()
+    with pytest.raises(CommandError):
+        run("alpha", "--transport", "http")
+    report = Provider.objects.get().last_test_report
+    assert report["verdict"] == "red" and report["error"]
+    assert "sk-wrong-secret-1234567890" not in str(report)
+
+
+def test_invalid_payload_is_refused_before_sending(upstream):
+    make_provider(upstream)  # no allowed models, and no --model
+    with pytest.raises(CommandError, match="model"):
+        run("alpha")
+    assert upstream.http_requests == 0 and upstream.ws_connections == 0
