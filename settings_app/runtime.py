@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
-from django.db import transaction
+from django.db import close_old_connections, transaction
 
 from settings_app import shared
 
@@ -55,6 +55,14 @@ class Snapshot(Generic[T]):
             and time.monotonic() - self._checked_at < settings.SLUICE_CONFIG_POLL_SECONDS
         )
 
+    def _load_in_worker(self) -> T:
+        # What request_started/finished do for views: drop connections past CONN_MAX_AGE or broken.
+        close_old_connections()
+        try:
+            return self._loader()
+        finally:
+            close_old_connections()
+
     def get(self) -> T:
         """Synchronous access (management commands, admin, the log writer)."""
         if self._fresh():
@@ -71,7 +79,7 @@ class Snapshot(Generic[T]):
             return self._value  # type: ignore[return-value]
         version = await shared.aget(_VERSION_PREFIX + self.name)
         if self._value is None or version != self._version:
-            self._value = await sync_to_async(self._loader, thread_sensitive=True)()
+            self._value = await sync_to_async(self._load_in_worker, thread_sensitive=True)()
             self._version = version
         self._checked_at = time.monotonic()
         return self._value  # type: ignore[return-value]

@@ -79,6 +79,21 @@ def gateway_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[Se
         ).start()
     yield server
     server.stop()
+    with django_db_blocker.unblock():
+        _close_other_connections()
+
+
+def _close_other_connections() -> None:
+    """The server's worker threads keep database connections; PostgreSQL cannot drop the test database
+    while they are open."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 @pytest.fixture(autouse=True)
