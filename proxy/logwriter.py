@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.db import close_old_connections
 from django.utils import timezone
 
 from proxy.outcome import Outcome
+from settings_app.runtime import tidy_connections
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _run() -> None:
         except Exception:
             log.exception("could not write %d request log rows", len(batch))
         finally:
-            close_old_connections()
+            tidy_connections()
             with _idle:
                 _pending -= len(batch)
                 _idle.notify_all()

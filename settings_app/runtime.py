@@ -15,7 +15,7 @@ from typing import Generic, TypeVar
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
-from django.db import close_old_connections, transaction
+from django.db import connections, transaction
 
 from settings_app import shared
 
@@ -56,12 +56,11 @@ class Snapshot(Generic[T]):
         )
 
     def _load_in_worker(self) -> T:
-        # What request_started/finished do for views: drop connections past CONN_MAX_AGE or broken.
-        close_old_connections()
+        tidy_connections()
         try:
             return self._loader()
         finally:
-            close_old_connections()
+            tidy_connections()
 
     def get(self) -> T:
         """Synchronous access (management commands, admin, the log writer)."""
@@ -86,6 +85,14 @@ class Snapshot(Generic[T]):
 
 
 _registry: dict[str, Snapshot] = {}
+
+
+def tidy_connections() -> None:
+    """What request_started/finished do for views, for threads that serve no request: drop this thread's
+    database connections that are past CONN_MAX_AGE or broken (never one inside a transaction)."""
+    for connection in connections.all(initialized_only=True):
+        if not connection.in_atomic_block:
+            connection.close_if_unusable_or_obsolete()
 
 
 @dataclass(frozen=True)

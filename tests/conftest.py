@@ -63,6 +63,11 @@ class ServerThread:
         self.thread.join(10)
 
     @property
+    def server_loop(self) -> asyncio.AbstractEventLoop:
+        assert self.loop is not None
+        return self.loop
+
+    @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 

@@ -208,3 +208,37 @@ def test_revoking_a_key_in_the_admin_closes_its_live_sockets(gateway, upstream, 
         with pytest.raises(ConnectionClosed) as info:
             ws.recv(timeout=5)
         assert info.value.rcvd.code == 1008
+
+
+def test_nothing_leaks_after_many_connections(gateway, upstream, api_key):
+    import asyncio
+    import gc
+
+    make_provider(upstream)
+
+    def gateway_tasks() -> int:
+        return len(asyncio.all_tasks(gateway.server_loop))
+
+    url = gateway.url.replace("http", "ws") + "/v1/responses"
+    headers = {"authorization": f"Bearer {api_key}"}
+    with ws_connect(url, additional_headers=headers) as ws:  # warm every lazy structure once
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "warm"}))
+        while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+            pass
+    time.sleep(0.3)
+    baseline = gateway_tasks()
+    for i in range(20):
+        with ws_connect(url, additional_headers=headers) as ws:
+            ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": f"n{i}"}))
+            if i % 2:  # half of them leave mid-turn
+                ws.recv(timeout=10)
+                continue
+            while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+                pass
+    deadline = time.monotonic() + 5
+    while (gateway_tasks() > baseline or upstream.open_ws) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gc.collect()
+    assert gateway_tasks() <= baseline, "tasks outlived their connections"
+    assert upstream.open_ws == 0, "upstream sockets outlived their clients"
+    assert upstream.ws_connections == 21
