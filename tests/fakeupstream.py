@@ -533,7 +533,9 @@ class FakeUpstream:
         if path.startswith("/v1/"):
             self.http_requests += 1
         if not self._authorized(headers):
-            message = "Incorrect API key provided. You can find your API key at https://platform.openai.com."
+            # Like the service, the message names the key it was given: the gateway must scrub it.
+            presented = headers.get("authorization", "").removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {presented}. You can find your API key at https://platform.openai.com."
             return await _send_json(
                 send, 401, openai_error(message, "invalid_request_error", "invalid_api_key")
             )
@@ -682,7 +684,8 @@ class FakeUpstream:
         if path.rstrip("/") != "/v1/responses":
             return 404, openai_error(f"Invalid URL (GET {path})", "invalid_request_error", None)
         if not self._authorized(headers):
-            message = "Incorrect API key provided."
+            presented = headers.get("authorization", "").removeprefix("Bearer ")
+            message = f"Incorrect API key provided: {presented}."
             return 401, openai_error(message, "invalid_request_error", "invalid_api_key")
         if self.ws_refuse_status is not None:
             return self.ws_refuse_status, status_error(self.ws_refuse_status)
