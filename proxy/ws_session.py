@@ -10,6 +10,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -76,20 +77,28 @@ class Session:
         self.opened_at = time.monotonic()
         self.last_activity = self.opened_at
         self.frames_seen = 0
-        self.queue: asyncio.Queue[str] = asyncio.Queue(maxsize=settings.SLUICE_WS_QUEUE_LIMIT)
+        self.pending: deque[str] = deque()  # turns waiting behind the running one
         self.upstream: UpstreamSocket | None = None
         # The connection-local cache: the last response and what produced it.
         self.last_response_id: str | None = None
         self.last_input: list[Any] | None = None
         self.last_output: list[Any] = []
         self.last_socket: UpstreamSocket | None = None
-        self.busy = False
-        self._worker = asyncio.ensure_future(self._run())
-        self._watchdog = asyncio.ensure_future(self._watch())
         self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
         self.keep_records = False
+        # An idle connection costs no task: the worker exists while turns are queued, the deadline check
+        # is a timer handle.
+        self._worker: asyncio.Task[None] | None = None
+        self._closing: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(
+            min(settings.SLUICE_WS_FIRST_FRAME_TIMEOUT, settings.SLUICE_WS_IDLE_TIMEOUT), self._check_deadline
+        )
 
     # ----- lifecycle -----
+
+    @property
+    def busy(self) -> bool:
+        return self._worker is not None
 
     async def receive(self, text: str) -> None:
         self.frames_seen += 1
@@ -97,9 +106,12 @@ class Session:
         if len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
             await self.close_client(1009, "frame too large")
             return
-        try:
-            self.queue.put_nowait(text)
-        except asyncio.QueueFull:
+        if self._worker is None:
+            self.pending.append(text)
+            self._worker = asyncio.ensure_future(self._drain())
+        elif len(self.pending) < settings.SLUICE_WS_QUEUE_LIMIT:
+            self.pending.append(text)
+        else:
             await self.send_error(
                 WireError(
                     429,
@@ -109,53 +121,58 @@ class Session:
             )
 
     async def shutdown(self) -> None:
-        for task in (self._watchdog, self._worker):
-            task.cancel()
-        for task in (self._watchdog, self._worker):
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        self._timer.cancel()
+        for task in (self._worker, self._closing):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        self.pending.clear()
         await self._drop_upstream()
 
-    async def _watch(self) -> None:
+    def _check_deadline(self) -> None:
         """Close connections that never speak, or that stay idle too long between turns."""
-        while True:
-            now = time.monotonic()
-            if self.frames_seen == 0:
-                deadline = self.opened_at + settings.SLUICE_WS_FIRST_FRAME_TIMEOUT
-                reason = "no response.create received in time"
-            else:
-                deadline = self.last_activity + settings.SLUICE_WS_IDLE_TIMEOUT
-                reason = "idle timeout"
-            if self.busy or not self.queue.empty():
-                deadline = now + settings.SLUICE_WS_IDLE_TIMEOUT
-            if now >= deadline:
-                log.info("closing client socket of key %s: %s", self.client.key_name, reason)
-                await self.close_client(1000, reason)
-                return
-            await asyncio.sleep(
-                min(deadline - now, settings.SLUICE_WS_IDLE_TIMEOUT, settings.SLUICE_WS_FIRST_FRAME_TIMEOUT)
-            )
+        now = time.monotonic()
+        if self.frames_seen == 0:
+            deadline = self.opened_at + settings.SLUICE_WS_FIRST_FRAME_TIMEOUT
+            reason = "no response.create received in time"
+        else:
+            deadline = self.last_activity + settings.SLUICE_WS_IDLE_TIMEOUT
+            reason = "idle timeout"
+        if self.busy:
+            deadline = now + settings.SLUICE_WS_IDLE_TIMEOUT
+        if now >= deadline:
+            log.info("closing client socket of key %s: %s", self.client.key_name, reason)
+            self._closing = asyncio.ensure_future(self.close_client(1000, reason))
+            return
+        delay = min(deadline - now, settings.SLUICE_WS_IDLE_TIMEOUT, settings.SLUICE_WS_FIRST_FRAME_TIMEOUT)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
 
-    async def _run(self) -> None:
-        while True:
-            text = await self.queue.get()
-            self.busy = True
-            try:
-                await self.turn(text)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("unexpected error in a WebSocket turn")
-                await self.send_error(
-                    WireError(
-                        500, "internal_error", "The gateway failed to run this turn.", None, "server_error"
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                text = self.pending.popleft()
+                try:
+                    await self.turn(text)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("unexpected error in a WebSocket turn")
+                    await self.send_error(
+                        WireError(
+                            500,
+                            "internal_error",
+                            "The gateway failed to run this turn.",
+                            None,
+                            "server_error",
+                        )
                     )
-                )
-            finally:
-                self.busy = False
-                self.last_activity = time.monotonic()
+                finally:
+                    self.last_activity = time.monotonic()
+        finally:
+            self._worker = None
 
     async def send_error(self, error: WireError) -> None:
         await self.send_text(error.ws_frame())
