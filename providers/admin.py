@@ -11,7 +11,7 @@ from django.utils.translation import gettext_lazy as _
 
 from providers.models import Provider, Verdict
 from providers.testing import Report, run_test, save_result
-from proxy.transport import FallbackReason
+from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError
 
 VERDICT_COLOURS = {Verdict.GREEN: "#2e7d32", Verdict.YELLOW: "#b58900", Verdict.RED: "#c62828"}
@@ -82,7 +82,7 @@ def report_table(data: dict) -> str:
     reason = data.get("fallback_reason") or ""
     rows = [
         (gettext("Verdict"), verdict_badge(data.get("verdict", ""))),
-        (gettext("Transport"), data.get("transport") or "—"),
+        (gettext("Transport"), Transport(data["transport"]).label if data.get("transport") else "—"),
         (gettext("Fallback reason"), FallbackReason(reason).label if reason else "—"),
         (gettext("Handshake"), ms(data.get("handshake_ms"))),
         (gettext("First event"), ms(data.get("first_event_ms"))),
@@ -173,7 +173,7 @@ class ProviderAdmin(admin.ModelAdmin):
         level = {Verdict.GREEN: messages.SUCCESS, Verdict.YELLOW: messages.WARNING}.get(
             report.verdict, messages.ERROR
         )
-        detail = report.error or "; ".join(report.notes) or report.transport
+        detail = report.error or "; ".join(report.notes) or report.transport_label
         self.message_user(
             request,
             gettext("Test of %(name)s: %(verdict)s (%(detail)s)")

@@ -11,7 +11,7 @@ from django.utils.translation import gettext as _
 from providers.models import Provider, Verdict
 from providers.registry import info_from_model
 from proxy.pipeline import scrub
-from proxy.transport import FallbackReason
+from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError, validate_create_frame
 
 SLOW_MS = 10_000.0
@@ -35,6 +35,10 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def transport_label(self) -> str:
+        return str(Transport(self.transport).label) if self.transport else ""
 
     @property
     def fallback_label(self) -> str:

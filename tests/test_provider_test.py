@@ -19,7 +19,7 @@ def run(name: str, *args: str) -> str:
 def test_over_websocket_is_green(upstream):
     provider = make_provider(upstream, allowed_models=["gpt-5.5"])
     out = run("alpha")
-    assert "Verdict: Green" in out and "Transport: websocket" in out and "Model: gpt-5.5" in out
+    assert "Verdict: Green" in out and "Transport: WebSocket" in out and "Model: gpt-5.5" in out
     assert upstream.ws_connections == 1
     provider.refresh_from_db()
     assert provider.last_test_verdict == "green" and provider.last_test_at is not None
@@ -30,14 +30,14 @@ def test_refused_upgrade_is_yellow_with_the_reason(upstream):
     upstream.ws_refuse_status = 404
     make_provider(upstream, allowed_models=["gpt-5.5"])
     out = run("alpha")
-    assert "Verdict: Yellow" in out and "Transport: http" in out
+    assert "Verdict: Yellow" in out and "Transport: HTTP" in out
     assert "Fallback reason: The upstream refused the WebSocket upgrade" in out
 
 
 def test_forced_http(upstream):
     make_provider(upstream)
     out = run("alpha", "--transport", "http", "--model", "gpt-5.5")
-    assert "Verdict: Green" in out and "Transport: http" in out and upstream.ws_connections == 0
+    assert "Verdict: Green" in out and "Transport: HTTP" in out and upstream.ws_connections == 0
 
 
 def test_dead_upstream_is_red():

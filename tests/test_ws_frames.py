@@ -154,7 +154,7 @@ async def test_idle_connection_is_closed(key, http_provider, settings):
     comm = await connected(key)
     await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
     await until_terminal(comm)
-    closed = await comm.receive_output(3)
+    closed = await comm.receive_output(10)
     assert closed["type"] == "websocket.close" and closed["reason"] == "idle timeout"
 
 

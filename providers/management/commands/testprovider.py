@@ -15,7 +15,7 @@ def format_report(report: Report) -> list[str]:
 
     lines = [
         f"{_('Verdict')}: {Verdict(report.verdict).label}",
-        f"{_('Transport')}: {report.transport or '—'}",
+        f"{_('Transport')}: {report.transport_label or '—'}",
     ]
     if report.fallback_reason:
         lines.append(f"{_('Fallback reason')}: {report.fallback_label}")
