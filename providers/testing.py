@@ -98,9 +98,9 @@ async def run_test(provider: Provider, *, transport: str = "auto", model: str | 
     started = time.perf_counter()
     try:
         await session.turn(json.dumps(frame))
+        total = (time.perf_counter() - started) * 1000
     finally:
         await session.shutdown()
-    total = (time.perf_counter() - started) * 1000
     record = session.records[-1] if session.records else None
     report = Report(verdict=Verdict.RED, total_ms=round(total, 1), events=len(received))
     if record is not None:
