@@ -3,7 +3,7 @@
 import logging
 from typing import Any
 
-from channels.consumer import AsyncConsumer
+from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
@@ -21,6 +21,14 @@ def key_group(key_id: int) -> str:
 class ResponsesConsumer(AsyncConsumer):
     session: Session | None = None
     closed = False
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        # Channels closes stale database connections before every message, a thread hop per frame; this
+        # consumer never touches the database from the event loop (configuration lives in snapshots).
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def deny(self, status: int, error: WireError) -> None:
         """Refuse the upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);

@@ -97,10 +97,11 @@ def _run() -> None:
 
 
 def write(batch: list[TurnRecord]) -> None:
+    from django.db import transaction
     from django.db.models import F
     from django.db.models.functions import Coalesce, Greatest
 
-    from proxy.models import ApiKey, ModelPrice, RequestLog
+    from proxy.models import ApiKey, ModelPrice
 
     prices = {p.model: p for p in ModelPrice.objects.all()}
     rows = []
@@ -110,42 +111,101 @@ def write(batch: list[TurnRecord]) -> None:
         price = _price_for(prices, model)
         finished = r.finished_at or r.started
         rows.append(
-            RequestLog(
-                created_at=r.created_at,
-                api_key_id=r.key_id,
-                provider_id=r.provider_id,
-                endpoint=r.endpoint,
-                requested_model=r.requested_model[:200],
-                upstream_model=model[:200],
-                status=r.status,
-                error_code=(r.error_code or o.error_code)[:100],
-                input_tokens=o.input_tokens,
-                cached_input_tokens=o.cached_input_tokens,
-                output_tokens=o.output_tokens,
-                reasoning_tokens=o.reasoning_tokens,
-                cost=price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens)
-                if price
-                else Decimal(0),
-                time_to_first_event_ms=(r.first_event_at - r.started) * 1000 if r.first_event_at else None,
-                duration_ms=(finished - r.started) * 1000,
-                client_transport=r.client_transport,
-                upstream_transport=r.upstream_transport,
-                fallback_reason=r.fallback_reason,
-                ws_handshake_ms=r.ws_handshake_ms,
-                upstream_ws_url=r.upstream_ws_url[:500],
-                response_id=o.response_id[:200],
-                session_id=r.session_id[:200],
+            (
+                r.created_at,
+                r.key_id,
+                r.provider_id,
+                r.endpoint,
+                r.requested_model[:200],
+                model[:200],
+                r.status,
+                (r.error_code or o.error_code)[:100],
+                o.input_tokens,
+                o.cached_input_tokens,
+                o.output_tokens,
+                o.reasoning_tokens,
+                price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else Decimal(0),
+                (r.first_event_at - r.started) * 1000 if r.first_event_at else None,
+                (finished - r.started) * 1000,
+                r.client_transport,
+                r.upstream_transport,
+                r.fallback_reason,
+                r.ws_handshake_ms,
+                r.upstream_ws_url[:500],
+                o.response_id[:200],
+                r.session_id[:200],
             )
         )
-    RequestLog.objects.bulk_create(rows)
     used: dict[int, dt.datetime] = {}
     for r in batch:
         if r.key_id is not None:
             used[r.key_id] = max(used.get(r.key_id, r.created_at), r.created_at)
-    for key_id, when in used.items():
-        ApiKey.objects.filter(pk=key_id).update(
-            last_used_at=Greatest(Coalesce(F("last_used_at"), when), when)
-        )
+    with transaction.atomic():
+        _insert(rows)
+        for key_id, when in used.items():
+            ApiKey.objects.filter(pk=key_id).update(
+                last_used_at=Greatest(Coalesce(F("last_used_at"), when), when)
+            )
+
+
+COLUMNS = (
+    "created_at",
+    "api_key_id",
+    "provider_id",
+    "endpoint",
+    "requested_model",
+    "upstream_model",
+    "status",
+    "error_code",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost",
+    "time_to_first_event_ms",
+    "duration_ms",
+    "client_transport",
+    "upstream_transport",
+    "fallback_reason",
+    "ws_handshake_ms",
+    "upstream_ws_url",
+    "response_id",
+    "session_id",
+)
+
+
+def _insert(rows: list[tuple]) -> None:
+    """One multi-row INSERT per batch: the ORM's bulk_create spends most of its time preparing each field
+    of each row, which a log of thousands of turns a second cannot afford."""
+    from django.db import connection
+
+    from proxy.models import RequestLog
+
+    ops = connection.ops
+    fields = [RequestLog._meta.get_field(name) for name in COLUMNS]  # attnames for the foreign keys
+    adapters = []
+    for f in fields:
+        if f.get_internal_type() == "DateTimeField":
+            adapters.append(ops.adapt_datetimefield_value)
+        elif f.get_internal_type() == "DecimalField":
+            adapters.append(lambda v, f=f: ops.adapt_decimalfield_value(v, f.max_digits, f.decimal_places))
+        else:
+            adapters.append(None)
+    adapt = [(i, a) for i, a in enumerate(adapters) if a is not None]
+    params = []
+    for row in rows:
+        values = list(row)
+        for i, adapter in adapt:
+            values[i] = adapter(values[i])
+        params.append(values)
+    quote = ops.quote_name
+    sql = "INSERT INTO {} ({}) VALUES ({})".format(
+        quote(RequestLog._meta.db_table),
+        ", ".join(quote(f.column) for f in fields),
+        ", ".join(["%s"] * len(fields)),
+    )
+    with connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def _price_for(prices: dict, model: str) -> object | None:
