@@ -213,7 +213,10 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
         record.status, record.error_code = 499, "client_disconnected"
         raise
     finally:
-        await relay.opened.close()
+        if terminal:
+            await relay.opened.finish(relay.events)
+        else:
+            await relay.opened.close()
         logwriter.submit(record)
     if not terminal:
         error = WireError(

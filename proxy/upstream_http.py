@@ -92,6 +92,22 @@ class Opened:
     async def close(self) -> None:
         await self.response.aclose()
 
+    async def finish(self, events: AsyncIterator[Event] | None, grace: float = 1.0) -> None:
+        """Read what follows the terminal event (the end of the chunked body, a ``[DONE]``) before closing:
+        a response closed before its body ends costs its keep-alive connection."""
+        try:
+            async with asyncio.timeout(grace):
+                if events is not None:
+                    async for _ in events:
+                        pass
+                else:
+                    async for _ in self.response.aiter_raw():
+                        pass
+        except (TimeoutError, httpx.HTTPError, OSError):
+            pass
+        finally:
+            await self.response.aclose()
+
 
 async def open_request(
     provider: ProviderInfo,

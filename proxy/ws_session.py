@@ -481,6 +481,7 @@ class Session:
                 await self.send_text(event.data)
                 if terminal:
                     self._submit(record)
+                    await relay.opened.finish(relay.events)
                     return
                 event = await anext(relay.events)  # type: ignore[arg-type]
         except (StopAsyncIteration, httpx.HTTPError, OSError) as exc:

@@ -330,6 +330,7 @@ class FakeUpstream:
         self.ws_connections = 0
         self.ws_handshakes_refused = 0
         self.http_requests = 0
+        self.http_peers: set[tuple] = set()  # distinct client (host, port): one per TCP connection
         self.http_fail_status: int | None = None
         self.ws_error_status: int | None = None
         self.ws_refuse_status: int | None = None
@@ -530,6 +531,7 @@ class FakeUpstream:
         raw = (await _read_body(receive)).decode("utf-8", "replace")
         body = _parse_object(raw)
         self.requests.append(Recorded("http", path, headers, body, None, method, raw))
+        self.http_peers.add(tuple(scope.get("client") or ()))
         if path.startswith("/v1/"):
             self.http_requests += 1
         if not self._authorized(headers):

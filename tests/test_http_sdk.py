@@ -203,3 +203,13 @@ def test_client_key_never_reaches_upstream(gateway, upstream, api_key):
     headers = upstream.requests[-1].headers
     assert headers["authorization"] == f"Bearer {upstream.api_key}"
     assert api_key not in json.dumps(headers)
+
+
+def test_upstream_connections_are_kept_alive_across_turns(gateway, upstream, api_key):
+    make_provider(upstream)
+    client = sdk(gateway, api_key)
+    for i in range(5):
+        list(client.responses.create(model="gpt-5.5", input=f"s{i}", stream=True))
+        client.responses.create(model="gpt-5.5", input=f"j{i}")
+    assert upstream.http_requests == 10
+    assert len(upstream.http_peers) == 1, "every turn opened a new upstream connection"
