@@ -2,6 +2,7 @@
 /v1/responses to the Channels consumer."""
 
 import os
+from typing import Any
 
 from django.core.asgi import get_asgi_application
 
@@ -24,8 +25,23 @@ async def http_application(scope: dict, receive: object, send: object) -> None:
         await django_application(scope, receive, send)
 
 
+async def lifespan(scope: dict, receive: Any, send: Any) -> None:
+    """Close upstream connection pools when the server shuts down."""
+    from proxy.upstream_http import close_session
+
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await close_session()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 application = ProtocolTypeRouter(
     {
+        "lifespan": lifespan,
         "http": http_application,
         "websocket": URLRouter(
             [

@@ -141,8 +141,7 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     # These libraries log request headers (with API keys) at DEBUG: never let them, whatever LOG_LEVEL says.
     "loggers": {
-        "httpx": {"level": "WARNING"},
-        "httpcore": {"level": "WARNING"},
+        "aiohttp": {"level": "WARNING"},
         "websockets": {"level": "INFO"},
     },
 }

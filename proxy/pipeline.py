@@ -8,13 +8,11 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
-
 from providers import health, routing
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter
 from proxy.logwriter import TurnRecord
-from proxy.upstream_http import Opened, open_request
+from proxy.upstream_http import Opened, TransportError, open_request
 from proxy.wire import TERMINAL_TYPES, Event, WireError
 
 log = logging.getLogger("sluice.pipeline")
@@ -130,7 +128,7 @@ async def open_with_failover(
                 if opened.status >= 400:
                     error = upstream_error(opened.status, await opened.read_error(), provider.api_key)
                     raise error
-                is_sse = opened.response.headers.get("content-type", "").startswith("text/event-stream")
+                is_sse = opened.content_type.startswith("text/event-stream")
                 if not (is_sse and read_first_event):
                     return Relay(route, opened, None, None)
                 events = opened.events().__aiter__()
@@ -138,7 +136,7 @@ async def open_with_failover(
                 return Relay(route, opened, events, first)
         except WireError:
             raise
-        except (TimeoutError, httpx.TimeoutException):
+        except TimeoutError:
             last = WireError(
                 504,
                 "upstream_timeout",
@@ -146,7 +144,7 @@ async def open_with_failover(
                 None,
                 "server_error",
             )
-        except (httpx.HTTPError, OSError, StopAsyncIteration) as exc:
+        except (*TransportError, StopAsyncIteration) as exc:
             last = WireError(
                 502,
                 "upstream_unavailable",
@@ -197,7 +195,7 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
             event = await anext(relay.events)
     except StopAsyncIteration:
         pass
-    except (httpx.HTTPError, OSError) as exc:
+    except TransportError as exc:
         error = WireError(
             502,
             "upstream_stream_error",
@@ -243,7 +241,7 @@ async def relay_bytes(
     tail = b""
     held: bytes | None = None
     try:
-        async for chunk in relay.opened.response.aiter_raw():
+        async for chunk in relay.opened.chunks():
             record.first_event()
             if scan:
                 if len(head) < 8192:
@@ -261,7 +259,7 @@ async def relay_bytes(
         await finish(record, relay.route, affinity, plan)
         if held is not None:
             yield held
-    except (httpx.HTTPError, OSError) as exc:
+    except TransportError as exc:
         record.status, record.error_code = 502, "upstream_stream_error"
         log.warning("provider %s body broke: %r", relay.route.provider.name, exc)
     except asyncio.CancelledError:

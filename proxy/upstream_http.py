@@ -5,7 +5,7 @@ import weakref
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from providers.registry import ProviderInfo
 from proxy.wire import Event, SSEDecoder
@@ -27,25 +27,37 @@ FORWARDED_HEADERS = (
 # Upstream response headers the client may see; hop-by-hop headers, cookies and the rest stay here.
 RETURNED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after")
 
-_pools: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, httpx.AsyncClient]]" = (
+# aiohttp rather than httpx: measured on the benchmark's SSE turns, httpx spent 0.64 ms of CPU per request
+# at concurrency 1 and 2.9 ms at 50 (httpcore polls every idle pooled socket on each request); aiohttp
+# spent 0.1 ms at both.
+_sessions: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession]" = (
     weakref.WeakKeyDictionary()
 )
 
+# What a failing upstream raises besides timeouts: connection refused or reset, malformed HTTP.
+TransportError = (aiohttp.ClientError, OSError)
 
-def pool(proxy_url: str = "") -> httpx.AsyncClient:
-    """The connection pool of this event loop for a given outbound proxy (one per process in production)."""
+
+def session() -> aiohttp.ClientSession:
+    """The connection pool of this event loop (one per process in production)."""
     loop = asyncio.get_running_loop()
-    clients = _pools.setdefault(loop, {})
-    client = clients.get(proxy_url)
-    if client is None:
-        client = httpx.AsyncClient(
-            proxy=proxy_url or None,
-            limits=httpx.Limits(max_connections=2000, max_keepalive_connections=200, keepalive_expiry=60),
-            follow_redirects=False,
+    pool = _sessions.get(loop)
+    if pool is None or pool.closed:
+        pool = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=60),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
             trust_env=False,
         )
-        clients[proxy_url] = client
-    return client
+        _sessions[loop] = pool
+    return pool
+
+
+async def close_session() -> None:
+    """Close this event loop's pool (server shutdown, the end of a command's event loop)."""
+    pool = _sessions.pop(asyncio.get_running_loop(), None)
+    if pool is not None:
+        await pool.close()
 
 
 def upstream_headers(provider: ProviderInfo, client_headers: Mapping[str, str]) -> dict[str, str]:
@@ -57,56 +69,62 @@ def upstream_headers(provider: ProviderInfo, client_headers: Mapping[str, str]) 
     return headers
 
 
-def returned_headers(response: httpx.Response) -> dict[str, str]:
+def returned_headers(response: aiohttp.ClientResponse) -> dict[str, str]:
     return {name: response.headers[name] for name in RETURNED_HEADERS if name in response.headers}
 
 
 @dataclass
 class Opened:
-    response: httpx.Response
+    response: aiohttp.ClientResponse
 
     @property
     def status(self) -> int:
-        return self.response.status_code
+        return self.response.status
+
+    @property
+    def content_type(self) -> str:
+        return self.response.headers.get("content-type", "")
 
     async def read_error(self, limit: int = 64 * 1024) -> bytes:
         """An error body, bounded: enough to relay the upstream's message, never a whole stream."""
         body = b""
         try:
-            async for chunk in self.response.aiter_raw():
+            async for chunk in self.response.content.iter_any():
                 body += chunk
                 if len(body) >= limit:
                     break
-        except httpx.HTTPError:
+        except TransportError:
             pass
         finally:
-            await self.response.aclose()
+            self.response.close()
         return body[:limit]
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.response.content.iter_any()
 
     async def events(self) -> AsyncIterator[Event]:
         decoder = SSEDecoder()
-        async for chunk in self.response.aiter_raw():
+        async for chunk in self.response.content.iter_any():
             for event in decoder.feed(chunk):
                 yield event
 
     async def close(self) -> None:
-        await self.response.aclose()
+        """Drop the connection: the body was not read to its end."""
+        self.response.close()
 
     async def finish(self, events: AsyncIterator[Event] | None, grace: float = 1.0) -> None:
-        """Read what follows the terminal event (the end of the chunked body, a ``[DONE]``) before closing:
-        a response closed before its body ends costs its keep-alive connection."""
+        """Read what follows the terminal event (the end of the chunked body, a ``[DONE]``) and give the
+        connection back to the pool; a response closed before its body ends costs its connection."""
         try:
             async with asyncio.timeout(grace):
                 if events is not None:
                     async for _ in events:
                         pass
                 else:
-                    async for _ in self.response.aiter_raw():
-                        pass
-        except (TimeoutError, httpx.HTTPError, OSError):
-            pass
-        finally:
-            await self.response.aclose()
+                    await self.response.read()
+            self.response.release()
+        except (TimeoutError, *TransportError):
+            self.response.close()
 
 
 async def open_request(
@@ -122,15 +140,20 @@ async def open_request(
     headers = upstream_headers(provider, client_headers)
     if body is not None:
         headers["content-type"] = "application/json"
-    timeout = httpx.Timeout(
+    timeout = aiohttp.ClientTimeout(
+        total=None,
         connect=provider.connect_timeout,
-        read=provider.idle_timeout,
-        write=provider.idle_timeout,
-        pool=provider.connect_timeout,
+        sock_read=provider.idle_timeout,
     )
     url = provider.url(path) + (f"?{query}" if query else "")
-    client = pool(provider.proxy_url)
-    request = client.build_request(method, url, content=body, headers=headers, timeout=timeout)
     async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
-        response = await client.send(request, stream=True)
+        response = await session().request(
+            method,
+            url,
+            data=body,
+            headers=headers,
+            timeout=timeout,
+            proxy=provider.proxy_url or None,
+            allow_redirects=False,
+        )
     return Opened(response)

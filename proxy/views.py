@@ -8,7 +8,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
@@ -18,7 +17,7 @@ from providers.routing import Affinity
 from proxy import logwriter, pipeline
 from proxy.auth import Client, authenticate, presented_key
 from proxy.logwriter import TurnRecord
-from proxy.upstream_http import open_request, returned_headers
+from proxy.upstream_http import TransportError, open_request, returned_headers
 from proxy.wire import WireError, parse_body, require_model
 
 log = logging.getLogger("sluice.http")
@@ -155,7 +154,7 @@ async def _relay(
         response = StreamingHttpResponse(
             pipeline.relay_bytes(relay, record, affinity, plan, scan=endpoint in ("responses", "compact")),
             status=relay.opened.status,
-            content_type=relay.opened.response.headers.get("content-type", "application/json"),
+            content_type=relay.opened.content_type or "application/json",
         )
     for name, value in extra.items():
         response[name] = value
@@ -251,7 +250,7 @@ async def _provider_models(provider: Any) -> list[str]:
         names = [
             m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
-    except (TimeoutError, httpx.HTTPError, OSError, ValueError, AttributeError) as exc:
+    except (TimeoutError, *TransportError, ValueError, AttributeError) as exc:
         log.warning("could not list models of provider %s: %r", provider.name, exc)
     _upstream_models[provider.id] = (time.monotonic(), names)
     return names

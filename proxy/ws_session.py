@@ -14,7 +14,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import httpx
 from django.conf import settings
 
 from providers import health, routing
@@ -24,6 +23,7 @@ from proxy import logwriter, pipeline
 from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.transport import Decision, FallbackReason, Transport, choose
+from proxy.upstream_http import TransportError
 from proxy.upstream_ws import (
     NO_WEBSOCKET_STATUSES,
     HandshakeFailed,
@@ -484,7 +484,7 @@ class Session:
                     await relay.opened.finish(relay.events)
                     return
                 event = await anext(relay.events)  # type: ignore[arg-type]
-        except (StopAsyncIteration, httpx.HTTPError, OSError) as exc:
+        except (StopAsyncIteration, *TransportError) as exc:
             log.warning("provider %s: HTTP stream broke mid-turn: %r", route.provider.name, exc)
             error = WireError(
                 502,

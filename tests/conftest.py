@@ -48,6 +48,9 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
+        from proxy.upstream_http import close_session
+
+        self.loop.run_until_complete(close_session())
 
     def start(self) -> "ServerThread":
         self.thread.start()

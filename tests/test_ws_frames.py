@@ -43,6 +43,15 @@ async def until_terminal(comm: WebsocketCommunicator) -> list[dict]:
             return events
 
 
+@pytest.fixture(autouse=True)
+async def _close_upstream_pool():
+    """Each test has its own event loop; its upstream connection pool goes with it."""
+    yield
+    from proxy.upstream_http import close_session
+
+    await close_session()
+
+
 @pytest.fixture
 def key(transactional_db) -> str:
     return make_key()[1]

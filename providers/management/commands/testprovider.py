@@ -6,6 +6,7 @@ from django.utils.translation import gettext as _
 from providers.models import Provider, Verdict
 from providers.testing import Report, run_test, save_result
 from proxy import logwriter
+from proxy.upstream_http import close_session
 from proxy.wire import WireError
 
 
@@ -41,14 +42,19 @@ class Command(BaseCommand):
         parser.add_argument("--transport", choices=("auto", "websocket", "http"), default="auto")
         parser.add_argument("--model")
 
+    @staticmethod
+    async def run(provider: Provider, transport: str, model: object) -> Report:
+        try:
+            return await run_test(provider, transport=transport, model=model)  # type: ignore[arg-type]
+        finally:
+            await close_session()
+
     def handle(self, *args: object, **options: object) -> None:
         provider = Provider.objects.filter(name=options["name"]).first()
         if provider is None:
             raise CommandError(_("No provider named %(name)s.") % {"name": options["name"]})
         try:
-            report = asyncio.run(
-                run_test(provider, transport=str(options["transport"]), model=options["model"])
-            )
+            report = asyncio.run(self.run(provider, str(options["transport"]), options["model"]))
         except WireError as error:
             raise CommandError(error.message) from None
         save_result(provider, report)

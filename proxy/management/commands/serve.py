@@ -40,7 +40,7 @@ class Command(BaseCommand):
             host=str(host),
             port=int(port),  # type: ignore[arg-type]
             workers=int(options["workers"]),  # type: ignore[arg-type]
-            lifespan="off",
+            lifespan="on",
             ws="websockets-sansio",
             ws_max_size=settings.SLUICE_WS_MAX_FRAME_BYTES,
             ws_per_message_deflate=True,
