@@ -9,8 +9,6 @@ import time
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from django.utils import timezone
-
 from proxy.outcome import Outcome
 from settings_app.runtime import tidy_connections
 
@@ -32,7 +30,7 @@ class TurnRecord:
     ws_handshake_ms: float | None = None
     upstream_ws_url: str = ""
     session_id: str = ""
-    created_at: dt.datetime = field(default_factory=timezone.now)
+    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     started: float = field(default_factory=time.perf_counter)
     first_event_at: float | None = None
     finished_at: float | None = None

@@ -78,8 +78,8 @@ class Relay:
 
     route: Route
     opened: Opened
-    events: AsyncIterator[Event] | None  # SSE: the rest of the events, the first one already read
-    first: Event | None
+    batches: AsyncIterator[list[Event]] | None  # SSE: the rest of the events, the first batch already read
+    first: list[Event] | None
 
 
 def body_for(route: Route, model: str | None, raw: bytes | None, body: dict[str, Any] | None) -> bytes | None:
@@ -131,9 +131,9 @@ async def open_with_failover(
                 is_sse = opened.content_type.startswith("text/event-stream")
                 if not (is_sse and read_first_event):
                     return Relay(route, opened, None, None)
-                events = opened.events().__aiter__()
-                first = await anext(events)
-                return Relay(route, opened, events, first)
+                batches = opened.batches().__aiter__()
+                first = await anext(batches)
+                return Relay(route, opened, batches, first)
         except WireError:
             raise
         except TimeoutError:
@@ -175,24 +175,28 @@ async def finish(
 
 async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: Plan) -> AsyncIterator[bytes]:
     """Relay SSE events untouched; the terminal event is parsed for usage before it is sent."""
-    assert relay.first is not None and relay.events is not None
+    assert relay.first is not None and relay.batches is not None
     terminal = False
     sequence = 0
     try:
         record.first_event()
-        event = relay.first
+        batch = relay.first
         while True:
-            if event.type in TERMINAL_TYPES:
-                terminal = True
-                record.outcome.read_terminal(event.type, event.data)
-                if event.type != "response.completed":
-                    record.status = 502 if event.type == "error" else 200
-                await finish(record, relay.route, affinity, plan)
-            yield event.as_sse()
-            sequence += 1
+            out = []
+            for event in batch:
+                out.append(event.as_sse())
+                if event.type in TERMINAL_TYPES:
+                    terminal = True
+                    record.outcome.read_terminal(event.type, event.data)
+                    if event.type != "response.completed":
+                        record.status = 502 if event.type == "error" else 200
+                    await finish(record, relay.route, affinity, plan)
+                    break
+            yield out[0] if len(out) == 1 else b"".join(out)
+            sequence += len(out)
             if terminal:
                 break
-            event = await anext(relay.events)
+            batch = await anext(relay.batches)
     except StopAsyncIteration:
         pass
     except TransportError as exc:
@@ -212,7 +216,7 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
         raise
     finally:
         if terminal:
-            await relay.opened.finish(relay.events)
+            await relay.opened.finish(relay.batches)
         else:
             await relay.opened.close()
         logwriter.submit(record)

@@ -102,23 +102,25 @@ class Opened:
     def chunks(self) -> AsyncIterator[bytes]:
         return self.response.content.iter_any()
 
-    async def events(self) -> AsyncIterator[Event]:
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        """SSE events grouped as they arrived: events that came in one read are relayed in one write."""
         decoder = SSEDecoder()
         async for chunk in self.response.content.iter_any():
-            for event in decoder.feed(chunk):
-                yield event
+            events = decoder.feed(chunk)
+            if events:
+                yield events
 
     async def close(self) -> None:
         """Drop the connection: the body was not read to its end."""
         self.response.close()
 
-    async def finish(self, events: AsyncIterator[Event] | None, grace: float = 1.0) -> None:
+    async def finish(self, batches: AsyncIterator[list[Event]] | None, grace: float = 1.0) -> None:
         """Read what follows the terminal event (the end of the chunked body, a ``[DONE]``) and give the
         connection back to the pool; a response closed before its body ends costs its connection."""
         try:
             async with asyncio.timeout(grace):
-                if events is not None:
-                    async for _ in events:
+                if batches is not None:
+                    async for _ in batches:
                         pass
                 else:
                     await self.response.read()

@@ -467,23 +467,30 @@ class Session:
                     None,
                     "server_error",
                 )
-            event = relay.first
+            batch = relay.first
             record.first_event()
             while True:
-                terminal = event.type in TERMINAL_TYPES
-                if terminal:
-                    record.outcome.read_terminal(event.type, event.data)
-                    if event.type == "error":
-                        record.status = _error_status(event.data)
-                    await self._finish(
-                        record, route, affinity, plan, full_input, None, ok=event.type == "response.completed"
-                    )
-                await self.send_text(event.data)
-                if terminal:
-                    self._submit(record)
-                    await relay.opened.finish(relay.events)
-                    return
-                event = await anext(relay.events)  # type: ignore[arg-type]
+                for event in batch:
+                    terminal = event.type in TERMINAL_TYPES
+                    if terminal:
+                        record.outcome.read_terminal(event.type, event.data)
+                        if event.type == "error":
+                            record.status = _error_status(event.data)
+                        await self._finish(
+                            record,
+                            route,
+                            affinity,
+                            plan,
+                            full_input,
+                            None,
+                            ok=event.type == "response.completed",
+                        )
+                    await self.send_text(event.data)
+                    if terminal:
+                        self._submit(record)
+                        await relay.opened.finish(relay.batches)
+                        return
+                batch = await anext(relay.batches)  # type: ignore[arg-type]
         except (StopAsyncIteration, *TransportError) as exc:
             log.warning("provider %s: HTTP stream broke mid-turn: %r", route.provider.name, exc)
             error = WireError(

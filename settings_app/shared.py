@@ -12,13 +12,26 @@ from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
+_backend: Any = None
+
 
 def _cache() -> Any:
-    return caches["default"]
+    # One backend object for the process: local-memory caches share their storage by name and Django's
+    # Redis backend shares its connection pool, so the per-thread lookup of ``caches[...]`` is not needed.
+    global _backend
+    if _backend is None:
+        _backend = caches["default"]
+    return _backend
 
 
 def _is_local() -> bool:
     return isinstance(_cache(), LocMemCache)
+
+
+def reset() -> None:
+    """Forget the backend object (tests that swap cache settings)."""
+    global _backend
+    _backend = None
 
 
 async def aget(key: str, default: Any = None) -> Any:
