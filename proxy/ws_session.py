@@ -48,6 +48,35 @@ class _FallBack(Exception):
         self.reason = reason
 
 
+class Deadline:
+    """How long the upstream may stay silent, re-armed lazily: an event only records the new limit, and
+    the timer re-schedules itself when it fires early (an ``asyncio.timeout`` per event costs a timer
+    handle each). On expiry the current task is cancelled and ``expired`` tells why."""
+
+    def __init__(self, seconds: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
+        self.limit = self.loop.time() + seconds
+        self.expired = False
+        self.handle = self.loop.call_at(self.limit, self._check)
+
+    def extend(self, seconds: float) -> None:
+        self.limit = self.loop.time() + seconds
+
+    def _check(self) -> None:
+        if self.loop.time() >= self.limit:
+            self.expired = True
+            if self.task is not None:
+                self.task.cancel()
+        else:
+            self.handle = self.loop.call_at(self.limit, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+        if self.expired and self.task is not None:
+            self.task.uncancel()
+
+
 def as_items(value: Any) -> list[Any]:
     """``input`` as a list of items (a bare string is one user message)."""
     if value is None:
@@ -275,6 +304,13 @@ class Session:
                         route, frame, text, model, full_input, continues_last, record, affinity, plan
                     ):
                         return
+                    last = WireError(
+                        504,
+                        "upstream_timeout",
+                        f"Provider {route.provider.name} did not answer in time.",
+                        None,
+                        "server_error",
+                    )
                     continue  # provider failure: next route
                 except _FallBack as fallback:
                     if not decision.may_fall_back:
@@ -374,55 +410,76 @@ class Session:
         connection = upstream.connection
         provider = route.provider
         first = True
+        silence = Deadline(provider.first_byte_timeout)
         try:
-            await connection.send(text)
-            while True:
-                async with asyncio.timeout(provider.first_byte_timeout if first else provider.idle_timeout):
+            try:
+                await connection.send(text)
+                while True:
                     data = await connection.recv(decode=True)
-                if isinstance(data, bytes):
-                    data = data.decode()
-                kind = event_type(data)
-                terminal = kind in TERMINAL_TYPES
-                if first:
-                    record.first_event()
-                    first = False
-                if terminal:
-                    record.outcome.read_terminal(kind, data)
-                    if kind == "error":
-                        record.status = _error_status(data)
-                    await self._finish(
-                        record, route, affinity, plan, full_input, upstream, ok=kind == "response.completed"
-                    )
-                await self.send_text(data)
-                if terminal:
-                    upstream.turns += 1
-                    self._submit(record)
-                    return True
+                    silence.extend(provider.idle_timeout)
+                    if isinstance(data, bytes):
+                        data = data.decode()
+                    kind = event_type(data)
+                    terminal = kind in TERMINAL_TYPES
+                    if first:
+                        record.first_event()
+                        first = False
+                    if terminal:
+                        record.outcome.read_terminal(kind, data)
+                        if kind == "error":
+                            record.status = _error_status(data)
+                        await self._finish(
+                            record,
+                            route,
+                            affinity,
+                            plan,
+                            full_input,
+                            upstream,
+                            ok=kind == "response.completed",
+                        )
+                    await self.send_text(data)
+                    if terminal:
+                        upstream.turns += 1
+                        self._submit(record)
+                        return True
+            finally:
+                silence.cancel()
         except asyncio.CancelledError:
-            await self._drop_upstream()
-            raise
+            if not silence.expired:
+                await self._drop_upstream()
+                raise
+            exc: BaseException = TimeoutError()
+            return await self._upstream_failed(route, record, first, exc)
         except Exception as exc:  # noqa: BLE001 - every upstream failure ends in the same two ways
-            await self._drop_upstream()
-            if first:
-                log.info("provider %s: WebSocket failed before the first event: %r", provider.name, exc)
-                if isinstance(exc, TimeoutError):
-                    await health.record_failure(provider.id)
-                    record.error_code = "upstream_timeout"
-                    return False
-                raise _FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
-            log.warning("provider %s: WebSocket broke mid-turn: %r", provider.name, exc)
-            error = WireError(
-                502,
-                "upstream_stream_error",
-                "The upstream connection broke during the response.",
-                None,
-                "server_error",
-            )
-            record.status, record.error_code = 502, error.code
-            self._evict()
-            await self.send_error(error)
-            self._submit(record)
-            return True
+            return await self._upstream_failed(route, record, first, exc)
+
+    async def _upstream_failed(
+        self, route: Route, record: TurnRecord, first: bool, exc: BaseException
+    ) -> bool:
+        """Before the first event: HTTP may take over (or, on a timeout, the next provider); after it, the
+        client gets an error frame and the turn ends."""
+        provider = route.provider
+        await self._drop_upstream()
+        if first:
+            log.info("provider %s: WebSocket failed before the first event: %r", provider.name, exc)
+            if isinstance(exc, TimeoutError):
+                await health.record_failure(provider.id)
+                record.error_code = "upstream_timeout"
+                return False
+            raise _FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
+        log.warning("provider %s: WebSocket broke mid-turn: %r", provider.name, exc)
+        error = WireError(
+            502,
+            "upstream_stream_error",
+            "The upstream connection broke during the response.",
+            None,
+            "server_error",
+        )
+        record.status, record.error_code = 502, error.code
+        self._evict()
+        await self.send_error(error)
+        self._submit(record)
+        return True
 
     async def _over_http(
         self,

@@ -242,3 +242,35 @@ def test_nothing_leaks_after_many_connections(gateway, upstream, api_key):
     assert gateway_tasks() <= baseline, "tasks outlived their connections"
     assert upstream.open_ws == 0, "upstream sockets outlived their clients"
     assert upstream.ws_connections == 21
+
+
+def _one_turn(gateway, key: str, text: str = "x") -> list[dict]:
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": text}))
+        events = []
+        while True:
+            events.append(json.loads(ws.recv(timeout=15)))
+            if events[-1]["type"] in TERMINAL:
+                return events
+
+
+def test_silent_upstream_socket_times_out_and_fails_over(gateway, upstream, upstream_b, api_key):
+    upstream.hang = True
+    make_provider(upstream, name="silent", priority=1, first_byte_timeout=0.5)
+    make_provider(upstream_b, name="backup", priority=2)
+    events = _one_turn(gateway, api_key, "anyone?")
+    assert events[-1]["type"] == "response.completed"
+    assert upstream.ws_connections == 1 and upstream_b.ws_connections == 1
+
+
+def test_upstream_socket_silent_mid_stream_gives_an_error_frame(gateway, upstream, api_key):
+    upstream.event_delay = 0.6
+    make_provider(upstream, first_byte_timeout=5, idle_timeout=0.3)
+    events = _one_turn(gateway, api_key)
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "upstream_stream_error"
+    (row,) = request_logs(1)
+    assert row.status == 502
