@@ -1,20 +1,25 @@
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
 
 from providers.models import Provider, WebSocketMode
 
 
 class Command(BaseCommand):
-    help = "Create or update an upstream provider."
+    help = _("Create or update an upstream provider.")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--name", required=True)
-        parser.add_argument("--base-url", required=True, help="The /v1 root, e.g. https://api.openai.com/v1")
+        parser.add_argument(
+            "--base-url",
+            required=True,
+            help=_("The API root including /v1, e.g. https://api.openai.com/v1."),
+        )
         parser.add_argument("--api-key", required=True)
         parser.add_argument("--priority", type=int, default=100)
         parser.add_argument("--weight", type=int, default=1)
         parser.add_argument("--websocket", choices=WebSocketMode.values, default=WebSocketMode.AUTO)
-        parser.add_argument("--models", default="", help="Comma-separated allowed models (default: all).")
+        parser.add_argument("--models", default="", help=_("Comma-separated allowed models (default: all)."))
 
     def handle(self, *args: object, **options: object) -> None:
         provider = Provider.objects.filter(name=options["name"]).first() or Provider(name=options["name"])
@@ -34,5 +39,10 @@ class Command(BaseCommand):
             ) from None
         provider.save()
         self.stdout.write(
-            f"{'Created' if created else 'Updated'} provider {provider.name!r} (id {provider.pk})."
+            (
+                _("Created provider “%(name)s” (id %(id)s).")
+                if created
+                else _("Updated provider “%(name)s” (id %(id)s).")
+            )
+            % {"name": provider.name, "id": provider.pk}
         )

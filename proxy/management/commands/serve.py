@@ -5,35 +5,46 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
 
 
 class Command(BaseCommand):
-    help = "Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port)."
+    help = _("Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port).")
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--host", default="127.0.0.1")
         parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--no-migrate", action="store_true")
-        parser.add_argument("--access-log", action="store_true", help="Log every HTTP request line.")
+        parser.add_argument("--access-log", action="store_true", help=_("Log every HTTP request line."))
         parser.add_argument("--workers", type=int, default=1)
 
     def handle(self, *args: object, **options: object) -> None:
         if int(options["workers"]) > 1 and not settings.REDIS_URL:  # type: ignore[arg-type]
             raise CommandError(
-                "Several workers share affinity, breakers and settings through Redis: set REDIS_URL first."
+                _("Several workers share affinity, breakers and settings through Redis: set REDIS_URL first.")
             )
         if not options["no_migrate"]:
             call_command("migrate", interactive=False, verbosity=0)
         host, port = options["host"], options["port"]
         admin_url = f"http://{host}:{port}/admin/"
+        api_url = f"http://{host}:{port}/v1"
         if not get_user_model().objects.filter(is_superuser=True).exists():
             self.stdout.write(
-                f"Sluice is starting on http://{host}:{port}/v1. No admin user exists yet: create one with\n"
-                f"  {sys.executable} manage.py createsuperuser\n"
-                f"then sign in at {admin_url} to add providers and API keys."
+                _(
+                    "Sluice is starting on %(api)s. No admin user exists yet: create one with\n"
+                    "  %(command)s\n"
+                    "then sign in at %(admin)s to add providers and API keys."
+                )
+                % {
+                    "api": api_url,
+                    "command": f"{sys.executable} manage.py createsuperuser",
+                    "admin": admin_url,
+                }
             )
         else:
-            self.stdout.write(f"Sluice is starting on http://{host}:{port}/v1; admin at {admin_url}")
+            self.stdout.write(
+                _("Sluice is starting on %(api)s; admin at %(admin)s") % {"api": api_url, "admin": admin_url}
+            )
         self.stdout.flush()
         uvicorn.run(
             "config.asgi:application",
