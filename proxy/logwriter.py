@@ -30,6 +30,7 @@ class TurnRecord:
     ws_handshake_ms: float | None = None
     upstream_ws_url: str = ""
     session_id: str = ""
+    stored: bool = True  # store was not false: the response id may be used from anywhere later
     created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     started: float = field(default_factory=time.perf_counter)
     first_event_at: float | None = None

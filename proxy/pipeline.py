@@ -168,8 +168,10 @@ async def finish(
     provider_id = relay_route.provider.id
     if record.status < 400:
         await health.record_success(provider_id, relay_route.breaker_state)
+    # A response with store: false cannot be continued or fetched through another connection: no pin.
+    response_id = record.outcome.response_id if record.stored else None
     await routing.remember(
-        provider_id, record.outcome.response_id or None, affinity, plan.session_provider if plan else None
+        provider_id, response_id or None, affinity, plan.session_provider if plan else None
     )
 
 

@@ -117,6 +117,7 @@ async def _relay(
         body = parse_body(raw)
         model = require_model(body)
         record.requested_model = model
+        record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
     session = session_of(client, body, headers)
     record.session_id = session

@@ -17,7 +17,7 @@ from typing import Any
 from django.conf import settings
 
 from providers import health, routing
-from providers.registry import ProviderInfo
+from providers.registry import ProviderInfo, enabled_providers
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter, pipeline
 from proxy.auth import Client
@@ -275,35 +275,75 @@ class Session:
             full_input = None  # continues a response stored upstream; only the upstream knows its input
         session = frame.get("prompt_cache_key") or self.headers.get("session-id") or ""
         record.session_id = session if isinstance(session, str) else ""
+        record.stored = frame.get("store") is not False
         affinity = Affinity(
             response_id=previous,
             session_key=routing.session_key(self.client.key_id, record.session_id)
             if record.session_id
             else None,
         )
+        runtime = await system_settings.aget()
+        args = (frame, text, model, full_input, continues_last, previous, record, affinity)
+        last: WireError | None = None
+        live = await self._live_plan(model, runtime.upstream_websockets)
+        if live is not None:
+            # The live upstream socket holds the connection-local cache: the turn stays on it, with no
+            # routing look-up; only if it fails do the other providers come into play.
+            done, last = await self._attempt(live, runtime.upstream_websockets, *args)
+            if done:
+                return
+            if self.pinned is not None:  # the provider test tries its provider only
+                raise pipeline.all_failed(last)
         plan = await routing.plan(model, affinity)
-        if not plan.routes:
+        routes = [r for r in plan.routes if live is None or r.provider.id != live.routes[0].provider.id]
+        if not routes and live is None:
             raise WireError(
                 404, "model_not_found", f"The model '{model}' is not served by this gateway.", "model"
             )
-        routes = plan.routes
-        if self.upstream is not None:
-            # The live upstream socket holds the connection-local cache: keep the turn on it.
-            current = self.upstream.provider.id
-            routes = sorted(routes, key=lambda r: r.provider.id != current)
-        runtime = await system_settings.aget()
+        done, failed = await self._attempt(
+            Plan(routes, plan.session_provider), runtime.upstream_websockets, *args
+        )
+        if not done:
+            raise pipeline.all_failed(failed or last)
+
+    async def _live_plan(self, model: str, upstream_websockets: bool) -> Plan | None:
+        upstream = self.upstream
+        if self.pinned is not None:
+            return Plan([Route(self.pinned, self.pinned.upstream_model(model), None)], None)
+        if upstream is None or not upstream.is_open or not upstream_websockets:
+            return None
+        provider = upstream.provider
+        if provider not in (await enabled_providers.aget()) or not provider.serves(model):
+            return None  # disabled, changed in the admin, or not for this model: route afresh
+        return Plan([Route(provider, provider.upstream_model(model), None)], session_provider=provider.id)
+
+    async def _attempt(
+        self,
+        plan: Plan,
+        upstream_websockets: bool,
+        frame: dict[str, Any],
+        text: str,
+        model: str,
+        full_input: list[Any] | None,
+        continues_last: bool,
+        previous: str | None,
+        record: TurnRecord,
+        affinity: Affinity,
+    ) -> tuple[bool, WireError | None]:
+        """Try the plan's routes in order; True once one served the turn (or failed it after its first
+        event), else False with the last provider failure."""
         last: WireError | None = None
-        for route in routes:
+        for route in plan.routes:
             record.provider_id = route.provider.id
             record.upstream_model = route.upstream_model
             record.fallback_reason = ""
-            decision = await self._decide(route, runtime.upstream_websockets)
+            decision = await self._decide(route, upstream_websockets)
             if decision.transport == Transport.WEBSOCKET:
                 try:
                     if await self._over_websocket(
                         route, frame, text, model, full_input, continues_last, record, affinity, plan
                     ):
-                        return
+                        return True, None
                     last = WireError(
                         504,
                         "upstream_timeout",
@@ -330,16 +370,14 @@ class Session:
                 await self._over_http(
                     route, frame, model, full_input, continues_last, previous, record, affinity, plan
                 )
-                return
+                return True, None
             except pipeline.ProvidersFailed as failed:
                 last = failed
-        raise pipeline.all_failed(last)
+        return False, last
 
     async def _decide(self, route: Route, upstream_websockets: bool) -> Decision:
         provider = route.provider
-        reusable = (
-            self.upstream is not None and self.upstream.provider.id == provider.id and self.upstream.is_open
-        )
+        reusable = self.upstream is not None and self.upstream.provider == provider and self.upstream.is_open
         unsupported = False
         if not reusable and upstream_websockets and provider.websocket_mode == "auto":
             unsupported = await known_unsupported(provider.id)
@@ -353,7 +391,7 @@ class Session:
     async def _socket_for(self, route: Route, record: TurnRecord) -> UpstreamSocket:
         provider = route.provider
         upstream = self.upstream
-        if upstream is not None and upstream.provider.id == provider.id and upstream.is_open:
+        if upstream is not None and upstream.provider == provider and upstream.is_open:
             return upstream
         await self._drop_upstream()
         record.upstream_ws_url = public_url(provider.websocket_url)

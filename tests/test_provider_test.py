@@ -69,3 +69,11 @@ def test_invalid_payload_is_refused_before_sending(upstream):
     with pytest.raises(CommandError, match="model"):
         run("alpha")
     assert upstream.http_requests == 0 and upstream.ws_connections == 0
+
+
+def test_the_test_uses_only_the_provider_under_test(upstream):
+    make_provider(upstream, name="healthy", priority=1, allowed_models=["gpt-5.5"])
+    make_provider(None, name="dead", priority=2, allowed_models=["gpt-5.5"], connect_timeout=2)
+    with pytest.raises(CommandError):
+        run("dead")
+    assert upstream.ws_connections == 0 and upstream.http_requests == 0

@@ -274,3 +274,34 @@ def test_upstream_socket_silent_mid_stream_gives_an_error_frame(gateway, upstrea
     assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "upstream_stream_error"
     (row,) = request_logs(1)
     assert row.status == 502
+
+
+def test_disabling_the_live_provider_moves_the_next_turn(gateway, upstream, upstream_b, api_key):
+    first = make_provider(upstream, name="first", priority=1)
+    make_provider(upstream_b, name="second", priority=2)
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {api_key}"},
+    ) as ws:
+        for word in ("one", "two"):
+            ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": word}))
+            while json.loads(ws.recv(timeout=10))["type"] != "response.completed":
+                pass
+            if word == "one":
+                assert (upstream.ws_connections, upstream_b.ws_connections) == (1, 0)
+                first.enabled = False
+                first.save()
+    assert upstream_b.ws_connections == 1
+    assert [r.body["input"] for r in upstream_b.requests if r.transport == "websocket"] == ["two"]
+
+
+def test_store_false_responses_are_not_pinned(gateway, upstream, api_key):
+    from django.core.cache import cache
+
+    from providers.routing import response_key
+
+    make_provider(upstream)
+    turns = chain_three_turns(gateway, api_key)
+    assert all(cache.get(response_key(t[-1].response.id)) is None for t in turns)
+    stored = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="keep me")
+    assert cache.get(response_key(stored.id)) is not None
