@@ -31,7 +31,7 @@ class TurnRecord:
     upstream_ws_url: str = ""
     session_id: str = ""
     stored: bool = True  # store was not false: the response id may be used from anywhere later
-    created_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    created_at: float = field(default_factory=time.time)  # a datetime only in the writer thread
     started: float = field(default_factory=time.perf_counter)
     first_event_at: float | None = None
     finished_at: float | None = None
@@ -103,15 +103,19 @@ def write(batch: list[TurnRecord]) -> None:
     from proxy.models import ApiKey, ModelPrice
 
     prices = {p.model: p for p in ModelPrice.objects.all()}
+    used: dict[int, dt.datetime] = {}
     rows = []
     for r in batch:
         o = r.outcome
         model = o.model or r.upstream_model
         price = _price_for(prices, model)
         finished = r.finished_at or r.started
+        created = dt.datetime.fromtimestamp(r.created_at, dt.UTC)
+        if r.key_id is not None:
+            used[r.key_id] = max(used.get(r.key_id, created), created)
         rows.append(
             (
-                r.created_at,
+                created,
                 r.key_id,
                 r.provider_id,
                 r.endpoint,
@@ -135,10 +139,6 @@ def write(batch: list[TurnRecord]) -> None:
                 r.session_id[:200],
             )
         )
-    used: dict[int, dt.datetime] = {}
-    for r in batch:
-        if r.key_id is not None:
-            used[r.key_id] = max(used.get(r.key_id, r.created_at), r.created_at)
     with transaction.atomic():
         _insert(rows)
         for key_id, when in used.items():

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.protocol import State
 
 from providers.registry import ProviderInfo
 from proxy.transport import FallbackReason
@@ -49,7 +50,7 @@ class UpstreamSocket:
 
     @property
     def is_open(self) -> bool:
-        return self.connection.state is websockets.protocol.State.OPEN
+        return self.connection.state is State.OPEN
 
     @classmethod
     async def open(

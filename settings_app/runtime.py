@@ -42,18 +42,15 @@ class Snapshot(Generic[T]):
         self._loader = loader
         self._value: T | None = None
         self._version: object = None
-        self._checked_at = float("-inf")
+        self._fresh_until = float("-inf")
         if register:  # registered snapshots are refreshed at once after a change made in this process
             _registry[name] = self
 
     def invalidate(self) -> None:
-        self._checked_at = float("-inf")
+        self._fresh_until = float("-inf")
 
     def _fresh(self) -> bool:
-        return (
-            self._value is not None
-            and time.monotonic() - self._checked_at < settings.SLUICE_CONFIG_POLL_SECONDS
-        )
+        return self._value is not None and time.monotonic() < self._fresh_until
 
     def _load_in_worker(self) -> T:
         tidy_connections()
@@ -70,7 +67,7 @@ class Snapshot(Generic[T]):
         if self._value is None or version != self._version:
             self._value = self._loader()
             self._version = version
-        self._checked_at = time.monotonic()
+        self._fresh_until = time.monotonic() + settings.SLUICE_CONFIG_POLL_SECONDS
         return self._value  # type: ignore[return-value]
 
     async def aget(self) -> T:
@@ -80,7 +77,7 @@ class Snapshot(Generic[T]):
         if self._value is None or version != self._version:
             self._value = await sync_to_async(self._load_in_worker, thread_sensitive=True)()
             self._version = version
-        self._checked_at = time.monotonic()
+        self._fresh_until = time.monotonic() + settings.SLUICE_CONFIG_POLL_SECONDS
         return self._value  # type: ignore[return-value]
 
 
