@@ -78,8 +78,11 @@ TEMPLATES = [
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{DATA_DIR / 'sluice.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    # WAL lets the request-log writer and the admin work side by side.
-    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = "PRAGMA journal_mode=WAL;"
+    # WAL lets the request-log writer and the admin work side by side; with WAL, synchronous=NORMAL keeps
+    # the database consistent and saves an fsync per transaction.
+    DATABASES["default"].setdefault("OPTIONS", {})["init_command"] = (
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+    )
     DATABASES["default"]["OPTIONS"]["transaction_mode"] = "IMMEDIATE"
     DATABASES["default"]["OPTIONS"]["timeout"] = 20
     # Only long-lived worker threads (request log, config loaders) open connections: keep them.
@@ -157,6 +160,9 @@ SLUICE_WS_QUEUE_LIMIT = env.int("SLUICE_WS_QUEUE_LIMIT", default=8)
 SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT = env.float("SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT", default=10.0)
 SLUICE_WS_UNSUPPORTED_TTL = env.int("SLUICE_WS_UNSUPPORTED_TTL", default=15 * 60)
 SLUICE_CONFIG_POLL_SECONDS = env.float("SLUICE_CONFIG_POLL_SECONDS", default=2.0)
+# The request log is written in batches gathered for this long (rows are never lost: flush() and the
+# queue keep them).
+SLUICE_LOG_BATCH_SECONDS = env.float("SLUICE_LOG_BATCH_SECONDS", default=1.0)
 SLUICE_BREAKER_THRESHOLD = env.int("SLUICE_BREAKER_THRESHOLD", default=3)
 SLUICE_BREAKER_COOLDOWN = env.int("SLUICE_BREAKER_COOLDOWN", default=30)
 SLUICE_SESSION_AFFINITY_TTL = env.int("SLUICE_SESSION_AFFINITY_TTL", default=6 * 3600)

@@ -24,6 +24,7 @@ class ProxyConfig(AppConfig):
             bump_version("prices")
 
         post_save.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-changed")
+        post_delete.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-deleted")
 
 
 def _revoke(key_id: int) -> None:

@@ -53,8 +53,11 @@ async def _close_upstream_pool():
 
 
 @pytest.fixture
-def key(transactional_db) -> str:
-    return make_key()[1]
+def key(transactional_db):
+    from tests.conftest import flush_request_log
+
+    yield make_key()[1]
+    flush_request_log()
 
 
 @pytest.fixture
