@@ -75,7 +75,7 @@ class ResponsesConsumer(AsyncConsumer):
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
-            await self.send({"type": "websocket.send", "text": text})
+            await self.base_send({"type": "websocket.send", "text": text})
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:

@@ -60,6 +60,8 @@ class ProvidersFailed(WireError):
 
 
 def all_failed(last: WireError | None) -> ProvidersFailed:
+    if isinstance(last, ProvidersFailed):
+        return last
     if last is not None and (last.status == 429 or last.code == "upstream_timeout"):
         return ProvidersFailed(last.status, last.code, last.message, last.param, last.type)
     detail = f" Last error: {last.message}" if last is not None else ""

@@ -1,7 +1,6 @@
 """The Responses API wire format: request validation, error bodies and frames, event types, the SSE codec."""
 
 import json
-from dataclasses import dataclass
 from typing import Any
 
 TERMINAL_TYPES = frozenset({"response.completed", "response.failed", "response.incomplete", "error"})
@@ -103,13 +102,33 @@ def event_type(data: str) -> str:
     return kind if isinstance(kind, str) else ""
 
 
-@dataclass(slots=True)
 class Event:
-    """One upstream event: its type, its JSON text as received, and (from SSE) its original block."""
+    """One upstream event: its type, its JSON text, and (from SSE) its original block for untouched
+    relaying. The text of an SSE event is decoded only when something reads it (a WebSocket client,
+    the terminal event); SSE-to-SSE relaying never needs it."""
 
-    type: str
-    data: str
-    sse: bytes | None = None
+    __slots__ = ("type", "_data", "sse")
+
+    def __init__(self, type: str, data: str | None = None, sse: bytes | None = None) -> None:
+        self.type = type
+        self._data = data
+        self.sse = sse
+
+    @property
+    def data(self) -> str:
+        if self._data is None:
+            self._data = _data_of(self.sse or b"")
+        return self._data
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Event) and (self.type, self.data, self.sse) == (
+            other.type,
+            other.data,
+            other.sse,
+        )
+
+    def __repr__(self) -> str:
+        return f"Event({self.type!r})"
 
     def as_sse(self) -> bytes:
         if self.sse is not None:
@@ -145,7 +164,21 @@ class SSEDecoder:
         return bool(self._buffer.strip())
 
 
+def _data_of(block: bytes) -> str:
+    data = [
+        line[6:] if line[5:6] == b" " else line[5:]
+        for line in block.split(b"\n")
+        if line.startswith(b"data:")
+    ]
+    return (data[0] if len(data) == 1 else b"\n".join(data)).decode()
+
+
 def _parse_block(block: bytes) -> Event | None:
+    if block.startswith(b"event:"):
+        # The service's shape, "event: <type>" then data: the type is all the relay needs.
+        end = block.find(b"\n")
+        if end > 0 and block.find(b"\ndata:", end - 1) >= 0:
+            return Event(block[6:end].strip().decode(), None, block + b"\n\n")
     kind = ""
     data: list[bytes] = []
     for line in block.split(b"\n"):
