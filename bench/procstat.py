@@ -74,7 +74,7 @@ def machine(repo: Path) -> dict[str, str]:
         "python": platform.python_version(),
         "packages": ", ".join(
             f"{name} {metadata.version(name)}"
-            for name in ("django", "channels", "uvicorn", "websockets", "httpx", "uvloop", "httptools")
+            for name in ("django", "channels", "uvicorn", "websockets", "aiohttp", "uvloop", "httptools")
         ),
         "commit": commit,
     }
