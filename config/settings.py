@@ -87,6 +87,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["OPTIONS"]["timeout"] = 20
     # Only long-lived worker threads (request log, config loaders) open connections: keep them.
     DATABASES["default"]["CONN_MAX_AGE"] = None
+    # Tests use a file too: SQLite's shared in-memory database locks whole tables without waiting, which
+    # the request-log thread writing beside a test would trip over.
+    DATABASES["default"]["TEST"] = {"NAME": str(DATA_DIR / "test.sqlite3")}
 else:
     DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)

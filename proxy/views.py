@@ -189,50 +189,29 @@ async def input_tokens(request: HttpRequest, client: Client, headers: dict[str, 
     )
 
 
-@api_view(("GET", "DELETE"))
-async def response_detail(
-    request: HttpRequest, client: Client, headers: dict[str, str], rid: str
-) -> HttpResponse:
-    return await _relay(
-        request,
-        client,
-        headers,
-        endpoint="retrieve" if request.method == "GET" else "delete",
-        method=request.method or "GET",
-        path=f"/responses/{rid}",
-        with_body=False,
-        response_id=rid,
-    )
+def _by_response_id(methods: tuple[str, ...], suffix: str, endpoints: dict[str, str]) -> View:
+    """A pass-through view for /responses/{id}...: routed to the provider that produced the response."""
+
+    @api_view(methods)
+    async def view(request: HttpRequest, client: Client, headers: dict[str, str], rid: str) -> HttpResponse:
+        method = request.method or methods[0]
+        return await _relay(
+            request,
+            client,
+            headers,
+            endpoint=endpoints[method],
+            method=method,
+            path=f"/responses/{rid}{suffix}",
+            with_body=False,
+            response_id=rid,
+        )
+
+    return view
 
 
-@api_view(("POST",))
-async def cancel(request: HttpRequest, client: Client, headers: dict[str, str], rid: str) -> HttpResponse:
-    return await _relay(
-        request,
-        client,
-        headers,
-        endpoint="cancel",
-        method="POST",
-        path=f"/responses/{rid}/cancel",
-        with_body=False,
-        response_id=rid,
-    )
-
-
-@api_view(("GET",))
-async def input_items(
-    request: HttpRequest, client: Client, headers: dict[str, str], rid: str
-) -> HttpResponse:
-    return await _relay(
-        request,
-        client,
-        headers,
-        endpoint="input_items",
-        method="GET",
-        path=f"/responses/{rid}/input_items",
-        with_body=False,
-        response_id=rid,
-    )
+response_detail = _by_response_id(("GET", "DELETE"), "", {"GET": "retrieve", "DELETE": "delete"})
+cancel = _by_response_id(("POST",), "/cancel", {"POST": "cancel"})
+input_items = _by_response_id(("GET",), "/input_items", {"GET": "input_items"})
 
 
 _upstream_models: dict[int, tuple[float, list[str]]] = {}

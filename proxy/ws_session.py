@@ -506,18 +506,18 @@ class Session:
                 return False
             raise _FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
         log.warning("provider %s: WebSocket broke mid-turn: %r", provider.name, exc)
+        await self._broke_mid_turn(record)
+        return True
+
+    async def _broke_mid_turn(self, record: TurnRecord) -> None:
+        """After the first event there is no fallback and no replay: the client gets an error frame."""
         error = WireError(
-            502,
-            "upstream_stream_error",
-            "The upstream connection broke during the response.",
-            None,
-            "server_error",
+            502, "upstream_stream_error", "The upstream broke off during the response.", None, "server_error"
         )
         record.status, record.error_code = 502, error.code
         self._evict()
         await self.send_error(error)
         self._submit(record)
-        return True
 
     async def _over_http(
         self,
@@ -588,17 +588,7 @@ class Session:
                 batch = await anext(relay.batches)  # type: ignore[arg-type]
         except (StopAsyncIteration, *TransportError) as exc:
             log.warning("provider %s: HTTP stream broke mid-turn: %r", route.provider.name, exc)
-            error = WireError(
-                502,
-                "upstream_stream_error",
-                "The upstream stream broke during the response.",
-                None,
-                "server_error",
-            )
-            record.status, record.error_code = 502, error.code
-            self._evict()
-            await self.send_error(error)
-            self._submit(record)
+            await self._broke_mid_turn(record)
         finally:
             await relay.opened.close()
 

@@ -104,11 +104,22 @@ def _close_other_connections() -> None:
             )
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _short_log_batches() -> None:
+    """Tests read the request log right after a turn: batches of 20 ms instead of a second."""
+    from django.conf import settings
+
+    settings.SLUICE_LOG_BATCH_SECONDS = 0.02
+
+
 @pytest.fixture(autouse=True)
 def _fresh_state() -> Iterator[None]:
-    """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots."""
+    """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots, and no
+    request-log row of an earlier test still waiting to be written into this one's tables."""
+    from proxy import logwriter
     from settings_app.runtime import invalidate_all
 
+    logwriter.flush(10)
     caches["default"].clear()
     invalidate_all()
     yield

@@ -71,16 +71,20 @@ def test_wrong_method_and_unknown_path(gateway, api_key):
     assert unknown.status_code == 404 and "error" in unknown.json()
 
 
-def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, api_key):
-    upstream.drop_after_events = 3
-    make_provider(upstream)
-    with httpx.stream(
+def stream(gateway, key: str):
+    return httpx.stream(
         "POST",
         gateway.url + "/v1/responses",
         json={"model": "gpt-5.5", "input": "x", "stream": True},
-        headers={"authorization": f"Bearer {api_key}"},
+        headers={"authorization": f"Bearer {key}"},
         timeout=20,
-    ) as response:
+    )
+
+
+def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, api_key):
+    upstream.drop_after_events = 3
+    make_provider(upstream)
+    with stream(gateway, api_key) as response:
         assert response.status_code == 200
         text = response.read().decode()
     blocks = [b for b in text.split("\n\n") if b.strip()]
@@ -94,13 +98,7 @@ def test_failover_does_not_happen_after_the_first_byte(gateway, upstream, upstre
     upstream.drop_after_events = 2
     make_provider(upstream, name="a", priority=1)
     make_provider(upstream_b, name="b", priority=2)
-    with httpx.stream(
-        "POST",
-        gateway.url + "/v1/responses",
-        json={"model": "gpt-5.5", "input": "x", "stream": True},
-        headers={"authorization": f"Bearer {api_key}"},
-        timeout=20,
-    ) as response:
+    with stream(gateway, api_key) as response:
         response.read()
     assert upstream_b.http_requests == 0
 
@@ -109,13 +107,7 @@ def test_client_disconnect_cancels_the_upstream_request(gateway, upstream, api_k
     upstream.text_deltas = 200
     upstream.event_delay = 0.05
     make_provider(upstream)
-    with httpx.stream(
-        "POST",
-        gateway.url + "/v1/responses",
-        json={"model": "gpt-5.5", "input": "x", "stream": True},
-        headers={"authorization": f"Bearer {api_key}"},
-        timeout=20,
-    ) as response:
+    with stream(gateway, api_key) as response:
         for line in response.iter_lines():
             if "output_text.delta" in line:
                 break

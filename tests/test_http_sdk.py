@@ -213,3 +213,25 @@ def test_upstream_connections_are_kept_alive_across_turns(gateway, upstream, api
         client.responses.create(model="gpt-5.5", input=f"j{i}")
     assert upstream.http_requests == 10
     assert len(upstream.http_peers) == 1, "every turn opened a new upstream connection"
+
+
+def test_the_rest_of_the_responses_family_passes_through(gateway, upstream, upstream_b, api_key):
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    client = sdk(gateway, api_key)
+    created = client.responses.create(model="gpt-5.5", input="family")
+    producer = (
+        upstream if any(r.body and r.body.get("input") == "family" for r in upstream.requests) else upstream_b
+    )
+    items = client.responses.input_items.list(created.id)
+    assert items.data, "input items of the stored response"
+    assert client.responses.cancel(created.id).id == created.id
+    tokens = client.responses.input_tokens.count(model="gpt-5.5", input="count me")
+    assert tokens.input_tokens > 0
+    client.responses.delete(created.id)
+    paths = [(r.method, r.path) for r in producer.requests]
+    assert ("GET", f"/v1/responses/{created.id}/input_items") in paths
+    assert ("POST", f"/v1/responses/{created.id}/cancel") in paths
+    assert ("DELETE", f"/v1/responses/{created.id}") in paths
+    endpoints = [row.endpoint for row in request_logs(5)]
+    assert {"responses", "input_items", "cancel", "input_tokens", "delete"} <= set(endpoints)
