@@ -1,6 +1,7 @@
 """Every setting Sluice reads from the environment, in one place."""
 
 import secrets
+import warnings
 from pathlib import Path
 
 import environ
@@ -130,6 +131,8 @@ STATIC_ROOT = DATA_DIR / "static"
 STATIC_ROOT.mkdir(exist_ok=True)
 # The admin's static files are served by the gateway itself (no web server needed in front of it).
 WHITENOISE_USE_FINDERS = True
+# WhiteNoise streams files with a synchronous iterator; under ASGI Django warns on every static file.
+warnings.filterwarnings("ignore", message="StreamingHttpResponse must consume synchronous iterators")
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
