@@ -12,6 +12,7 @@ import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -75,6 +76,20 @@ class Deadline:
         self.handle.cancel()
         if self.expired and self.task is not None:
             self.task.uncancel()
+
+
+@dataclass
+class Turn:
+    """One response.create as the session runs it."""
+
+    frame: dict[str, Any]
+    text: str  # the frame as received, relayed untouched when nothing in it changes
+    model: str
+    full_input: list[Any] | None  # the whole conversation so far, when the connection knows it
+    continues_last: bool  # previous_response_id names this connection's last response
+    previous: str | None
+    record: TurnRecord
+    affinity: Affinity
 
 
 def as_items(value: Any) -> list[Any]:
@@ -283,13 +298,13 @@ class Session:
             else None,
         )
         runtime = await system_settings.aget()
-        args = (frame, text, model, full_input, continues_last, previous, record, affinity)
+        turn = Turn(frame, text, model, full_input, continues_last, previous, record, affinity)
         last: WireError | None = None
         live = await self._live_plan(model, runtime.upstream_websockets)
         if live is not None:
             # The live upstream socket holds the connection-local cache: the turn stays on it, with no
             # routing look-up; only if it fails do the other providers come into play.
-            done, last = await self._attempt(live, runtime.upstream_websockets, *args)
+            done, last = await self._attempt(live, runtime.upstream_websockets, turn)
             if done:
                 return
             if self.pinned is not None:  # the provider test tries its provider only
@@ -301,7 +316,7 @@ class Session:
                 404, "model_not_found", f"The model '{model}' is not served by this gateway.", "model"
             )
         done, failed = await self._attempt(
-            Plan(routes, plan.session_provider), runtime.upstream_websockets, *args
+            Plan(routes, plan.session_provider), runtime.upstream_websockets, turn
         )
         if not done:
             raise pipeline.all_failed(failed or last)
@@ -318,20 +333,11 @@ class Session:
         return Plan([Route(provider, provider.upstream_model(model), None)], session_provider=provider.id)
 
     async def _attempt(
-        self,
-        plan: Plan,
-        upstream_websockets: bool,
-        frame: dict[str, Any],
-        text: str,
-        model: str,
-        full_input: list[Any] | None,
-        continues_last: bool,
-        previous: str | None,
-        record: TurnRecord,
-        affinity: Affinity,
+        self, plan: Plan, upstream_websockets: bool, turn: Turn
     ) -> tuple[bool, WireError | None]:
         """Try the plan's routes in order; True once one served the turn (or failed it after its first
         event), else False with the last provider failure."""
+        record = turn.record
         last: WireError | None = None
         for route in plan.routes:
             record.provider_id = route.provider.id
@@ -340,9 +346,7 @@ class Session:
             decision = await self._decide(route, upstream_websockets)
             if decision.transport == Transport.WEBSOCKET:
                 try:
-                    if await self._over_websocket(
-                        route, frame, text, model, full_input, continues_last, record, affinity, plan
-                    ):
+                    if await self._over_websocket(route, turn, plan):
                         return True, None
                     last = WireError(
                         504,
@@ -367,9 +371,7 @@ class Session:
             else:
                 record.fallback_reason = decision.reason.value if decision.reason else ""
             try:
-                await self._over_http(
-                    route, frame, model, full_input, continues_last, previous, record, affinity, plan
-                )
+                await self._over_http(route, turn, plan)
                 return True, None
             except pipeline.ProvidersFailed as failed:
                 last = failed
@@ -410,28 +412,18 @@ class Session:
         self.upstream = upstream
         return upstream
 
-    async def _over_websocket(
-        self,
-        route: Route,
-        frame: dict[str, Any],
-        text: str,
-        model: str,
-        full_input: list[Any] | None,
-        continues_last: bool,
-        record: TurnRecord,
-        affinity: Affinity,
-        plan: Plan,
-    ) -> bool:
+    async def _over_websocket(self, route: Route, turn: Turn, plan: Plan) -> bool:
         """Run the turn on the upstream socket. Returns False when the provider failed (try the next one);
         raises _FallBack when HTTP may take over; after the first event the turn ends here, whatever
         happens."""
+        frame, text, record, full_input = turn.frame, turn.text, turn.record, turn.full_input
         upstream = await self._socket_for(route, record)
         record.upstream_transport = Transport.WEBSOCKET.value
         record.upstream_ws_url = upstream.url
         changes: dict[str, Any] = {}
-        if route.upstream_model != model:
+        if route.upstream_model != turn.model:
             changes["model"] = route.upstream_model
-        if continues_last and self.last_socket is not upstream:
+        if turn.continues_last and self.last_socket is not upstream:
             # The upstream socket that holds the previous response is gone: send the whole conversation.
             if full_input is None:
                 raise WireError(
@@ -463,18 +455,7 @@ class Session:
                         record.first_event()
                         first = False
                     if terminal:
-                        record.outcome.read_terminal(kind, data)
-                        if kind == "error":
-                            record.status = _error_status(data)
-                        await self._finish(
-                            record,
-                            route,
-                            affinity,
-                            plan,
-                            full_input,
-                            upstream,
-                            ok=kind == "response.completed",
-                        )
+                        await self._terminal(kind, data, route, turn, plan, upstream)
                     await self.send_text(data)
                     if terminal:
                         upstream.turns += 1
@@ -519,26 +500,16 @@ class Session:
         await self.send_error(error)
         self._submit(record)
 
-    async def _over_http(
-        self,
-        route: Route,
-        frame: dict[str, Any],
-        model: str,
-        full_input: list[Any] | None,
-        continues_last: bool,
-        previous: str | None,
-        record: TurnRecord,
-        affinity: Affinity,
-        plan: Plan,
-    ) -> None:
+    async def _over_http(self, route: Route, turn: Turn, plan: Plan) -> None:
+        frame, record, full_input = turn.frame, turn.record, turn.full_input
         record.upstream_transport = Transport.HTTP.value
         if frame.get("generate") is False:
-            await self._local_warmup(frame, model, full_input, record)
+            await self._local_warmup(frame, turn.model, full_input, record)
             return
         body = {k: v for k, v in frame.items() if k not in ("type", "generate", "stream_id")}
         body["model"] = route.upstream_model
         body["stream"] = True
-        if continues_last and full_input is not None:
+        if turn.continues_last and full_input is not None:
             body["input"] = full_input
             body.pop("previous_response_id", None)
         raw = json.dumps(body).encode()
@@ -568,18 +539,7 @@ class Session:
                 for event in batch:
                     terminal = event.type in TERMINAL_TYPES
                     if terminal:
-                        record.outcome.read_terminal(event.type, event.data)
-                        if event.type == "error":
-                            record.status = _error_status(event.data)
-                        await self._finish(
-                            record,
-                            route,
-                            affinity,
-                            plan,
-                            full_input,
-                            None,
-                            ok=event.type == "response.completed",
-                        )
+                        await self._terminal(event.type, event.data, route, turn, plan, None)
                     await self.send_text(event.data)
                     if terminal:
                         self._submit(record)
@@ -591,6 +551,18 @@ class Session:
             await self._broke_mid_turn(record)
         finally:
             await relay.opened.close()
+
+    async def _terminal(
+        self, kind: str, data: str, route: Route, turn: Turn, plan: Plan, socket: UpstreamSocket | None
+    ) -> None:
+        """Read usage from the terminal event and do the bookkeeping before the client sees it."""
+        record = turn.record
+        record.outcome.read_terminal(kind, data)
+        if kind == "error":
+            record.status = _error_status(data)
+        await self._finish(
+            record, route, turn.affinity, plan, turn.full_input, socket, ok=kind == "response.completed"
+        )
 
     async def _finish(
         self,
