@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestAborted
-from django.core.handlers.asgi import ASGIHandler
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
@@ -77,7 +77,7 @@ class ApiHandler(ASGIHandler):
             response["Connection"] = "close"
             await self.send_response(response, send)
             return
-        set_script_prefix(self.get_script_prefix(scope))
+        set_script_prefix(get_script_prefix(scope))
         request, error_response_ = self.create_request(scope, body_file)
         if request is None:
             body_file.close()
@@ -111,9 +111,3 @@ class ApiHandler(ASGIHandler):
             if listener.done() and not listener.cancelled():
                 listener.exception()  # RequestAborted on disconnect: expected, retrieved so it is not logged
             body_file.close()
-
-    @staticmethod
-    def get_script_prefix(scope: dict) -> str:
-        from django.core.handlers.asgi import get_script_prefix
-
-        return get_script_prefix(scope)

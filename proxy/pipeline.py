@@ -12,6 +12,7 @@ from providers import health, routing
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter
 from proxy.logwriter import TurnRecord
+from proxy.outcome import scan_json_response
 from proxy.upstream_http import Opened, TransportError, open_request
 from proxy.wire import TERMINAL_TYPES, Event, WireError
 
@@ -123,12 +124,12 @@ async def open_with_failover(
                     query=query,
                 )
                 if is_provider_failure(opened.status):
-                    last = upstream_error(opened.status, await opened.read_error(), provider.api_key)
+                    last = upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
                     log.warning("provider %s answered %s; trying the next one", provider.name, opened.status)
                     await health.record_failure(provider.id)
                     continue
                 if opened.status >= 400:
-                    error = upstream_error(opened.status, await opened.read_error(), provider.api_key)
+                    error = upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
                     raise error
                 is_sse = opened.content_type.startswith("text/event-stream")
                 if not (is_sse and read_first_event):
@@ -241,8 +242,6 @@ async def relay_bytes(
 ) -> AsyncIterator[bytes]:
     """Relay a body as it arrives. When ``scan``, the id and usage of a response object are read from
     it with bounded memory, and the last chunk is held back until affinity is recorded."""
-    from proxy.outcome import scan_json_response
-
     keep_limit = 1024 * 1024
     kept: bytearray | None = bytearray() if scan else None
     head = b""

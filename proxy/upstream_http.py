@@ -85,8 +85,8 @@ class Opened:
     def content_type(self) -> str:
         return self.response.headers.get("content-type", "")
 
-    async def read_error(self, limit: int = 64 * 1024) -> bytes:
-        """An error body, bounded: enough to relay the upstream's message, never a whole stream."""
+    async def read_at_most(self, limit: int = 64 * 1024) -> bytes:
+        """A body read up to ``limit``: an error to relay, a model list; never a whole stream."""
         body = b""
         try:
             async for chunk in self.response.content.iter_any():

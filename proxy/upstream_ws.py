@@ -46,7 +46,6 @@ class UpstreamSocket:
         self.connection = connection
         self.handshake_ms = handshake_ms
         self.url = public_url(provider.websocket_url)
-        self.turns = 0
 
     @property
     def is_open(self) -> bool:

@@ -226,7 +226,7 @@ async def _provider_models(provider: Any) -> list[str]:
     try:
         async with asyncio.timeout(provider.connect_timeout + 5):
             opened = await open_request(provider, "GET", "/models", body=None, client_headers={})
-            data = json.loads(await opened.read_error(limit=4 * 1024 * 1024))
+            data = json.loads(await opened.read_at_most(limit=4 * 1024 * 1024))
         names = [
             m["id"] for m in data.get("data", []) if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]

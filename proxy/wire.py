@@ -159,10 +159,6 @@ class SSEDecoder:
         self._buffer = buffer[start:]
         return events
 
-    @property
-    def pending(self) -> bool:
-        return bool(self._buffer.strip())
-
 
 def _data_of(block: bytes) -> str:
     data = [

@@ -458,7 +458,6 @@ class Session:
                         await self._terminal(kind, data, route, turn, plan, upstream)
                     await self.send_text(data)
                     if terminal:
-                        upstream.turns += 1
                         self._submit(record)
                         return True
             finally:

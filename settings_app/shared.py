@@ -28,12 +28,6 @@ def _is_local() -> bool:
     return isinstance(_cache(), LocMemCache)
 
 
-def reset() -> None:
-    """Forget the backend object (tests that swap cache settings)."""
-    global _backend
-    _backend = None
-
-
 async def aget(key: str, default: Any = None) -> Any:
     if _is_local():
         return _cache().get(key, default)

@@ -2,7 +2,6 @@
 
 import asyncio
 import os
-import shutil
 import socket
 import threading
 import time
@@ -151,6 +150,27 @@ def upstream_b() -> Iterator[FakeUpstream]:
         yield fake
 
 
+def sdk(gateway: ServerThread, key: str) -> Any:
+    """The OpenAI SDK pointed at the gateway, without its own retries (tests count upstream requests)."""
+    import openai
+
+    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
+
+
+TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
+
+
+def sdk_turn(conn: Any, **fields: Any) -> list[Any]:
+    """Send one response.create on an SDK WebSocket connection; read its events up to the end of the turn."""
+    conn.response.create(**fields)
+    events = []
+    for event in conn:
+        events.append(event)
+        if event.type in TERMINAL:
+            return events
+    raise AssertionError("connection ended mid-turn")
+
+
 def make_provider(fake: FakeUpstream | None, name: str = "alpha", **fields: Any) -> Any:
     from providers.models import Provider
 
@@ -194,7 +214,3 @@ def request_logs(count: int, timeout: float = 10.0) -> list[Any]:
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
-
-
-def which(name: str) -> str | None:
-    return shutil.which(name)

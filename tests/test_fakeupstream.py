@@ -15,10 +15,10 @@ import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
+from tests.conftest import TERMINAL, sdk_turn
 from tests.fakeupstream import FakeUpstream, function_call_item, message_item, usage_for
 
 MODEL = "gpt-5.5"
-TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +41,7 @@ def client(fake: FakeUpstream) -> openai.OpenAI:
 
 def turn(conn: Any, **fields: Any) -> list[Any]:
     """Send one response.create on an SDK connection and read events up to the end of the turn."""
-    conn.response.create(model=MODEL, **fields)
-    events = []
-    for event in conn:
-        events.append(event)
-        if event.type in TERMINAL:
-            return events
-    raise AssertionError("socket ended mid-turn")
+    return sdk_turn(conn, model=MODEL, **fields)
 
 
 def raw_turn(ws: Any, frame: dict[str, Any] | str) -> list[dict[str, Any]]:

@@ -6,11 +6,7 @@ from decimal import Decimal
 import openai
 import pytest
 
-from tests.conftest import make_key, make_provider, request_logs
-
-
-def sdk(gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
+from tests.conftest import make_key, make_provider, request_logs, sdk
 
 
 def test_streaming_turn_relays_events_and_logs_usage_and_cost(gateway, upstream, api_key):

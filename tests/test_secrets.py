@@ -3,10 +3,9 @@
 import logging
 
 import httpx
-import openai
 import pytest
 
-from tests.conftest import make_provider, request_logs
+from tests.conftest import make_provider, request_logs, sdk
 
 PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
 
@@ -14,7 +13,7 @@ PROVIDER_KEY = "sk-provider-secret-0123456789abcdef"
 def test_a_turn_logs_no_key(gateway, upstream, api_key, caplog):
     make_provider(upstream)
     with caplog.at_level(logging.DEBUG):
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=api_key, max_retries=0)
+        client = sdk(gateway, api_key)
         list(client.responses.create(model="gpt-5.5", input="x", stream=True))
         with client.responses.connect(max_retries=0) as conn:
             conn.response.create(model="gpt-5.5", input="y")

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils import translation
 from django.utils.translation import to_locale
 
-from tests.conftest import require, which
+from tests.conftest import require
 
 BASE_DIR = Path(settings.BASE_DIR)
 LOCALE_DIR = BASE_DIR / "locale"
@@ -281,7 +281,7 @@ def test_django_serves_every_translation(code, locale):
 
 def test_catalogs_are_up_to_date_with_the_source(tmp_path):
     tools = ("xgettext", "msgmerge", "msguniq", "msgattrib")
-    require(all(which(tool) for tool in tools), "gettext is not installed (apt-get install gettext)")
+    require(all(shutil.which(tool) for tool in tools), "gettext is not installed (apt-get install gettext)")
     copy = tmp_path / "src"
     source_copy(copy)
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "config.settings", "SLUICE_DATA_DIR": str(tmp_path)}

@@ -3,28 +3,12 @@
 import json
 import time
 
-import openai
 import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from tests.conftest import make_provider, request_logs
-
-TERMINAL = {"response.completed", "response.failed", "response.incomplete", "error"}
-
-
-def sdk(gateway, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0, timeout=20)
-
-
-def run_turn(conn, **fields) -> list:
-    conn.response.create(**fields)
-    events = []
-    for event in conn:
-        events.append(event)
-        if event.type in TERMINAL:
-            return events
-    raise AssertionError("connection ended mid-turn")
+from tests.conftest import TERMINAL, make_provider, request_logs, sdk
+from tests.conftest import sdk_turn as run_turn
 
 
 def text_of(events) -> str:
