@@ -1,7 +1,9 @@
 """Which providers may serve a request, in the order to try them."""
 
 import random
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from django.conf import settings
 
@@ -29,8 +31,23 @@ def response_key(response_id: str) -> str:
     return f"sluice:resp:{response_id}"
 
 
-def session_key(api_key_id: int, session: str) -> str:
+def session_key(api_key_id: int | None, session: str) -> str:
     return f"sluice:sess:{api_key_id}:{session}"
+
+
+def session_of(body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> str:
+    """A request's session: the ``prompt_cache_key`` of its body, or the ``session-id`` header Codex sends."""
+    session = (
+        (body or {}).get("prompt_cache_key") or headers.get("session-id") or headers.get("session_id") or ""
+    )
+    return session if isinstance(session, str) else ""
+
+
+def affinity_for(key_id: int | None, response_id: object, session: str) -> Affinity:
+    return Affinity(
+        response_id=response_id if isinstance(response_id, str) and response_id else None,
+        session_key=session_key(key_id, session) if session else None,
+    )
 
 
 def order(

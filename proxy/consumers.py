@@ -18,6 +18,17 @@ def key_group(key_id: int) -> str:
     return f"sluice.key.{key_id}"
 
 
+async def deny(scope: dict[str, Any], send: Any, status: int, error: WireError) -> None:
+    """Refuse an upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
+    daphne can only refuse with 403."""
+    if "websocket.http.response" in scope.get("extensions", {}):
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+        await send({"type": "websocket.http.response.body", "body": error.http_body()})
+    else:
+        await send({"type": "websocket.close", "code": 1008})
+
+
 class ResponsesConsumer(AsyncConsumer):
     session: Session | None = None
     closed = False
@@ -31,19 +42,7 @@ class ResponsesConsumer(AsyncConsumer):
         await handler(message)
 
     async def deny(self, status: int, error: WireError) -> None:
-        """Refuse the upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
-        daphne can only refuse with 403."""
-        if "websocket.http.response" in self.scope.get("extensions", {}):
-            await self.send(
-                {
-                    "type": "websocket.http.response.start",
-                    "status": status,
-                    "headers": [(b"content-type", b"application/json")],
-                }
-            )
-            await self.send({"type": "websocket.http.response.body", "body": error.http_body()})
-        else:
-            await self.send({"type": "websocket.close", "code": 1008})
+        await deny(self.scope, self.send, status, error)
         self.closed = True
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
@@ -112,12 +111,8 @@ class ResponsesConsumer(AsyncConsumer):
 
 class NotFoundConsumer(AsyncConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
-        if "websocket.http.response" in self.scope.get("extensions", {}):
-            body = WireError(404, "not_found", f"No WebSocket endpoint at {self.scope['path']}.").http_body()
-            await self.send({"type": "websocket.http.response.start", "status": 404, "headers": []})
-            await self.send({"type": "websocket.http.response.body", "body": body})
-        else:
-            await self.send({"type": "websocket.close", "code": 1008})
+        error = WireError(404, "not_found", f"No WebSocket endpoint at {self.scope['path']}.")
+        await deny(self.scope, self.send, 404, error)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         raise StopConsumer()

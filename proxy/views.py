@@ -13,7 +13,6 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from providers.routing import Affinity
 from proxy import logwriter, pipeline
 from proxy.auth import Client, authenticate, presented_key
 from proxy.logwriter import TurnRecord
@@ -77,20 +76,6 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
     return decorate
 
 
-def session_of(client: Client, body: dict[str, Any] | None, headers: dict[str, str]) -> str:
-    session = (
-        (body or {}).get("prompt_cache_key") or headers.get("session-id") or headers.get("session_id") or ""
-    )
-    return session if isinstance(session, str) else ""
-
-
-def affinity_for(client: Client, response_id: str | None, session: str) -> Affinity:
-    return Affinity(
-        response_id=response_id or None,
-        session_key=routing.session_key(client.key_id, session) if session else None,
-    )
-
-
 def _reject(record: TurnRecord, error: WireError) -> WireError:
     record.status, record.error_code = error.status, error.code
     logwriter.submit(record)
@@ -119,9 +104,8 @@ async def _relay(
         record.requested_model = model
         record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
-    session = session_of(client, body, headers)
-    record.session_id = session
-    affinity = affinity_for(client, response_id if isinstance(response_id, str) else None, session)
+    record.session_id = routing.session_of(body, headers)
+    affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
     plan = await routing.plan(model, affinity)
     if not plan.routes:
         raise _reject(

@@ -288,15 +288,9 @@ class Session:
             full_input = [*self.last_input, *self.last_output, *new_items]
         else:
             full_input = None  # continues a response stored upstream; only the upstream knows its input
-        session = frame.get("prompt_cache_key") or self.headers.get("session-id") or ""
-        record.session_id = session if isinstance(session, str) else ""
+        record.session_id = routing.session_of(frame, self.headers)
         record.stored = frame.get("store") is not False
-        affinity = Affinity(
-            response_id=previous,
-            session_key=routing.session_key(self.client.key_id, record.session_id)
-            if record.session_id
-            else None,
-        )
+        affinity = routing.affinity_for(self.client.key_id, previous, record.session_id)
         runtime = await system_settings.aget()
         turn = Turn(frame, text, model, full_input, continues_last, previous, record, affinity)
         last: WireError | None = None
