@@ -59,7 +59,7 @@ class ApiHandler(ASGIHandler):
         return body_file
 
     async def handle(self, scope: dict, receive: Any, send: Any) -> None:
-        declared = dict(scope.get("headers") or ()).get(b"content-length")
+        declared = next((v for k, v in scope.get("headers") or () if k == b"content-length"), None)
         try:
             if declared is not None and int(declared) > settings.SLUICE_MAX_BODY_BYTES:
                 raise BodyTooLarge()

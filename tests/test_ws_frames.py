@@ -30,6 +30,11 @@ async def connected(key: str) -> WebsocketCommunicator:
     return comm
 
 
+async def create(comm: WebsocketCommunicator, **fields) -> None:
+    """Send a response.create frame for gpt-5.5 with ``fields``."""
+    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", **fields}))
+
+
 async def next_json(comm: WebsocketCommunicator, timeout: float = 5) -> dict:
     return json.loads(await comm.receive_from(timeout))
 
@@ -97,7 +102,7 @@ async def test_invalid_json_gets_an_error_frame_and_the_socket_stays_open(key, h
     await comm.send_to(text_data="{oops")
     error = await next_json(comm)
     assert error["type"] == "error" and error["error"]["code"] == "invalid_json" and error["status"] == 400
-    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "hi"}))
+    await create(comm, input="hi")
     events = await until_terminal(comm)
     assert events[-1]["type"] == "response.completed"
     await comm.disconnect()
@@ -124,9 +129,7 @@ async def test_invalid_frames_get_stable_error_codes(key, http_provider, frame, 
 
 async def test_stream_true_is_tolerated(key, http_provider):
     comm = await connected(key)
-    await comm.send_to(
-        text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x", "stream": True})
-    )
+    await create(comm, input="x", stream=True)
     assert (await until_terminal(comm))[-1]["type"] == "response.completed"
     await comm.disconnect()
 
@@ -143,9 +146,7 @@ async def test_binary_frame_gets_an_error_and_close_1003(key):
 async def test_frame_over_the_limit_is_closed_with_1009(key, settings):
     settings.SLUICE_WS_MAX_FRAME_BYTES = 100
     comm = await connected(key)
-    await comm.send_to(
-        text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x" * 200})
-    )
+    await create(comm, input="x" * 200)
     closed = await comm.receive_output(5)
     assert closed["type"] == "websocket.close" and closed["code"] == 1009
 
@@ -164,7 +165,7 @@ async def test_silent_connection_is_closed_after_the_first_frame_deadline(key, s
 async def test_idle_connection_is_closed(key, http_provider, settings):
     settings.SLUICE_WS_IDLE_TIMEOUT = 0.3
     comm = await connected(key)
-    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+    await create(comm, input="x")
     await until_terminal(comm)
     closed = await comm.receive_output(10)
     assert closed["type"] == "websocket.close" and closed["reason"] == "idle timeout"
@@ -174,7 +175,7 @@ async def test_old_connection_answers_connection_limit_reached(key, http_provide
     settings.SLUICE_WS_MAX_AGE = 0.1
     comm = await connected(key)
     await asyncio.sleep(0.2)
-    await comm.send_to(text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+    await create(comm, input="x")
     error = await next_json(comm)
     assert error["status"] == 400 and error["error"]["code"] == "websocket_connection_limit_reached"
     await comm.disconnect()
@@ -182,31 +183,16 @@ async def test_old_connection_answers_connection_limit_reached(key, http_provide
 
 async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(key, http_provider, upstream):
     comm = await connected(key)
-    await comm.send_to(
-        text_data=json.dumps(
-            {
-                "type": "response.create",
-                "model": "gpt-5.5",
-                "generate": False,
-                "store": False,
-                "input": [{"role": "user", "content": "hi"}],
-            }
-        )
-    )
+    await create(comm, generate=False, store=False, input=[{"role": "user", "content": "hi"}])
     created, completed = await next_json(comm), await next_json(comm)
     assert created["type"] == "response.created" and completed["type"] == "response.completed"
     assert completed["response"]["output"] == [] and completed["response"]["id"].startswith("resp_")
     assert upstream.http_requests == 0, "a warm-up never needs the upstream over HTTP"
-    await comm.send_to(
-        text_data=json.dumps(
-            {
-                "type": "response.create",
-                "model": "gpt-5.5",
-                "store": False,
-                "previous_response_id": completed["response"]["id"],
-                "input": [{"role": "user", "content": "again"}],
-            }
-        )
+    await create(
+        comm,
+        store=False,
+        previous_response_id=completed["response"]["id"],
+        input=[{"role": "user", "content": "again"}],
     )
     events = await until_terminal(comm)
     assert events[-1]["type"] == "response.completed"
@@ -217,17 +203,7 @@ async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(
 
 async def test_unknown_previous_response_with_store_false_is_not_found(key, http_provider, upstream):
     comm = await connected(key)
-    await comm.send_to(
-        text_data=json.dumps(
-            {
-                "type": "response.create",
-                "model": "gpt-5.5",
-                "store": False,
-                "previous_response_id": "resp_abc",
-                "input": [],
-            }
-        )
-    )
+    await create(comm, store=False, previous_response_id="resp_abc", input=[])
     error = await next_json(comm)
     assert error == {
         "type": "error",
@@ -248,9 +224,7 @@ async def test_turns_run_in_order_with_a_bounded_queue(key, http_provider, upstr
     upstream.event_delay = 0.05
     comm = await connected(key)
     for word in ("a", "b", "c", "d"):
-        await comm.send_to(
-            text_data=json.dumps({"type": "response.create", "model": "gpt-5.5", "input": word})
-        )
+        await create(comm, input=word)
     seen = []
     refused = 0
     while len(seen) + refused < 4:
