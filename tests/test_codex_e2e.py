@@ -7,6 +7,7 @@ import pytest
 
 from tests.codex_cli import codex_binary, run_codex
 from tests.conftest import make_provider, request_logs, require
+from tests.fakeupstream import function_call_item
 
 
 @pytest.fixture(autouse=True)
@@ -19,16 +20,7 @@ def tool_loop_responder(body: dict) -> list[dict] | None:
     items = body["input"] if isinstance(body["input"], list) else []
     if items and items[-1].get("type") == "function_call_output":
         return None  # the fake's default answer: "tool said: <output>"
-    return [
-        {
-            "type": "function_call",
-            "id": "fc_codex_1",
-            "call_id": "call_codex_1",
-            "name": "exec_command",
-            "arguments": json.dumps({"cmd": "echo sluice-tool-ok"}),
-            "status": "completed",
-        }
-    ]
+    return [function_call_item("exec_command", json.dumps({"cmd": "echo sluice-tool-ok"}), "call_codex_1")]
 
 
 def test_plain_turn_over_websocket(gateway, upstream, api_key, tmp_path):

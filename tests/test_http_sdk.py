@@ -7,6 +7,7 @@ import openai
 import pytest
 
 from tests.conftest import make_key, make_provider, request_logs, sdk
+from tests.fakeupstream import function_call_item, message_item
 
 
 def test_streaming_turn_relays_events_and_logs_usage_and_cost(gateway, upstream, api_key):
@@ -48,27 +49,8 @@ def test_tool_call_round_trip(gateway, upstream, api_key):
     def responder(body):
         last = body["input"][-1] if isinstance(body["input"], list) else {}
         if last.get("type") == "function_call_output":
-            return [
-                {
-                    "type": "message",
-                    "id": "msg_tool",
-                    "role": "assistant",
-                    "status": "completed",
-                    "content": [
-                        {"type": "output_text", "text": f"weather is {last['output']}", "annotations": []}
-                    ],
-                }
-            ]
-        return [
-            {
-                "type": "function_call",
-                "id": "fc_1",
-                "call_id": "call_1",
-                "name": "get_weather",
-                "arguments": json.dumps({"city": "Oslo"}),
-                "status": "completed",
-            }
-        ]
+            return [message_item(f"weather is {last['output']}")]
+        return [function_call_item("get_weather", json.dumps({"city": "Oslo"}), "call_1")]
 
     upstream.responder = responder
     make_provider(upstream)
