@@ -4,9 +4,11 @@ import asyncio
 import functools
 import json
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
@@ -124,7 +126,7 @@ async def _relay(
             body=body,
             headers=headers,
             record=record,
-            query=request.META.get("QUERY_STRING", ""),
+            query=checked_query(request.META.get("QUERY_STRING", "")),
         )
     except WireError as error:
         raise _reject(record, error) from None
@@ -173,12 +175,31 @@ async def input_tokens(request: HttpRequest, client: Client, headers: dict[str, 
     )
 
 
+# The shape of the ids the service issues (resp_ followed by hex): nothing that could change an upstream
+# path (".", "/", "?", "#", "%") ever reaches the URL built from it.
+RESPONSE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,199}")
+
+
+def checked_response_id(rid: str) -> str:
+    if not RESPONSE_ID.fullmatch(rid):
+        raise WireError(
+            400, "invalid_response_id", "The response id in the path is not valid.", "response_id"
+        )
+    return rid
+
+
+def checked_query(query: str) -> str:
+    """The client's query string rebuilt from its decoded pairs: well-formed, whatever was sent."""
+    return urlencode(parse_qsl(query, keep_blank_values=True))
+
+
 def _by_response_id(methods: tuple[str, ...], suffix: str, endpoints: dict[str, str]) -> View:
     """A pass-through view for /responses/{id}...: routed to the provider that produced the response."""
 
     @api_view(methods)
     async def view(request: HttpRequest, client: Client, headers: dict[str, str], rid: str) -> HttpResponse:
         method = request.method or methods[0]
+        rid = checked_response_id(rid)
         return await _relay(
             request,
             client,
