@@ -305,6 +305,58 @@ def budget_table(found: list[Check]) -> str:
     )
 
 
+def baseline_figures(raw: dict[str, Any]) -> dict[str, Any]:
+    """What a before-and-after comparison keeps of a run: its commit and a few figures per scenario."""
+    return {
+        "commit": raw["machine"]["commit"],
+        "when": raw["when"],
+        "scenarios": {
+            s["scenario"]: {
+                "label": s["label"],
+                "events": s["events"],
+                "gateway_cpu_ms": s["gateway"]["cpu_ms_per_turn"]["gateway"],
+                "added_terminal_p50_ms": s["added"]["terminal_ms"]["p50"],
+                "throughput_ratio": s["ratio"]["throughput"],
+            }
+            for s in raw["scenarios"]
+        },
+    }
+
+
+def comparison_table(before: dict[str, Any] | None, after: dict[str, Any]) -> str:
+    """This run against a baseline run of an earlier commit, scenario by scenario."""
+    if before is None:
+        return "No baseline run was given (`--baseline RESULTS_JSON`)."
+    rows = []
+    for name, now in after["scenarios"].items():
+        then = before["scenarios"].get(name)
+        if then is None:
+            continue
+        per_event = f"{now['gateway_cpu_ms'] / now['events'] * 1000:.1f} µs"
+        per_event_then = f"{then['gateway_cpu_ms'] / then['events'] * 1000:.1f} µs"
+        rows.append(
+            [
+                now["label"],
+                f"{then['gateway_cpu_ms']:.3f} → {now['gateway_cpu_ms']:.3f}",
+                f"{per_event_then} → {per_event}",
+                f"{then['added_terminal_p50_ms']:.2f} → {now['added_terminal_p50_ms']:.2f}",
+                f"{then['throughput_ratio']:.2f}× → {now['throughput_ratio']:.2f}×",
+            ]
+        )
+    header = [
+        "scenario",
+        "gateway CPU per turn (ms)",
+        "gateway CPU per event",
+        "added time to terminal event, p50 (ms)",
+        "throughput vs direct",
+    ]
+    intro = (
+        f"Baseline: commit `{before['commit']}`, run on {before['when']}; "
+        f"this run: commit `{after['commit']}`.\n\n"
+    )
+    return intro + _table(header, rows)
+
+
 def write_markdown(
     path: Path,
     *,
@@ -316,6 +368,8 @@ def write_markdown(
     memory: dict[str, Any],
     found: list[Check],
     chart: str,
+    baseline: dict[str, Any] | None = None,
+    current: dict[str, Any] | None = None,
 ) -> None:
     machine_rows = [
         ["CPUs (nproc)", machine["nproc"]],
@@ -343,5 +397,6 @@ def write_markdown(
         cpu=cpu_table(summaries),
         memory=memory_table(memory),
         chart=chart,
+        comparison=comparison_table(baseline, current) if current else "",
     )
     path.write_text(text)

@@ -64,6 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-idle", action="store_true", help="skip the idle WebSocket memory test")
     parser.add_argument("--keep", action="store_true", help="keep the gateway's data directory and log")
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="a full run of an earlier commit: the page compares this run with it, scenario by scenario",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         metavar="RESULTS_JSON",
@@ -197,6 +203,8 @@ def write_docs(
         memory=memory,
         found=found,
         chart="performance.png",
+        baseline=raw.get("baseline"),
+        current=report.baseline_figures(raw),
     )
     say("wrote docs/performance.md and docs/performance.png")
 
@@ -256,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         "budget": [{**c.__dict__, "passed": c.passed} for c in found],
         "scenarios": summaries,
     }
+    if args.baseline:
+        raw["baseline"] = report.baseline_figures(json.loads(args.baseline.read_text()))
     RESULTS.mkdir(parents=True, exist_ok=True)
     result_path = RESULTS / time.strftime("%Y%m%dT%H%M%S.json", time.gmtime(started))
     result_path.write_text(json.dumps(raw, indent=1))
