@@ -3,6 +3,7 @@
 import secrets
 import warnings
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import environ
 from django.utils.translation import gettext_lazy as _
@@ -28,9 +29,21 @@ def _persistent_secret_key() -> str:
 
 SECRET_KEY = env("SECRET_KEY", default="") or _persistent_secret_key()
 DEBUG = env.bool("DEBUG", default=False)
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "testserver"])
-CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+# Behind a balancer: SLUICE_PUBLIC_URL (e.g. https://sluice.example.com) is the address users open; it
+# admits that host name, trusts that origin for the admin's forms and, over https, keeps cookies secure.
+# The loopback names stay allowed so that probes from inside the host or container work.
+PUBLIC_URL = urlsplit(env("SLUICE_PUBLIC_URL", default=""))
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[name for name in (PUBLIC_URL.hostname, "testserver") if name])
+ALLOWED_HOSTS += [name for name in ("127.0.0.1", "localhost", "[::1]") if name not in ALLOWED_HOSTS]
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[]) or (
+    [f"{PUBLIC_URL.scheme}://{PUBLIC_URL.netloc}"] if PUBLIC_URL.netloc else []
+)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env.bool("SLUICE_SECURE_COOKIES", PUBLIC_URL.scheme == "https")
 PORT = env.int("PORT", default=8000)
+# Worker processes of `manage.py serve` (several need REDIS_URL).
+WEB_CONCURRENCY = env.int("WEB_CONCURRENCY", default=1)
+# Addresses (or networks) of the proxies whose X-Forwarded-For/-Proto uvicorn believes; "*" trusts any peer.
+FORWARDED_ALLOW_IPS = env.list("FORWARDED_ALLOW_IPS", default=["127.0.0.1", "::1"])
 
 INSTALLED_APPS = [
     # First, so that its admin templates (branding, language switch) override the admin's own.

@@ -16,7 +16,7 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, default=settings.PORT)
         parser.add_argument("--no-migrate", action="store_true")
         parser.add_argument("--access-log", action="store_true", help=_("Log every HTTP request line."))
-        parser.add_argument("--workers", type=int, default=1)
+        parser.add_argument("--workers", type=int, default=settings.WEB_CONCURRENCY)
 
     def handle(self, *args: object, **options: object) -> None:
         if int(options["workers"]) > 1 and not settings.REDIS_URL:  # type: ignore[arg-type]
@@ -57,6 +57,7 @@ class Command(BaseCommand):
             ws_per_message_deflate=True,
             access_log=bool(options["access_log"]),
             proxy_headers=True,
+            forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
             server_header=False,
             timeout_graceful_shutdown=10,
         )
