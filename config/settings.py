@@ -33,7 +33,9 @@ DEBUG = env.bool("DEBUG", default=False)
 # admits that host name, trusts that origin for the admin's forms and, over https, keeps cookies secure.
 # The loopback names stay allowed so that probes from inside the host or container work.
 PUBLIC_URL = urlsplit(env("SLUICE_PUBLIC_URL", default=""))
-ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[name for name in (PUBLIC_URL.hostname, "testserver") if name])
+ALLOWED_HOSTS = env.list(
+    "ALLOWED_HOSTS", default=[name for name in (PUBLIC_URL.hostname, "testserver") if name]
+)
 ALLOWED_HOSTS += [name for name in ("127.0.0.1", "localhost", "[::1]") if name not in ALLOWED_HOSTS]
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[]) or (
     [f"{PUBLIC_URL.scheme}://{PUBLIC_URL.netloc}"] if PUBLIC_URL.netloc else []

@@ -5,7 +5,24 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
 from django.utils.translation import gettext as _
+
+# PostgreSQL advisory lock held while migrating (any fixed number; it only has to be the same everywhere).
+MIGRATION_LOCK = 0x51_01CE
+
+
+def migrate() -> None:
+    """Nodes that start together on one PostgreSQL take turns: the first migrates, the others find it done."""
+    if connection.vendor != "postgresql":
+        call_command("migrate", interactive=False, verbosity=0)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
 
 
 class Command(BaseCommand):
@@ -24,7 +41,7 @@ class Command(BaseCommand):
                 _("Several workers share affinity, breakers and settings through Redis: set REDIS_URL first.")
             )
         if not options["no_migrate"]:
-            call_command("migrate", interactive=False, verbosity=0)
+            migrate()
         host, port = options["host"], options["port"]
         admin_url = f"http://{host}:{port}/admin/"
         api_url = f"http://{host}:{port}/v1"
