@@ -8,22 +8,6 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils.translation import gettext as _
 
-# PostgreSQL advisory lock held while migrating (any fixed number; it only has to be the same everywhere).
-MIGRATION_LOCK = 0x51_01CE
-
-
-def migrate() -> None:
-    """Nodes that start together on one PostgreSQL take turns: the first migrates, the others find it done."""
-    if connection.vendor != "postgresql":
-        call_command("migrate", interactive=False, verbosity=0)
-        return
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
-        try:
-            call_command("migrate", interactive=False, verbosity=0)
-        finally:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
-
 
 class Command(BaseCommand):
     help = _("Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port).")
@@ -78,3 +62,20 @@ class Command(BaseCommand):
             server_header=False,
             timeout_graceful_shutdown=10,
         )
+
+
+# PostgreSQL advisory lock held while migrating (any fixed number; it only has to be the same everywhere).
+MIGRATION_LOCK = 0x51_01CE
+
+
+def migrate() -> None:
+    """Nodes that start together on one PostgreSQL take turns: the first migrates, the others find it done."""
+    if connection.vendor != "postgresql":
+        call_command("migrate", interactive=False, verbosity=0)
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s)", [MIGRATION_LOCK])
+        try:
+            call_command("migrate", interactive=False, verbosity=0)
+        finally:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
