@@ -12,6 +12,7 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from config.urls import PROBE_PATHS  # noqa: E402
 from proxy.consumers import NotFoundConsumer, ResponsesConsumer  # noqa: E402
 from proxy.handler import ApiHandler  # noqa: E402
 
@@ -19,7 +20,7 @@ api_application = ApiHandler()
 
 
 async def http_application(scope: dict, receive: object, send: object) -> None:
-    if scope["path"].startswith("/v1/"):
+    if scope["path"].startswith("/v1/") or scope["path"] in PROBE_PATHS:
         await api_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)
@@ -27,6 +28,7 @@ async def http_application(scope: dict, receive: object, send: object) -> None:
 
 async def lifespan(scope: dict, receive: Any, send: Any) -> None:
     """Close upstream connection pools when the server shuts down."""
+    from proxy import metrics
     from proxy.upstream_http import close_session
 
     while True:
@@ -35,6 +37,7 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await close_session()
+            metrics.process_exited()
             await send({"type": "lifespan.shutdown.complete"})
             return
 

@@ -158,16 +158,31 @@ STORAGES = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = None
 FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 
+# LOG_LEVEL: DEBUG, INFO (default: one line per refusal and per provider failure), WARNING, ERROR.
+# SLUICE_LOG_FORMAT: "plain" (default) or "json" (one JSON object per line).
+LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "config.jsonlog.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_FORMAT == "json" else "plain",
+        }
+    },
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
-    # These libraries log request headers (with API keys) at DEBUG: never let them, whatever LOG_LEVEL says.
     "loggers": {
+        # These libraries log request headers (with API keys) at DEBUG: never let them, whatever LOG_LEVEL
+        # says.
         "aiohttp": {"level": "WARNING"},
         "websockets": {"level": "INFO"},
+        # A refusal is logged once, by sluice.refusals; Django would log every 4xx again as a warning.
+        # Its errors (5xx) still come through.
+        "django.request": {"level": "ERROR"},
     },
 }
 
@@ -193,3 +208,8 @@ SLUICE_FORCE_CLIENT_WEBSOCKETS = env("SLUICE_FORCE_CLIENT_WEBSOCKETS", default="
 SLUICE_FORCE_UPSTREAM_WEBSOCKETS = env("SLUICE_FORCE_UPSTREAM_WEBSOCKETS", default="")
 # Optional dedicated key for encrypting provider secrets; defaults to one derived from SECRET_KEY.
 SLUICE_ENCRYPTION_KEY = env("SLUICE_ENCRYPTION_KEY", default="")
+
+# /metrics asks for "Authorization: Bearer <token>" when this is set.
+SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
+# Request-log rows older than this are deleted by `manage.py prunelogs`.
+SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)

@@ -1,16 +1,17 @@
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect
 from django.urls import include, path
 
+from proxy import metrics, probes
 
-def health(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("ok", content_type="text/plain")
-
+# /healthz, /readyz and /metrics: served by the lean handler too (config/asgi.py), whatever the Host.
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 urlpatterns = [
     path("v1/", include("proxy.urls")),
-    path("healthz", health),
+    path("healthz", probes.healthz),
+    path("readyz", probes.readyz),
+    path("metrics", metrics.metrics_view),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("", lambda request: redirect("admin:index")),

@@ -4,6 +4,7 @@ import time
 
 from django.conf import settings
 
+from proxy import metrics
 from settings_app import shared
 
 
@@ -22,6 +23,7 @@ async def record_failure(provider_id: int) -> None:
     if state["failures"] >= settings.SLUICE_BREAKER_THRESHOLD:
         state["open_until"] = time.time() + settings.SLUICE_BREAKER_COOLDOWN
         state["failures"] = 0
+        metrics.breaker_opened(provider_id, state["open_until"])
     await shared.aset(key, state, settings.SLUICE_BREAKER_COOLDOWN * 10)
 
 
@@ -29,3 +31,4 @@ async def record_success(provider_id: int, state: dict | None) -> None:
     """Clear the breaker; ``state`` is what routing read, so a healthy provider costs no cache write."""
     if state:
         await shared.adelete(breaker_key(provider_id))
+        metrics.breaker_closed(provider_id)

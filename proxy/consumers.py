@@ -6,7 +6,9 @@ from typing import Any
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 
+from proxy import metrics
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
+from proxy.refusals import refuse
 from proxy.wire import WireError
 from proxy.ws_session import Session
 from settings_app.runtime import system_settings
@@ -18,9 +20,12 @@ def key_group(key_id: int) -> str:
     return f"sluice.key.{key_id}"
 
 
-async def deny(scope: dict[str, Any], send: Any, status: int, error: WireError) -> None:
+async def deny(
+    scope: dict[str, Any], send: Any, status: int, error: WireError, endpoint: str = "responses"
+) -> None:
     """Refuse an upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
     daphne can only refuse with 403."""
+    refuse(error, scope=scope, key_id=None, client_transport="websocket", endpoint=endpoint)
     if "websocket.http.response" in scope.get("extensions", {}):
         headers = [(b"content-type", b"application/json")]
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
@@ -49,7 +54,6 @@ class ResponsesConsumer(AsyncConsumer):
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
         offered = self.scope.get("subprotocols") or []
         if not (await system_settings.aget()).client_websockets:
-            log.info("refused a WebSocket upgrade: client WebSockets are turned off")
             await self.deny(
                 426,
                 WireError(
@@ -59,7 +63,6 @@ class ResponsesConsumer(AsyncConsumer):
             return
         client = await authenticate(presented_key(headers, offered))
         if client is None:
-            log.info("refused a WebSocket upgrade: missing or invalid API key")
             await self.deny(
                 401, WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
             )
@@ -71,6 +74,7 @@ class ResponsesConsumer(AsyncConsumer):
         subprotocol = next((p for p in offered if not p.startswith(PROTOCOL_PREFIX)), None)
         await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
         self.session = Session(client, headers, self.send_text, self.close)
+        metrics.client_sockets.inc()  # paired with the dec in websocket_disconnect
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
@@ -98,6 +102,7 @@ class ResponsesConsumer(AsyncConsumer):
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
         if self.session is not None:
+            metrics.client_sockets.dec()
             await self.session.shutdown()
         for group in getattr(self, "groups", []):
             await self.channel_layer.group_discard(group, self.channel_name)
@@ -112,7 +117,7 @@ class ResponsesConsumer(AsyncConsumer):
 class NotFoundConsumer(AsyncConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         error = WireError(404, "not_found", f"No WebSocket endpoint at {self.scope['path']}.")
-        await deny(self.scope, self.send, 404, error)
+        await deny(self.scope, self.send, 404, error, endpoint="unknown")
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         raise StopConsumer()

@@ -18,6 +18,8 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.exception import convert_exception_to_response
 from django.urls import set_script_prefix
 
+from proxy.labels import endpoint_of
+from proxy.refusals import refuse
 from proxy.views import error_response, max_body_error
 
 log = logging.getLogger("sluice.http")
@@ -67,13 +69,14 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except (BodyTooLarge, ValueError):
-            log.info(
-                "refused %s %s: body over %d bytes",
-                scope["method"],
-                scope["path"],
-                settings.SLUICE_MAX_BODY_BYTES,
+            error = refuse(
+                max_body_error(),
+                scope=scope,
+                key_id=None,  # not authenticated: the body was never read
+                client_transport="http",
+                endpoint=endpoint_of(scope["method"], scope["path"]),
             )
-            response = error_response(max_body_error())
+            response = error_response(error)
             response["Connection"] = "close"
             await self.send_response(response, send)
             return

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from proxy import metrics
 from proxy.outcome import Outcome
 from settings_app.runtime import Snapshot, tidy_connections
 
@@ -33,6 +34,8 @@ class TurnRecord:
     ws_handshake_ms: float | None = None
     upstream_ws_url: str = ""
     session_id: str = ""
+    client_addr: str = ""  # for the allowance of refusals without a key; not stored
+    dropped: bool = False  # counted in the metrics, not written (over the anonymous allowance)
     stored: bool = True  # store was not false: the response id may be used from anywhere later
     created_at: float = field(default_factory=time.time)  # a datetime only in the writer thread
     started: float = field(default_factory=time.perf_counter)
@@ -55,16 +58,38 @@ _last_used_written: dict[int, float] = {}  # key id -> when its last_used_at was
 LAST_USED_RESOLUTION = 60.0
 
 
+# Refusals of requests without a valid key: at most this many rows per client address per minute, so
+# that a flood of anonymous requests cannot fill the database (the metrics still count every one).
+ANONYMOUS_ROWS_PER_MINUTE = 60
+_anonymous: dict[str, tuple[int, float]] = {}  # client address -> (rows this minute, minute started)
+
+
+def _over_allowance(record: TurnRecord) -> bool:
+    if record.key_id is not None or record.status < 400:
+        return False
+    now = time.monotonic()
+    count, since = _anonymous.get(record.client_addr, (0, now))
+    if now - since >= 60:
+        count, since = 0, now
+    if len(_anonymous) > 10_000:  # addresses of a wide flood: forget them all rather than grow
+        _anonymous.clear()
+    _anonymous[record.client_addr] = (count + 1, since)
+    return count >= ANONYMOUS_ROWS_PER_MINUTE
+
+
 def submit(record: TurnRecord) -> None:
     """Queue a finished turn; never blocks, never touches the database in the caller's thread."""
     global _pending, _thread
     if record.finished_at is None:
         record.finished_at = time.perf_counter()
+    if record.key_id is None and record.status >= 400 and _over_allowance(record):
+        record.dropped = True
     with _lock:
         _pending += 1
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="sluice-request-log", daemon=True)
             _thread.start()
+    metrics.log_queue.inc()
     _queue.put(record)
 
 
@@ -105,7 +130,9 @@ def _run() -> None:
             write(batch)
         except Exception:
             log.exception("could not write %d request log rows", len(batch))
+            metrics.log_dropped.labels("write_failed").inc(len(batch))
         finally:
+            metrics.log_queue.dec(len(batch))
             tidy_connections()
             with _idle:
                 _pending -= len(batch)
@@ -122,10 +149,15 @@ def write(batch: list[TurnRecord]) -> None:
     prices = model_prices.get()
     used: dict[int, dt.datetime] = {}
     rows = []
+    costs = []
     for r in batch:
         o = r.outcome
         model = o.model or r.upstream_model
         price = _price_for(prices, model)
+        spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else Decimal(0)
+        costs.append(spent)
+        if r.dropped:
+            continue
         finished = r.finished_at or r.started
         created = dt.datetime.fromtimestamp(r.created_at, dt.UTC)
         if r.key_id is not None:
@@ -144,7 +176,7 @@ def write(batch: list[TurnRecord]) -> None:
                 o.cached_input_tokens,
                 o.output_tokens,
                 o.reasoning_tokens,
-                price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else Decimal(0),
+                spent,
                 (r.first_event_at - r.started) * 1000 if r.first_event_at else None,
                 (finished - r.started) * 1000,
                 r.client_transport,
@@ -156,6 +188,13 @@ def write(batch: list[TurnRecord]) -> None:
                 r.session_id[:200],
             )
         )
+    try:
+        metrics.observe_batch(batch, costs)
+    except Exception:  # metrics must never cost a row
+        log.exception("could not update the metrics")
+    dropped = sum(1 for r in batch if r.dropped)
+    if dropped:
+        metrics.log_dropped.labels("rate_limited").inc(dropped)
     now = time.monotonic()
     used = {
         k: v

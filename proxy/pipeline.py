@@ -113,6 +113,7 @@ async def open_with_failover(
         record.upstream_model = route.upstream_model
         record.upstream_transport = "http"
         opened: Opened | None = None
+        cause = ""
         try:
             async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
                 opened = await open_request(
@@ -143,21 +144,22 @@ async def open_with_failover(
             last = WireError(
                 504,
                 "upstream_timeout",
-                f"Provider {provider.name} did not answer in time.",
+                "The upstream did not answer in time.",  # the provider's name: in the log, not to clients
                 None,
                 "server_error",
             )
         except (*TransportError, StopAsyncIteration) as exc:
+            cause = f" ({exc!r})"
             last = WireError(
                 502,
                 "upstream_unavailable",
-                f"Provider {provider.name} failed: {type(exc).__name__}.",
+                "The upstream could not be reached.",
                 None,
                 "server_error",
             )
         if opened is not None:
             await opened.close()
-        log.warning("provider %s failed before the first event: %s", provider.name, last.message)
+        log.warning("provider %s failed before the first event: %s%s", provider.name, last.message, cause)
         await health.record_failure(provider.id)
     raise all_failed(last)
 

@@ -10,6 +10,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.protocol import State
 
 from providers.registry import ProviderInfo
+from proxy import metrics
 from proxy.transport import FallbackReason
 from proxy.upstream_http import upstream_headers
 from settings_app import shared
@@ -46,6 +47,8 @@ class UpstreamSocket:
         self.connection = connection
         self.handshake_ms = handshake_ms
         self.url = public_url(provider.websocket_url)
+        self.counted = True
+        metrics.upstream_sockets.inc()  # paired with the dec in close()
 
     @property
     def is_open(self) -> bool:
@@ -84,6 +87,9 @@ class UpstreamSocket:
         return cls(provider, connection, (time.perf_counter() - started) * 1000)
 
     async def close(self) -> None:
+        if self.counted:
+            self.counted = False
+            metrics.upstream_sockets.dec()
         await self.connection.close()
 
 

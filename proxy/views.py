@@ -17,7 +17,9 @@ from providers import routing
 from providers.registry import enabled_providers
 from proxy import logwriter, pipeline
 from proxy.auth import Client, authenticate, presented_key
+from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
+from proxy.refusals import refuse
 from proxy.upstream_http import TransportError, open_request, returned_headers
 from proxy.wire import WireError, parse_body, require_model
 
@@ -43,34 +45,45 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            headers = request_headers(request)
+            client = await authenticate(presented_key(headers))
+            key_id = client.key_id if client is not None else None
             if request.method not in methods:
                 response = error_response(
-                    WireError(
-                        405,
-                        "method_not_allowed",
-                        f"Method {request.method} is not allowed on {request.path}.",
+                    _refused(
+                        request,
+                        key_id,
+                        WireError(
+                            405,
+                            "method_not_allowed",
+                            f"Method {request.method} is not allowed on {request.path}.",
+                        ),
                     )
                 )
                 response["Allow"] = ", ".join(methods)
                 return response
-            headers = request_headers(request)
-            client = await authenticate(presented_key(headers))
             if client is None:
-                log.info("refused %s %s: missing or invalid API key", request.method, request.path)
                 return error_response(
-                    WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
+                    _refused(
+                        request,
+                        None,
+                        WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key."),
+                    )
                 )
             try:
                 return await view(request, client, headers, *args, **kwargs)
             except WireError as error:
-                log.info(
-                    "%s %s -> %s %s: %s",
-                    request.method,
-                    request.path,
-                    error.status,
-                    error.code,
-                    error.message,
-                )
+                if getattr(error, "recorded", False):
+                    log.info(
+                        "%s %s -> %s %s: %s",
+                        request.method,
+                        request.path,
+                        error.status,
+                        error.code,
+                        error.message,
+                    )
+                else:
+                    _refused(request, key_id, error)
                 return error_response(error)
 
         return wrapper
@@ -78,9 +91,20 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
     return decorate
 
 
+def _refused(request: HttpRequest, key_id: int | None, error: WireError) -> WireError:
+    return refuse(
+        error,
+        scope=request.scope,  # type: ignore[attr-defined]
+        key_id=key_id,
+        client_transport="http",
+        endpoint=endpoint_of(request.method or "", request.path),
+    )
+
+
 def _reject(record: TurnRecord, error: WireError) -> WireError:
     record.status, record.error_code = error.status, error.code
     logwriter.submit(record)
+    error.recorded = True  # type: ignore[attr-defined]
     return error
 
 
@@ -256,7 +280,9 @@ async def models(request: HttpRequest, client: Client, headers: dict[str, str]) 
 
 
 async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
-    return error_response(WireError(404, "not_found", f"Unknown endpoint {request.method} {request.path}."))
+    client = await authenticate(presented_key(request_headers(request)))
+    error = WireError(404, "not_found", f"Unknown endpoint {request.method} {request.path}.")
+    return error_response(_refused(request, client.key_id if client else None, error))
 
 
 def max_body_error() -> WireError:

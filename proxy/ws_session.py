@@ -156,13 +156,15 @@ class Session:
         elif len(self.pending) < settings.SLUICE_WS_QUEUE_LIMIT:
             self.pending.append(text)
         else:
-            await self.send_error(
-                WireError(
-                    429,
-                    "too_many_queued_requests",
-                    f"At most {settings.SLUICE_WS_QUEUE_LIMIT} turns may wait on a connection.",
-                )
+            error = WireError(
+                429,
+                "too_many_queued_requests",
+                f"At most {settings.SLUICE_WS_QUEUE_LIMIT} turns may wait on a connection.",
             )
+            record = TurnRecord(key_id=self.client.key_id, client_transport="websocket")
+            record.status, record.error_code = error.status, error.code
+            self._submit(record)
+            await self.send_error(error)
 
     async def shutdown(self) -> None:
         self._timer.cancel()
@@ -253,8 +255,7 @@ class Session:
             if error.code != "invalid_json":
                 self._evict()
             await self.send_error(error)
-            if record.requested_model:
-                self._submit(record)
+            self._submit(record)  # every refused turn leaves a row, also one without a model
         except asyncio.CancelledError:
             record.status, record.error_code = 499, "client_disconnected"
             self._submit(record)
@@ -343,11 +344,7 @@ class Session:
                     if await self._over_websocket(route, turn, plan):
                         return True, None
                     last = WireError(
-                        504,
-                        "upstream_timeout",
-                        f"Provider {route.provider.name} did not answer in time.",
-                        None,
-                        "server_error",
+                        504, "upstream_timeout", "The upstream did not answer in time.", None, "server_error"
                     )
                     continue  # provider failure: next route
                 except _FallBack as fallback:
@@ -355,7 +352,7 @@ class Session:
                         last = WireError(
                             502,
                             "upstream_unavailable",
-                            f"Provider {route.provider.name}: {fallback.reason.label}",
+                            "The upstream WebSocket failed.",  # which provider: the log says
                             None,
                             "server_error",
                         )

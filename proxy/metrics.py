@@ -1,0 +1,182 @@
+"""Prometheus metrics, fed from the same turn records the request log writes.
+
+Counters and histograms are observed in the request-log writer thread, from the batch it is about to
+insert (``observe_batch``): the event loop pays nothing per turn for them, and nothing is counted twice
+by hand. Gauges move only at paired edges (a socket opened / closed, a record queued / written), so with
+several worker processes each process's share adds up in multiprocess mode.
+
+Several workers: ``manage.py serve`` points ``PROMETHEUS_MULTIPROC_DIR`` at an empty directory before the
+workers start; each process then keeps its values in files there and ``/metrics`` merges them (no custom
+collector, as the multiprocess mode requires).
+"""
+
+import hmac
+import os
+from collections.abc import Iterable
+from decimal import Decimal
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+if TYPE_CHECKING:
+    from proxy.logwriter import TurnRecord
+
+TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
+
+turns = Counter(
+    "sluice_turns",
+    "Turns (HTTP requests and WebSocket response.create), refusals included.",
+    ["client_transport", "upstream_transport", "provider", "model", "status"],
+)
+fallbacks = Counter(
+    "sluice_fallbacks", "Turns that went upstream over HTTP instead of WebSocket.", ["reason"]
+)
+refusals = Counter("sluice_refusals", "Requests the gateway refused before reaching an upstream.", ["code"])
+first_event = Histogram(
+    "sluice_time_to_first_event_seconds",
+    "From the start of a turn to its first upstream event.",
+    ["provider"],
+    buckets=TIME_BUCKETS,
+)
+turn_duration = Histogram(
+    "sluice_turn_duration_seconds",
+    "From the start of a turn to its end.",
+    ["client_transport"],
+    buckets=TIME_BUCKETS,
+)
+tokens = Counter("sluice_tokens", "Tokens reported by upstreams.", ["kind", "model"])
+cost = Counter("sluice_cost_usd", "Cost of the turns, priced from the model prices.", ["model"])
+client_sockets = Gauge(
+    "sluice_client_websockets_open", "Client WebSocket connections open.", multiprocess_mode="livesum"
+)
+upstream_sockets = Gauge(
+    "sluice_upstream_websockets_open", "Upstream WebSocket connections open.", multiprocess_mode="livesum"
+)
+breaker_open_until = Gauge(
+    "sluice_breaker_open_until_seconds",
+    "Unix time until which the provider's circuit breaker is open; 0 when closed. "
+    "Open now: sluice_breaker_open_until_seconds > time().",
+    ["provider"],
+    multiprocess_mode="mostrecent",
+)
+log_queue = Gauge(
+    "sluice_request_log_queue", "Request-log rows waiting to be written.", multiprocess_mode="livesum"
+)
+log_dropped = Counter(
+    "sluice_request_log_dropped", "Request-log rows not written.", ["reason"]
+)  # reasons: rate_limited (refusals of unknown clients over their allowance), write_failed
+
+TOKEN_KINDS = ("input", "cached", "output", "reasoning")
+_provider_names: dict[int, str] = {}
+
+
+def provider_name(provider_id: int | None) -> str:
+    """The provider's name for a label; looked up once per id (writer thread, where the ORM may run)."""
+    if provider_id is None:
+        return ""
+    name = _provider_names.get(provider_id)
+    if name is None:
+        from providers.models import Provider
+
+        name = Provider.objects.filter(pk=provider_id).values_list("name", flat=True).first() or str(
+            provider_id
+        )
+        _provider_names[provider_id] = name
+    return name
+
+
+def is_refusal(record: "TurnRecord") -> bool:
+    """Refused by the gateway itself: an error that never reached an upstream."""
+    return record.status >= 400 and record.provider_id is None
+
+
+def observe_batch(batch: Iterable["TurnRecord"], costs: Iterable[Decimal]) -> None:
+    for record, spent in zip(batch, costs, strict=True):
+        observe(record, spent)
+
+
+def observe(record: "TurnRecord", spent: Decimal) -> None:
+    o = record.outcome
+    model = (o.model or record.upstream_model)[:100]
+    provider = provider_name(record.provider_id)
+    turns.labels(
+        record.client_transport, record.upstream_transport, provider, model, str(record.status)
+    ).inc()
+    if record.fallback_reason:
+        fallbacks.labels(record.fallback_reason).inc()
+    if is_refusal(record):
+        refusals.labels(record.error_code or o.error_code or str(record.status)).inc()
+    finished = record.finished_at or record.started
+    turn_duration.labels(record.client_transport).observe(max(0.0, finished - record.started))
+    if record.first_event_at is not None:
+        first_event.labels(provider).observe(max(0.0, record.first_event_at - record.started))
+    for kind, count in zip(
+        TOKEN_KINDS, (o.input_tokens, o.cached_input_tokens, o.output_tokens, o.reasoning_tokens), strict=True
+    ):
+        if count:
+            tokens.labels(kind, model).inc(count)
+    if spent:
+        cost.labels(model).inc(float(spent))
+
+
+def breaker_opened(provider_id: int, until: float) -> None:
+    breaker_open_until.labels(provider_name_cached(provider_id)).set(until)
+
+
+def breaker_closed(provider_id: int) -> None:
+    breaker_open_until.labels(provider_name_cached(provider_id)).set(0)
+
+
+def provider_name_cached(provider_id: int) -> str:
+    """In the event loop: no query, the registry snapshot's name (or the id until the writer learns it)."""
+    from providers.registry import enabled_providers
+
+    for info in enabled_providers._value or ():  # the last loaded value, without a refresh
+        if info.id == provider_id:
+            return info.name
+    return _provider_names.get(provider_id, str(provider_id))
+
+
+def multiprocess_dir() -> str:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+
+
+def exposition() -> bytes:
+    if multiprocess_dir():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)
+
+
+def authorised(request: HttpRequest) -> bool:
+    token = settings.SLUICE_METRICS_TOKEN
+    if not token:
+        return True
+    presented = request.headers.get("Authorization", "")
+    return hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
+
+
+async def metrics_view(request: HttpRequest) -> HttpResponse:
+    if not authorised(request):
+        response = HttpResponse("unauthorised\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = "Bearer"
+        return response
+    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+
+
+def process_exited() -> None:
+    """This worker stops: its live gauges leave the sum (multiprocess mode)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(os.getpid())

@@ -1,0 +1,48 @@
+"""A refused request leaves one request-log row and one log line, whichever ingress refused it."""
+
+import logging
+from typing import Any
+
+from proxy import logwriter
+from proxy.logwriter import TurnRecord
+from proxy.wire import WireError
+
+log = logging.getLogger("sluice.refusals")
+
+
+def client_address(scope: dict[str, Any]) -> str:
+    client = scope.get("client")
+    return str(client[0]) if client else ""
+
+
+def refuse(
+    error: WireError,
+    *,
+    scope: dict[str, Any],
+    key_id: int | None,
+    client_transport: str,
+    endpoint: str,
+    requested_model: str = "",
+) -> WireError:
+    """Record ``error`` as the answer to a request that reached no upstream; returns it for raising."""
+    log.info(
+        "refused %s %s from %s: %s %s: %s",
+        scope.get("method", "WEBSOCKET"),
+        scope.get("path", ""),
+        client_address(scope) or "?",
+        error.status,
+        error.code,
+        error.message,
+    )
+    record = TurnRecord(
+        key_id=key_id,
+        client_transport=client_transport,
+        endpoint=endpoint,
+        requested_model=requested_model[:200],
+        status=error.status,
+        error_code=error.code,
+        client_addr=client_address(scope),
+    )
+    logwriter.submit(record)
+    error.recorded = True  # type: ignore[attr-defined]
+    return error
