@@ -1,3 +1,5 @@
+from typing import Any
+
 from asgiref.sync import async_to_sync
 from django import forms
 from django.contrib import admin, messages
@@ -10,7 +12,8 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from providers.models import Provider, Verdict
-from providers.testing import Report, run_test, save_result
+from providers.testing import Report, model_choices, run_test, save_result
+from providers.widgets import provider_fields
 from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError
 
@@ -31,6 +34,8 @@ class ProviderForm(forms.ModelForm):
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text=_("Stored encrypted and never shown again. Leave blank to keep the current key."),
     )
+
+    allowed_models, model_redirects, extra_headers = provider_fields().values()
 
     class Meta:
         model = Provider
@@ -159,9 +164,11 @@ class ProviderAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def _test(self, request: HttpRequest, provider: Provider) -> None:
+    def _test(
+        self, request: HttpRequest, provider: Provider, model: str | None = None, transport: str = "auto"
+    ) -> None:
         try:
-            report: Report = async_to_sync(run_test)(provider)
+            report: Report = async_to_sync(run_test)(provider, transport=transport, model=model)
         except WireError as error:
             self.message_user(
                 request,
@@ -184,8 +191,24 @@ class ProviderAdmin(admin.ModelAdmin):
     def test_view(self, request: HttpRequest, pk: int) -> HttpResponseRedirect:
         provider = get_object_or_404(Provider, pk=pk)
         if request.method == "POST" and self.has_change_permission(request, provider):
-            self._test(request, provider)
+            model = (request.POST.get("model") or "").strip()[:200] or None
+            transport = request.POST.get("transport") or "auto"
+            if transport not in ("auto", "websocket", "http"):
+                transport = "auto"
+            self._test(request, provider, model, transport)
         return HttpResponseRedirect(reverse("admin:providers_provider_change", args=[pk]))
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> Any:
+        provider = self.get_object(request, object_id)
+        extra = {**(extra_context or {})}
+        if provider is not None:
+            extra["test_models"] = model_choices(provider)
+            extra["test_model"] = (provider.last_test_report or {}).get("model") or next(
+                iter(extra["test_models"]), ""
+            )
+        return super().change_view(request, object_id, form_url, extra)
 
     @admin.action(description=_("Test the selected providers"))
     def test_selected(self, request: HttpRequest, queryset: QuerySet[Provider]) -> None:

@@ -1,15 +1,19 @@
 """The provider test: one small real turn through the code path that serves users, with diagnostics."""
 
+import asyncio
 import json
+import socket
+import ssl
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from providers.models import Provider, Verdict
-from providers.registry import info_from_model
+from providers.registry import ProviderInfo, info_from_model
 from proxy.pipeline import scrub
 from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError, validate_create_frame
@@ -126,12 +130,76 @@ async def run_test(provider: Provider, *, transport: str = "auto", model: str | 
             last.get("error")
             if isinstance(last.get("error"), dict)
             else last.get("response", {}).get("error")
-        )
-        message = (
-            (error or {}).get("message") or (error or {}).get("code") or _("No answer from the provider.")
-        )
-        report.error = scrub(str(message), info.api_key)
+        ) or {}
+        report.error = await explain(info, error, last.get("status"))
     return report
+
+
+async def explain(info: ProviderInfo, error: dict[str, Any], status: object) -> str:
+    """The failure in words an operator can act on, found by retracing the connection step by step."""
+    code = str(error.get("code") or "")
+    if code == "upstream_timeout":
+        reason = await diagnose(info)  # an unreachable host also ends in a timeout
+        return reason or _("timed out after %(seconds)g s waiting for the first event") % {
+            "seconds": info.first_byte_timeout
+        }
+    if code in ("upstream_unavailable", "upstream_stream_error", "upstream_stream_incomplete", ""):
+        reason = await diagnose(info)
+        if reason:
+            return reason
+    message = scrub(str(error.get("message") or code or _("No answer from the provider.")), info.api_key)
+    if isinstance(status, int) and code not in ("upstream_unavailable", "upstream_timeout"):
+        return _("the provider answered HTTP %(status)s: %(message)s") % {
+            "status": status,
+            "message": message,
+        }
+    return message
+
+
+async def diagnose(info: ProviderInfo) -> str | None:
+    """Connect to the provider's host as the gateway would (TCP, then TLS): what fails, or None."""
+    if info.proxy_url:
+        return None  # the path goes through the proxy; the error message says what the proxy said
+    parts = urlsplit(info.base_url)
+    host = parts.hostname or ""
+    secure = parts.scheme == "https"
+    port = parts.port or (443 if secure else 80)
+    where = {"address": f"{host}:{port}", "seconds": info.connect_timeout}
+    try:
+        async with asyncio.timeout(info.connect_timeout):
+            _reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return _("could not connect to %(address)s (no answer in %(seconds)g s)") % where
+    except socket.gaierror:
+        return _("could not resolve the host name %(host)s") % {"host": host}
+    except ConnectionRefusedError:
+        return _("could not connect to %(address)s (connection refused)") % where
+    except OSError as exc:
+        return _("could not connect to %(address)s (%(reason)s)") % {**where, "reason": exc.strerror or exc}
+    writer.close()
+    if not secure:
+        return None
+    try:
+        async with asyncio.timeout(info.connect_timeout):
+            _reader, writer = await asyncio.open_connection(
+                host, port, ssl=ssl.create_default_context(), server_hostname=host
+            )
+        writer.close()
+    except (ssl.SSLError, ssl.CertificateError) as exc:
+        return _("TLS handshake failed (%(reason)s)") % {"reason": getattr(exc, "reason", None) or exc}
+    except (TimeoutError, OSError):
+        return _("TLS handshake failed (no answer in %(seconds)g s)") % where
+    return None
+
+
+def model_choices(provider: Provider) -> list[str]:
+    """Models the provider test offers: the provider's allowed and redirected models, then every priced
+    model (a provider that allows all models can be tested with any of them, or a typed one)."""
+    from proxy.models import ModelPrice
+
+    names = [*(provider.allowed_models or []), *(provider.model_redirects or {})]
+    names += list(ModelPrice.objects.order_by("model").values_list("model", flat=True))
+    return list(dict.fromkeys(names))
 
 
 def save_result(provider: Provider, report: Report) -> None:

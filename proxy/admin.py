@@ -1,9 +1,12 @@
 from django.contrib import admin
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from proxy.models import ApiKey, ModelPrice, RequestLog
+from proxy import dashboard
+from proxy.models import ApiKey, ModelPrice, RequestLog, Usage
 
 
 @admin.register(ApiKey)
@@ -46,19 +49,16 @@ class ModelPriceAdmin(admin.ModelAdmin):
 
 @admin.register(RequestLog)
 class RequestLogAdmin(admin.ModelAdmin):
+    # Fits 1280 px: the rest of a row is on its detail page.
     list_display = (
         "created_at",
         "api_key",
-        "provider",
-        "requested_model",
-        "status",
+        "model",
+        "status_code",
         "tokens",
-        "cost",
+        "cost_usd",
+        "transports",
         "ttfe",
-        "duration",
-        "client_transport",
-        "upstream_transport",
-        "fallback_reason",
     )
     list_filter = (
         "status",
@@ -67,12 +67,36 @@ class RequestLogAdmin(admin.ModelAdmin):
         "fallback_reason",
         ("provider", admin.RelatedOnlyFieldListFilter),
         ("api_key", admin.RelatedOnlyFieldListFilter),
-        "requested_model",
         "endpoint",
     )
     search_fields = ("response_id", "requested_model", "upstream_model", "error_code", "session_id")
     date_hierarchy = "created_at"
-    list_select_related = ("api_key", "provider")
+    list_select_related = ("api_key",)
+    list_per_page = 50
+    show_full_result_count = False  # counting a million rows on every page costs more than the page
+    fieldsets = (
+        (None, {"fields": ("created_at", "api_key", "provider", "endpoint_name", "status", "error")}),
+        (_("Model"), {"fields": ("requested_model", "upstream_model")}),
+        (
+            _("Usage"),
+            {"fields": ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost")},
+        ),
+        (
+            _("Transport"),
+            {
+                "fields": (
+                    "client_transport",
+                    "upstream_transport",
+                    "fallback_reason",
+                    "ws_handshake_ms",
+                    "upstream_ws_url",
+                    "time_to_first_event_ms",
+                    "duration_ms",
+                )
+            },
+        ),
+        (_("Identifiers"), {"fields": ("response_id", "session_id")}),
+    )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -80,14 +104,81 @@ class RequestLogAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
-    @admin.display(description=_("tokens (in / cached / out)"))
+    def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
+        return [f for fs in self.fieldsets for f in fs[1]["fields"]]
+
+    @admin.display(description=_("endpoint"))
+    def endpoint_name(self, obj: RequestLog) -> str:
+        return obj.get_endpoint_display()
+
+    @admin.display(description=_("error"))
+    def error(self, obj: RequestLog) -> str:
+        return obj.error_label or "—"
+
+    @admin.display(description=_("model"), ordering="upstream_model")
+    def model(self, obj: RequestLog) -> str:
+        return obj.upstream_model or obj.requested_model or "—"
+
+    @admin.display(description=_("status"), ordering="status")
+    def status_code(self, obj: RequestLog) -> str:
+        if obj.error_code:
+            return format_html('<span title="{}">{}</span>', obj.error_label, obj.status)
+        return str(obj.status)
+
+    @admin.display(description=_("tokens in / out"))
     def tokens(self, obj: RequestLog) -> str:
-        return f"{obj.input_tokens:,} / {obj.cached_input_tokens:,} / {obj.output_tokens:,}"
+        return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
+
+    @admin.display(description=_("cost (USD)"), ordering="cost")
+    def cost_usd(self, obj: RequestLog) -> str:
+        return f"{obj.cost:.4f}" if obj.cost else "—"
+
+    @admin.display(description=_("transports"))
+    def transports(self, obj: RequestLog) -> str:
+        upstream = obj.get_upstream_transport_display() or "—"
+        label = f"{obj.get_client_transport_display()} → {upstream}"
+        if obj.fallback_reason:
+            return format_html('<span title="{}">{} *</span>', obj.get_fallback_reason_display(), label)
+        return label
 
     @admin.display(description=_("first event"), ordering="time_to_first_event_ms")
     def ttfe(self, obj: RequestLog) -> str:
         return "—" if obj.time_to_first_event_ms is None else f"{obj.time_to_first_event_ms:,.0f} ms"
 
-    @admin.display(description=_("duration"), ordering="duration_ms")
-    def duration(self, obj: RequestLog) -> str:
-        return f"{obj.duration_ms:,.0f} ms"
+
+@admin.register(Usage)
+class UsageAdmin(admin.ModelAdmin):
+    """The usage dashboard, listed on the admin index; its list page is the dashboard."""
+
+    def has_view_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return request.user.has_perm("proxy.view_requestlog")
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return self.has_view_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        filters = dashboard.parse_filters(request.GET)
+        export = request.GET.get("export")
+        if export == "rows":
+            return dashboard.rows_csv(filters)
+        usage = dashboard.usage(filters)
+        if export == "aggregates":
+            return dashboard.aggregates_csv(usage)
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": _("Usage dashboard"),
+            **dashboard.render_context(request, usage),
+        }
+        return TemplateResponse(request, "admin/proxy/usage/dashboard.html", context)

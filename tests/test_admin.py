@@ -27,14 +27,16 @@ def provider_form(**overrides: Any) -> dict[str, Any]:
         "enabled": "on",
         "priority": "100",
         "weight": "1",
-        "allowed_models": '["gpt-5.5"]',
-        "model_redirects": "{}",
+        "allowed_models": "gpt-5.5",
+        "model_redirects-key": "",
+        "model_redirects-value": "",
         "websocket_mode": "auto",
         "connect_timeout": "10",
         "first_byte_timeout": "120",
         "idle_timeout": "300",
         "proxy_url": "",
-        "extra_headers": "{}",
+        "extra_headers-key": "",
+        "extra_headers-value": "",
         "_save": "Save",
     }
     form.update(overrides)
@@ -205,7 +207,7 @@ def test_request_log_list_has_the_filters(admin_client):
         "client transport",
         "upstream transport",
         "fallback reason",
-        "requested model",
+        "endpoint",
     ):
         assert f'data-filter-title="{title}"' in text, title
     assert "The upstream refused the WebSocket upgrade" in text

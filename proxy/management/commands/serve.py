@@ -1,4 +1,7 @@
+import os
 import sys
+import tempfile
+from pathlib import Path
 
 import uvicorn
 from django.conf import settings
@@ -47,6 +50,8 @@ class Command(BaseCommand):
                 _("Sluice is starting on %(api)s; admin at %(admin)s") % {"api": api_url, "admin": admin_url}
             )
         self.stdout.flush()
+        if int(options["workers"]) > 1:  # type: ignore[arg-type]
+            prepare_multiprocess_metrics()
         uvicorn.run(
             "config.asgi:application",
             host=str(host),
@@ -79,3 +84,14 @@ def migrate() -> None:
             call_command("migrate", interactive=False, verbosity=0)
         finally:
             cursor.execute("SELECT pg_advisory_unlock(%s)", [MIGRATION_LOCK])
+
+
+def prepare_multiprocess_metrics() -> Path:
+    """Workers keep their metrics in files of one directory that /metrics merges; it must start empty
+    (values of an earlier run would be added to this one's)."""
+    directory = Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="sluice-metrics-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)  # inherited by the worker processes
+    return directory

@@ -1,0 +1,100 @@
+"""Bar charts as inline SVG, rendered on the server: no script, no CDN, readable without JavaScript."""
+
+from collections.abc import Callable, Sequence
+
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
+
+WIDTH, HEIGHT = 960, 220
+LEFT, BOTTOM, TOP = 70, 28, 12
+COLOURS = ("#417690", "#79aec8", "#e0a030", "#b05050")
+
+
+def _nice_max(value: float) -> float:
+    if value <= 0:
+        return 1.0
+    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1.0
+    for step in (1, 2, 2.5, 5, 10):
+        if value <= step * magnitude:
+            return step * magnitude
+    return 10 * magnitude
+
+
+def bar_chart(
+    labels: Sequence[str],
+    series: Sequence[tuple[str, Sequence[float]]],
+    fmt: Callable[[float], str],
+    title: str,
+) -> SafeString:
+    """Stacked bars, one per label; ``series`` is (name, values) per stack layer. Each bar has a <title>
+    with its values, so hovering explains it."""
+    totals = [sum(values[i] for _, values in series) for i in range(len(labels))]
+    top = _nice_max(max(totals, default=0))
+    plot_w, plot_h = WIDTH - LEFT - 10, HEIGHT - BOTTOM - TOP
+    slot = plot_w / max(1, len(labels))
+    bar_w = max(1.0, slot * 0.8)
+    parts = [
+        format_html(
+            '<svg class="sluice-chart" role="img" aria-label="{}" viewBox="0 0 {} {}" width="100%" '
+            'preserveAspectRatio="xMinYMin meet" xmlns="http://www.w3.org/2000/svg">',
+            title,
+            WIDTH,
+            HEIGHT,
+        )
+    ]
+    for i in range(5):  # grid lines with their values
+        value = top * i / 4
+        y = TOP + plot_h - plot_h * i / 4
+        parts.append(
+            format_html(
+                '<line x1="{}" x2="{}" y1="{}" y2="{}" stroke="#ddd"/>'
+                '<text x="{}" y="{}" font-size="11" text-anchor="end" fill="#666">{}</text>',
+                LEFT,
+                WIDTH - 10,
+                f"{y:.1f}",
+                f"{y:.1f}",
+                LEFT - 6,
+                f"{y + 4:.1f}",
+                fmt(value),
+            )
+        )
+    every = max(1, len(labels) // 10)
+    for i, label in enumerate(labels):
+        x = LEFT + i * slot + (slot - bar_w) / 2
+        base = TOP + plot_h
+        tip = "; ".join(f"{name}: {fmt(values[i])}" for name, values in series)
+        parts.append(format_html('<g class="sluice-bar"><title>{} — {}</title>', label, tip))
+        for (name, values), colour in zip(series, COLOURS, strict=False):
+            h = plot_h * values[i] / top if top else 0
+            if h <= 0:
+                continue
+            base -= h
+            parts.append(
+                format_html(
+                    '<rect x="{}" y="{}" width="{}" height="{}" fill="{}" data-series="{}"/>',
+                    f"{x:.1f}",
+                    f"{base:.1f}",
+                    f"{bar_w:.1f}",
+                    f"{h:.1f}",
+                    colour,
+                    name,
+                )
+            )
+        parts.append(mark_safe("</g>"))
+        if i % every == 0:
+            parts.append(
+                format_html(
+                    '<text x="{}" y="{}" font-size="11" text-anchor="middle" fill="#666">{}</text>',
+                    f"{x + bar_w / 2:.1f}",
+                    HEIGHT - 8,
+                    label,
+                )
+            )
+    parts.append(mark_safe("</svg>"))
+    if len(series) > 1:
+        legend = "".join(
+            f'<span class="sluice-legend"><i style="background:{colour}"></i>{escape(name)}</span>'
+            for (name, _), colour in zip(series, COLOURS, strict=False)
+        )
+        parts.append(mark_safe(f'<div class="sluice-legends">{legend}</div>'))
+    return mark_safe("".join(parts))

@@ -1,0 +1,503 @@
+"""The usage dashboard: aggregates in SQL over the request log, for a date range and filters.
+
+Teams and budgets: everything that reads them is in the "Governance" section below (``team_field``,
+``budget_field``, ``budgets``); the rest of the dashboard does not know whether they exist.
+"""
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import CharField, Count, F, Func, IntegerField, QuerySet, Sum, Value
+from django.db.models.functions import Cast, Coalesce
+from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import timezone
+from django.utils.translation import gettext as _
+
+from proxy.labels import endpoint_label, error_label
+from proxy.models import ApiKey, RequestLog
+from proxy.transport import FallbackReason, Transport
+
+DEFAULT_DAYS = 30
+TOP = 10
+TTFE_BUCKET_MS = 10  # percentiles from a histogram of 10 ms buckets: one scan, any database
+
+
+class Day(Func):
+    """The UTC day of ``created_at`` as YYYY-MM-DD, computed without a per-row function call in SQLite
+    (Django's TruncDate calls back into Python for every row)."""
+
+    output_field = CharField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="substr(%(expressions)s, 1, 10)", **extra)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            **extra,
+        )
+
+
+# ----- Governance: the one place that reads teams and budgets -----
+
+
+def team_field() -> str | None:
+    """The request log's team foreign key, once governance adds one."""
+    names = {f.name for f in RequestLog._meta.get_fields()}
+    return "team" if "team" in names else None
+
+
+def team_model() -> Any:
+    field_name = team_field()
+    return RequestLog._meta.get_field(field_name).related_model if field_name else None
+
+
+def budget_field(model: Any) -> str | None:
+    """The spending limit of a key or team: the first decimal field whose name says budget or limit."""
+    if model is None:
+        return None
+    for f in model._meta.get_fields():
+        if f.get_internal_type() == "DecimalField" and ("budget" in f.name or "limit" in f.name):
+            return f.name
+    return None
+
+
+def budgets(start: dt.datetime) -> list[dict[str, Any]]:
+    """Spend since ``start`` (the first day of this month) of every key and team that has a budget."""
+    rows = []
+    for model, log_field in ((ApiKey, "api_key"), (team_model(), team_field())):
+        limit = budget_field(model)
+        if limit is None or log_field is None:
+            continue
+        holders = {o.pk: o for o in model.objects.filter(**{f"{limit}__isnull": False}).exclude(**{limit: 0})}
+        spent = dict(
+            RequestLog.objects.filter(created_at__gte=start, **{f"{log_field}_id__in": list(holders)})
+            .values_list(f"{log_field}_id")
+            .annotate(spent=Coalesce(Sum("cost"), Decimal(0)))
+        )
+        for pk, holder in holders.items():
+            budget = getattr(holder, limit)
+            used = spent.get(pk, Decimal(0))
+            rows.append(
+                {
+                    "kind": model._meta.verbose_name,
+                    "name": str(holder),
+                    "budget": budget,
+                    "spent": used,
+                    "percent": float(used / budget * 100) if budget else 0.0,
+                }
+            )
+    return sorted(rows, key=lambda r: -r["percent"])
+
+
+# ----- Filters -----
+
+
+@dataclass
+class Filters:
+    start: dt.date
+    end: dt.date  # inclusive
+    key: int | None = None
+    team: int | None = None
+    model: str = ""
+    provider: int | None = None
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+    def query(self) -> dict[str, str]:
+        out = {"start": self.start.isoformat(), "end": self.end.isoformat()}
+        for name in ("key", "team", "model", "provider"):
+            value = getattr(self, name)
+            if value:
+                out[name] = str(value)
+        return out
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
+def parse_filters(params: Any) -> Filters:
+    today = timezone.now().astimezone(dt.UTC).date()
+    errors = []
+    try:
+        end = dt.date.fromisoformat(params.get("end") or today.isoformat())
+    except ValueError:
+        end, errors = today, [*errors, _("The end date is not a date (YYYY-MM-DD).")]
+    try:
+        start = dt.date.fromisoformat(
+            params.get("start") or (end - dt.timedelta(days=DEFAULT_DAYS - 1)).isoformat()
+        )
+    except ValueError:
+        start, errors = (
+            end - dt.timedelta(days=DEFAULT_DAYS - 1),
+            [
+                *errors,
+                _("The start date is not a date (YYYY-MM-DD)."),
+            ],
+        )
+    if start > end:
+        start, end = end, start
+    if (end - start).days > 366:
+        start = end - dt.timedelta(days=366)
+        errors.append(_("The range was shortened to a year."))
+    return Filters(
+        start=start,
+        end=end,
+        key=_int(params.get("key")),
+        team=_int(params.get("team")) if team_field() else None,
+        model=(params.get("model") or "")[:200],
+        provider=_int(params.get("provider")),
+        errors=errors,
+    )
+
+
+def queryset(f: Filters) -> QuerySet[RequestLog]:
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+    if f.key:
+        qs = qs.filter(api_key_id=f.key)
+    if f.team and team_field():
+        qs = qs.filter(**{f"{team_field()}_id": f.team})
+    if f.model:
+        qs = qs.filter(upstream_model=f.model)
+    if f.provider:
+        qs = qs.filter(provider_id=f.provider)
+    return qs.order_by()
+
+
+# ----- Aggregates -----
+
+SUMS = {
+    "cost": Coalesce(Sum("cost"), Value(Decimal(0))),
+    "input": Coalesce(Sum("input_tokens"), 0),
+    "cached": Coalesce(Sum("cached_input_tokens"), 0),
+    "output": Coalesce(Sum("output_tokens"), 0),
+    "reasoning": Coalesce(Sum("reasoning_tokens"), 0),
+    "turns": Count("pk"),
+}
+
+
+def daily(qs: QuerySet[RequestLog], f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sums per day, and turns per transport pair: one scan, grouped by both."""
+    by_day: dict[str, dict[str, Any]] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    for r in (
+        qs.annotate(day=Day("created_at"))
+        .values("day", "client_transport", "upstream_transport")
+        .annotate(**SUMS)
+    ):
+        day = by_day.setdefault(r["day"], {k: 0 for k in SUMS})
+        for k in SUMS:
+            day[k] += r[k]
+        pair = (r["client_transport"], r["upstream_transport"])
+        pairs[pair] = pairs.get(pair, 0) + r["turns"]
+    empty = {k: 0 for k in SUMS}
+    days = [{**empty, **by_day.get(d.isoformat(), {}), "day": d} for d in f.days]
+    total = sum(pairs.values())
+    transports = [
+        {
+            "client_transport": c,
+            "upstream_transport": u,
+            "turns": n,
+            "share": n / total * 100 if total else 0.0,
+        }
+        for (c, u), n in sorted(pairs.items(), key=lambda item: -item[1])
+    ]
+    return days, transports
+
+
+def tops(qs: QuerySet[RequestLog], columns: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The top ``columns`` values by spend: one scan grouped by all of them, ranked here."""
+    sums: dict[str, dict[Any, list]] = {c: {} for c in columns}
+    for r in qs.values(*columns).annotate(cost=SUMS["cost"], turns=Count("pk")):
+        for c in columns:
+            entry = sums[c].setdefault(r[c], [Decimal(0), 0])
+            entry[0] += r["cost"]
+            entry[1] += r["turns"]
+    return {
+        c: [
+            {"id": value, "name": value or "—", "cost": cost, "turns": turns}
+            for value, (cost, turns) in sorted(found.items(), key=lambda item: (-item[1][0], -item[1][1]))[
+                :TOP
+            ]
+        ]
+        for c, found in sums.items()
+    }
+
+
+def shares(qs: QuerySet[RequestLog], columns: list[str], total: int) -> list[dict[str, Any]]:
+    rows = qs.values(*columns).annotate(turns=Count("pk")).order_by("-turns")
+    return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
+
+
+def percentiles(qs: QuerySet[RequestLog], names: dict[Any, str]) -> list[dict[str, Any]]:
+    """p50 and p95 of the time to first event per provider, from 10 ms buckets counted in SQL."""
+    buckets = (
+        qs.filter(time_to_first_event_ms__isnull=False)
+        .annotate(bucket=Cast(F("time_to_first_event_ms") / TTFE_BUCKET_MS, IntegerField()))
+        .values("provider_id", "bucket")
+        .annotate(n=Count("pk"))
+    )
+    per: dict[Any, list[tuple[int, int]]] = {}
+    for r in buckets:
+        per.setdefault(r["provider_id"], []).append((r["bucket"], r["n"]))
+    out = []
+    for provider_id, counts in per.items():
+        counts.sort()
+        total = sum(n for _, n in counts)
+        out.append(
+            {
+                "name": names.get(provider_id) or "—",
+                "turns": total,
+                "p50": _rank(counts, total * 0.5),
+                "p95": _rank(counts, total * 0.95),
+            }
+        )
+    return sorted(out, key=lambda r: -r["turns"])
+
+
+def _rank(counts: list[tuple[int, int]], rank: float) -> float:
+    seen = 0
+    for bucket, n in counts:
+        seen += n
+        if seen >= rank:
+            return (bucket + 0.5) * TTFE_BUCKET_MS
+    return 0.0
+
+
+def names_of(model: Any, ids: set[Any], attr: str = "name") -> dict[Any, str]:
+    ids = {i for i in ids if i is not None}
+    return {o.pk: getattr(o, attr) for o in model.objects.filter(pk__in=ids)} if ids else {}
+
+
+@dataclass
+class Usage:
+    filters: Filters
+    days: list[dict[str, Any]]
+    totals: dict[str, Any]
+    keys: list[dict[str, Any]]
+    teams: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    providers: list[dict[str, Any]]
+    transports: list[dict[str, Any]]
+    fallbacks: list[dict[str, Any]]
+    refusals: list[dict[str, Any]]
+    ttfe: list[dict[str, Any]]
+    budgets: list[dict[str, Any]]
+
+
+def usage(f: Filters) -> Usage:
+    from providers.models import Provider
+
+    qs = queryset(f)
+    days, transports = daily(qs, f)
+    totals = {k: sum(d[k] for d in days) for k in SUMS}
+    provider_names = dict(Provider.objects.values_list("pk", "name"))
+    team_column = f"{team_field()}_id" if team_field() else None
+    ranked = tops(
+        qs, ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])]
+    )
+    key_rows = ranked["api_key_id"]
+    key_names = {k.pk: str(k) for k in ApiKey.objects.filter(pk__in=[r["id"] for r in key_rows if r["id"]])}
+    for r in key_rows:
+        r["name"] = key_names.get(r["id"]) or _("(no key)")
+    for r in ranked["provider_id"]:
+        r["name"] = provider_names.get(r["id"]) or _("(no provider)")
+    teams = []
+    if team_column:
+        team_names = {t.pk: str(t) for t in team_model().objects.all()}
+        teams = ranked[team_column]
+        for r in teams:
+            r["name"] = team_names.get(r["id"]) or _("(no team)")
+    for r in transports:
+        r["client_label"] = _label(Transport, r["client_transport"])
+        r["upstream_label"] = _label(Transport, r["upstream_transport"]) or _("none")
+    fallbacks = shares(qs.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
+    for r in fallbacks:
+        r["label"] = _label(FallbackReason, r["fallback_reason"])
+    refusals = shares(qs.filter(status__gte=400, provider__isnull=True), ["error_code"], totals["turns"])
+    for r in refusals:
+        r["label"] = error_label(r["error_code"]) or _("(no code)")
+    month = timezone.now().astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return Usage(
+        filters=f,
+        days=days,
+        totals=totals,
+        keys=key_rows,
+        teams=teams,
+        models=ranked["upstream_model"],
+        providers=ranked["provider_id"],
+        transports=transports,
+        fallbacks=fallbacks,
+        refusals=refusals,
+        ttfe=percentiles(qs, provider_names),
+        budgets=budgets(month),
+    )
+
+
+def _label(choices: Any, value: str) -> str:
+    try:
+        return str(choices(value).label) if value else ""
+    except ValueError:
+        return value
+
+
+# ----- CSV -----
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def _csv_response(rows: Iterator[list[Any]], filename: str) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    response = StreamingHttpResponse((writer.writerow(r) for r in rows), content_type="text/csv")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def aggregates_csv(u: Usage) -> StreamingHttpResponse:
+    def rows() -> Iterator[list[Any]]:
+        yield [
+            _("section"),
+            _("name"),
+            _("cost (USD)"),
+            _("turns"),
+            _("input tokens"),
+            _("cached"),
+            _("output tokens"),
+            _("reasoning tokens"),
+        ]
+        for d in u.days:
+            yield [
+                "day",
+                d["day"].isoformat(),
+                d["cost"],
+                d["turns"],
+                d["input"],
+                d["cached"],
+                d["output"],
+                d["reasoning"],
+            ]
+        for section, items in (
+            ("key", u.keys),
+            ("team", u.teams),
+            ("model", u.models),
+            ("provider", u.providers),
+        ):
+            for r in items:
+                yield [section, r["name"], r["cost"], r["turns"]]
+        for r in u.transports:
+            yield ["transport", f"{r['client_transport']}/{r['upstream_transport']}", "", r["turns"]]
+        for r in u.fallbacks:
+            yield ["fallback", r["fallback_reason"], "", r["turns"]]
+        for r in u.refusals:
+            yield ["refusal", r["error_code"], "", r["turns"]]
+        for r in u.ttfe:
+            yield ["ttfe_ms", r["name"], "", r["turns"], r["p50"], r["p95"]]
+        for r in u.budgets:
+            yield ["budget", r["name"], r["spent"], "", r["budget"]]
+
+    f = u.filters
+    return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
+
+
+LOG_COLUMNS = (
+    "created_at",
+    "api_key_id",
+    "provider_id",
+    "endpoint",
+    "requested_model",
+    "upstream_model",
+    "status",
+    "error_code",
+    "input_tokens",
+    "cached_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "cost",
+    "time_to_first_event_ms",
+    "duration_ms",
+    "client_transport",
+    "upstream_transport",
+    "fallback_reason",
+    "response_id",
+    "session_id",
+)
+
+
+def rows_csv(f: Filters) -> StreamingHttpResponse:
+    def rows() -> Iterator[list[Any]]:
+        yield list(LOG_COLUMNS)
+        for values in queryset(f).order_by("created_at").values_list(*LOG_COLUMNS).iterator(2000):
+            yield list(values)
+
+    return _csv_response(rows(), f"sluice-requests-{f.start}-{f.end}.csv")
+
+
+def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
+    """What the template needs beyond the aggregates: charts and the filter choices."""
+    from providers.models import Provider
+    from proxy.charts import bar_chart
+
+    labels = [d["day"].strftime("%m-%d") for d in u.days]
+    money = lambda v: f"${v:,.2f}"  # noqa: E731
+    count = lambda v: f"{v:,.0f}"  # noqa: E731
+    charts = [
+        (
+            _("Spend per day (USD)"),
+            bar_chart(
+                labels, [(_("spend"), [float(d["cost"]) for d in u.days])], money, _("Spend per day (USD)")
+            ),
+        ),
+        (
+            _("Tokens per day"),
+            bar_chart(
+                labels,
+                [
+                    (_("input (not cached)"), [d["input"] - d["cached"] for d in u.days]),
+                    (_("cached input"), [d["cached"] for d in u.days]),
+                    (_("output (not reasoning)"), [d["output"] - d["reasoning"] for d in u.days]),
+                    (_("reasoning"), [d["reasoning"] for d in u.days]),
+                ],
+                count,
+                _("Tokens per day"),
+            ),
+        ),
+        (
+            _("Turns per day"),
+            bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
+        ),
+    ]
+    models = (
+        RequestLog.objects.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
+        .exclude(upstream_model="")
+        .values_list("upstream_model", flat=True)
+        .distinct()
+        .order_by("upstream_model")[:200]
+    )
+    return {
+        "usage": u,
+        "charts": charts,
+        "keys": ApiKey.objects.order_by("name").values_list("pk", "name"),
+        "providers": Provider.objects.order_by("name").values_list("pk", "name"),
+        "models": list(models),
+        "teams": team_model().objects.all() if team_field() else None,
+        "query": u.filters.query(),
+        "endpoint_label": endpoint_label,
+    }

@@ -1,0 +1,144 @@
+import datetime as dt
+import random
+import time
+from decimal import Decimal
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
+from django.utils.translation import gettext as _
+
+from providers.models import Provider
+from proxy import dashboard
+from proxy.logwriter import COLUMNS, _insert
+from proxy.models import ApiKey
+
+MODELS = ("gpt-5.5", "gpt-5.5-mini", "gpt-5.4", "o4-deep", "gpt-5.5-pro")
+REFUSALS = ("invalid_api_key", "missing_required_parameter", "model_not_found", "invalid_json")
+REASONS = ("", "", "", "", "", "setting_off", "known_unsupported", "upgrade_refused")
+
+
+def fake_row(rng: random.Random, now: float, days: int, keys: list[int], providers: list[int]) -> tuple:
+    created = dt.datetime.fromtimestamp(now - rng.random() * days * 86400, dt.UTC)
+    if rng.random() < 0.04:  # a refusal: no provider, no tokens
+        return (
+            created,
+            None if rng.random() < 0.5 else rng.choice(keys),
+            None,
+            "responses",
+            "",
+            "",
+            401 if rng.random() < 0.5 else 400,
+            rng.choice(REFUSALS),
+            0,
+            0,
+            0,
+            0,
+            Decimal(0),
+            None,
+            1.0,
+            "http",
+            "",
+            "",
+            None,
+            "",
+            "",
+            "",
+        )
+    input_tokens = rng.randint(200, 60_000)
+    cached = rng.randint(0, input_tokens)
+    output = rng.randint(10, 4000)
+    reasoning = rng.randint(0, output)
+    ws = rng.random() < 0.6
+    ttfe = rng.lognormvariate(6.3, 0.6)
+    cost = Decimal(input_tokens * 2 + output * 8).scaleb(-6).quantize(Decimal("0.00000001"))
+    return (
+        created,
+        rng.choice(keys),
+        rng.choice(providers),
+        "responses",
+        m := rng.choice(MODELS),
+        m,
+        200 if rng.random() < 0.98 else 502,
+        "",
+        input_tokens,
+        cached,
+        output,
+        reasoning,
+        cost,
+        ttfe,
+        ttfe + rng.random() * 20_000,
+        "websocket" if ws else "http",
+        "websocket" if ws and rng.random() < 0.8 else "http",
+        rng.choice(REASONS) if ws else "",
+        None,
+        "",
+        f"resp_{rng.getrandbits(64):x}",
+        "",
+    )
+
+
+class Command(BaseCommand):
+    help = _("Fill the request log with generated rows, to measure the dashboard on a large log.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--rows", type=int, default=1_000_000)
+        parser.add_argument("--days", type=int, default=90, help=_("Spread the rows over this many days."))
+        parser.add_argument("--seed", type=int, default=1)
+        parser.add_argument("--measure", action="store_true", help=_("Then time the dashboard's queries."))
+
+    def handle(self, *args: object, **options: object) -> None:
+        rng = random.Random(options["seed"])
+        rows, days = int(options["rows"]), int(options["days"])  # type: ignore[arg-type]
+        owner, _created = get_user_model().objects.get_or_create(username="filllogs")
+        keys = list(ApiKey.objects.values_list("pk", flat=True)[:40])
+        while len(keys) < 40:
+            key = ApiKey(name=f"generated-{len(keys)}", owner=owner)
+            key.generate()
+            key.save()
+            keys.append(key.pk)
+        providers = list(Provider.objects.values_list("pk", flat=True)[:4])
+        while len(providers) < 4:
+            p = Provider.objects.create(
+                name=f"generated-{len(providers)}", base_url="http://127.0.0.1:9/v1", enabled=False
+            )
+            providers.append(p.pk)
+        now = time.time()
+        started = time.perf_counter()
+        done = 0
+        assert len(COLUMNS) == 22
+        while done < rows:
+            n = min(10_000, rows - done)
+            with transaction.atomic():
+                _insert([fake_row(rng, now, days, keys, providers) for _ in range(n)])
+            done += n
+        self.stdout.write(
+            _("Inserted %(rows)d rows in %(seconds).1f s.")
+            % {"rows": rows, "seconds": time.perf_counter() - started}
+        )
+        if options["measure"]:
+            for label, seconds in measure():
+                self.stdout.write(f"{label}: {seconds * 1000:.0f} ms")
+
+
+def measure() -> list[tuple[str, float]]:
+    """The dashboard's aggregates, timed as the page runs them (the default range and filtered ones)."""
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("ANALYZE proxy_requestlog")
+    key = ApiKey.objects.order_by("pk").values_list("pk", flat=True).first()
+    cases = [
+        ("default range (30 days)", {}),
+        ("7 days", {"start": (dt.date.today() - dt.timedelta(days=6)).isoformat()}),
+        ("30 days, one key", {"key": str(key)}),
+        ("30 days, one model", {"model": "gpt-5.5"}),
+        ("365 days", {"start": (dt.date.today() - dt.timedelta(days=364)).isoformat()}),
+    ]
+    out = []
+    for label, params in cases:
+        started = time.perf_counter()
+        dashboard.usage(dashboard.parse_filters(params))
+        out.append((label, time.perf_counter() - started))
+    return out
