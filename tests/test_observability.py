@@ -1,0 +1,288 @@
+"""Metrics, probes, refusal rows, retention and the usage dashboard, against the served gateway."""
+
+import csv
+import datetime as dt
+import io
+import json
+from decimal import Decimal
+from io import StringIO
+
+import httpx
+import pytest
+from django.core.management import call_command
+from django.urls import reverse
+from django.utils import timezone
+from prometheus_client.parser import text_string_to_metric_families
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
+
+from proxy import lifecycle, logwriter
+from proxy.models import ModelPrice, RequestLog
+from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
+
+
+def scrape(gateway, token: str | None = None) -> dict[tuple[str, tuple], float]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = httpx.get(gateway.url + "/metrics", headers=headers, timeout=10)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        v
+        for (n, ls), v in samples.items()
+        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
+    )
+
+
+def test_metrics_count_http_and_websocket_turns_and_refusals(gateway, upstream, api_key):
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    ModelPrice.objects.create(model="gpt-5.5", input_per_million=Decimal(1), output_per_million=Decimal(2))
+    before = scrape(gateway)
+    sdk(gateway, api_key).responses.create(model="gpt-5.5", input="hello")
+    with sdk(gateway, api_key).responses.connect(max_retries=0) as conn:
+        events = sdk_turn(conn, model="gpt-5.5", input="hello")
+        assert events[-1].type == "response.completed"
+        during = scrape(gateway)
+    assert httpx.post(gateway.url + "/v1/responses", json={"model": "gpt-5.5"}).status_code == 401
+    request_logs(3)
+    after = scrape(gateway)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    turn = {"provider": "alpha", "model": "gpt-5.5", "status": "200"}
+    assert delta("sluice_turns_total", client_transport="http", upstream_transport="http", **turn) == 1
+    assert (
+        delta("sluice_turns_total", client_transport="websocket", upstream_transport="websocket", **turn) == 1
+    )
+    assert delta("sluice_refusals_total", code="invalid_api_key") == 1
+    assert delta("sluice_time_to_first_event_seconds_count", provider="alpha") == 2
+    assert delta("sluice_turn_duration_seconds_count", client_transport="websocket") == 1
+    assert delta("sluice_tokens_total", kind="output", model="gpt-5.5") > 0
+    assert delta("sluice_cost_usd_total", model="gpt-5.5") > 0
+    # The sockets of the WebSocket turn were open during it and closed after it.
+    assert (
+        value(during, "sluice_client_websockets_open") - value(before, "sluice_client_websockets_open") == 1
+    )
+    assert (
+        value(during, "sluice_upstream_websockets_open") - value(before, "sluice_upstream_websockets_open")
+        == 1
+    )
+    assert value(after, "sluice_client_websockets_open") == value(before, "sluice_client_websockets_open")
+    assert value(after, "sluice_request_log_queue") == 0
+
+
+def test_metrics_ask_for_the_token_when_one_is_set(gateway, settings):
+    settings.SLUICE_METRICS_TOKEN = "scrape-secret"
+    assert httpx.get(gateway.url + "/metrics").status_code == 401
+    assert httpx.get(gateway.url + "/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert scrape(gateway, "scrape-secret")
+
+
+def test_breaker_state_is_a_gauge_per_provider(gateway, api_key):
+    make_provider(None, name="dead", allowed_models=["gpt-5.5"], connect_timeout=1)
+    for _ in range(3):  # SLUICE_BREAKER_THRESHOLD failures open it
+        response = httpx.post(
+            gateway.url + "/v1/responses",
+            json={"model": "gpt-5.5", "input": "x"},
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=20,
+        )
+        assert response.status_code == 502
+        assert "dead" not in response.text, "the body names an internal provider"
+    samples = scrape(gateway)
+    assert value(samples, "sluice_breaker_open_until_seconds", provider="dead") > timezone.now().timestamp()
+
+
+def test_healthz_answers_whatever_the_host(gateway):
+    response = httpx.get(gateway.url + "/healthz", headers={"Host": "pod-10-1-2-3.internal"})
+    assert response.status_code == 200 and response.text.strip() == "ok"
+    admin = httpx.get(gateway.url + "/admin/login/", headers={"Host": "pod-10-1-2-3.internal"})
+    assert admin.status_code == 400, "the admin still checks ALLOWED_HOSTS"
+
+
+def test_readyz_checks_database_and_cache_and_says_draining(gateway):
+    response = httpx.get(gateway.url + "/readyz", headers={"Host": "10.1.2.3:8000"})
+    assert response.status_code == 200 and response.json() == {"status": "ok", "down": {}}
+    lifecycle.begin_drain()
+    try:
+        response = httpx.get(gateway.url + "/readyz")
+    finally:
+        lifecycle._draining = False
+    assert response.status_code == 503 and response.json()["down"] == {"lifecycle": "draining"}
+
+
+def upgrade_refusal(gateway, **kwargs) -> int:
+    try:
+        with ws_connect(gateway.url.replace("http://", "ws://") + "/v1/responses", open_timeout=10, **kwargs):
+            return 101
+    except InvalidStatus as refused:
+        return refused.response.status_code
+
+
+def test_every_refusal_leaves_a_row(gateway, upstream, api_key):
+    from settings_app.models import SystemSettings
+
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    auth = {"Authorization": f"Bearer {api_key}"}
+    url = gateway.url + "/v1/responses"
+    assert httpx.post(url, json={"model": "gpt-5.5"}).status_code == 401
+    assert httpx.post(url, content=b"{not json", headers=auth).status_code == 400
+    assert httpx.post(url, json={"input": "no model"}, headers=auth).status_code == 400
+    assert httpx.post(url, json={"model": "nobody-serves-this"}, headers=auth).status_code == 404
+    assert httpx.put(url, json={}, headers=auth).status_code == 405
+    assert httpx.get(gateway.url + "/v1/nothing-here", headers=auth).status_code == 404
+    big = b'{"model": "gpt-5.5", "input": "' + b"x" * 64 + b'"}'
+    from django.conf import settings
+
+    limit, settings.SLUICE_MAX_BODY_BYTES = settings.SLUICE_MAX_BODY_BYTES, 32
+    try:
+        assert httpx.post(url, content=big, headers=auth).status_code == 413
+    finally:
+        settings.SLUICE_MAX_BODY_BYTES = limit
+    assert upgrade_refusal(gateway) == 401
+    with ws_connect(url.replace("http://", "ws://"), additional_headers=auth, open_timeout=10) as ws:
+        ws.send(json.dumps({"type": "response.create", "input": "no model"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "error"
+    SystemSettings.objects.update(client_websockets=False)
+    from settings_app.runtime import invalidate_all
+
+    invalidate_all()
+    assert upgrade_refusal(gateway, additional_headers=auth) == 426
+    rows = request_logs(10)
+    got = sorted((r.status, r.error_code, r.client_transport, r.endpoint) for r in rows)
+    assert got == sorted(
+        [
+            (401, "invalid_api_key", "http", "responses"),
+            (400, "invalid_json", "http", "responses"),
+            (400, "missing_required_parameter", "http", "responses"),
+            (404, "model_not_found", "http", "responses"),
+            (405, "method_not_allowed", "http", "responses"),
+            (404, "not_found", "http", "unknown"),
+            (413, "request_too_large", "http", "responses"),
+            (401, "invalid_api_key", "websocket", "responses"),
+            (400, "missing_required_parameter", "websocket", "responses"),
+            (426, "websockets_disabled", "websocket", "responses"),
+        ]
+    )
+    keyed = {r.error_code for r in rows if r.api_key_id is not None}
+    assert keyed == {
+        "invalid_json",
+        "missing_required_parameter",
+        "model_not_found",
+        "method_not_allowed",
+        "not_found",
+    }
+
+
+def test_refusals_without_a_key_are_rate_limited_per_address(gateway):
+    logwriter._anonymous.clear()
+    before = scrape(gateway)
+    with httpx.Client() as client:
+        for _ in range(logwriter.ANONYMOUS_ROWS_PER_MINUTE + 15):
+            assert client.get(gateway.url + "/v1/models").status_code == 401
+    rows = request_logs(logwriter.ANONYMOUS_ROWS_PER_MINUTE + 15, timeout=2)
+    assert len(rows) == logwriter.ANONYMOUS_ROWS_PER_MINUTE
+    after = scrape(gateway)
+    dropped = value(after, "sluice_request_log_dropped_total", reason="rate_limited") - value(
+        before, "sluice_request_log_dropped_total", reason="rate_limited"
+    )
+    assert dropped == 15
+    refused = value(after, "sluice_refusals_total", code="invalid_api_key") - value(
+        before, "sluice_refusals_total", code="invalid_api_key"
+    )
+    assert refused == logwriter.ANONYMOUS_ROWS_PER_MINUTE + 15, "metrics count every refusal"
+    logwriter._anonymous.clear()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prunelogs_deletes_old_rows_in_batches(settings):
+    from proxy.management.commands.prunelogs import prune
+
+    now = timezone.now()
+    for days in (1, 10, 40, 100, 200):
+        RequestLog.objects.create(created_at=now - dt.timedelta(days=days), requested_model=f"{days}d")
+    out = StringIO()
+    call_command("prunelogs", "--older-than", "30", stdout=out)
+    assert "3" in out.getvalue()
+    assert sorted(RequestLog.objects.values_list("requested_model", flat=True)) == ["10d", "1d"]
+    settings.SLUICE_LOG_RETENTION_DAYS = 5
+    call_command("prunelogs", stdout=StringIO())
+    assert list(RequestLog.objects.values_list("requested_model", flat=True)) == ["1d"]
+    for i in range(7):
+        RequestLog.objects.create(created_at=now - dt.timedelta(days=50), requested_model=str(i))
+    assert prune(30, batch=3) == 7 and RequestLog.objects.count() == 1
+
+
+def fill_usage() -> tuple:
+    """Rows over three days: two keys, two providers, a fallback and refusals."""
+    from proxy.models import RequestLog
+
+    key_a, _ = make_key("alpha-team")
+    key_b, _ = make_key("beta-team", username="bob")
+    p1, p2 = make_provider(None, name="north"), make_provider(None, name="south")
+    today = timezone.now().replace(hour=12)
+    rows = []
+    for day in range(3):
+        for i in range(4):
+            rows.append(
+                RequestLog(
+                    created_at=today - dt.timedelta(days=day),
+                    api_key=key_a if i % 2 else key_b,
+                    provider=p1 if i < 3 else p2,
+                    upstream_model="gpt-5.5" if i < 3 else "gpt-5.5-mini",
+                    input_tokens=1000,
+                    cached_input_tokens=400,
+                    output_tokens=200,
+                    reasoning_tokens=50,
+                    cost=Decimal("0.25") if i % 2 else Decimal("1.00"),
+                    time_to_first_event_ms=100.0 * (i + 1),
+                    client_transport="websocket" if i else "http",
+                    upstream_transport="http" if i == 3 else ("websocket" if i else "http"),
+                    fallback_reason="upgrade_refused" if i == 3 else "",
+                )
+            )
+        rows.append(
+            RequestLog(created_at=today - dt.timedelta(days=day), status=401, error_code="invalid_api_key")
+        )
+    RequestLog.objects.bulk_create(rows)
+    return key_a, key_b, p1, p2
+
+
+def test_dashboard_aggregates_filters_and_csv(admin_client):
+    key_a, key_b, p1, p2 = fill_usage()
+    url = reverse("admin:proxy_usage_changelist")
+    index = admin_client.get(reverse("admin:index")).content.decode()
+    assert url in index, "the dashboard is reachable from the admin index"
+    response = admin_client.get(url)
+    assert response.status_code == 200
+    usage = response.context["usage"]
+    assert usage.totals["turns"] == 15 and usage.totals["cost"] == Decimal("7.50")
+    assert usage.totals["input"] == 12000 and usage.totals["cached"] == 4800
+    assert [r["name"] for r in usage.keys][:2] == [str(key_b), str(key_a)]
+    assert usage.providers[0]["name"] == "north" and usage.providers[0]["turns"] == 9
+    assert usage.fallbacks[0]["fallback_reason"] == "upgrade_refused" and usage.fallbacks[0]["turns"] == 3
+    assert usage.refusals[0]["error_code"] == "invalid_api_key" and round(usage.refusals[0]["share"]) == 20
+    north = next(r for r in usage.ttfe if r["name"] == "north")
+    assert north["p50"] == pytest.approx(205, abs=10) and north["p95"] == pytest.approx(305, abs=10)
+    text = response.content.decode()
+    assert text.count('class="sluice-chart"') == 3 and "<rect" in text
+
+    filtered = admin_client.get(url, {"provider": p2.pk}).context["usage"]
+    assert filtered.totals["turns"] == 3 and filtered.totals["cost"] == Decimal("0.75")
+    one_day = admin_client.get(url, {"start": timezone.now().date().isoformat()}).context["usage"]
+    assert one_day.totals["turns"] == 5
+
+    aggregates = b"".join(admin_client.get(url, {"export": "aggregates"}).streaming_content).decode()
+    table = list(csv.reader(io.StringIO(aggregates)))
+    assert ["provider", "north", "6.75", "9"] in [row[:4] for row in table], table[-12:]
+    requests = b"".join(admin_client.get(url, {"export": "rows"}).streaming_content).decode()
+    assert len(list(csv.reader(io.StringIO(requests)))) == 16  # a header and 15 rows
