@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from django.db import connection, transaction
 from django.db.models import CharField, Count, F, Func, IntegerField, QuerySet, Sum, Value
 from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
@@ -39,7 +40,7 @@ class Day(Func):
         return self.as_sql(
             compiler,
             connection,
-            template="to_char(%(expressions)s AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+            template="((%(expressions)s AT TIME ZONE 'UTC')::date)::text",
             **extra,
         )
 
@@ -301,6 +302,16 @@ class Usage:
 
 
 def usage(f: Filters) -> Usage:
+    """All the aggregates of the page, in one transaction: on PostgreSQL with room to group a month of
+    rows in memory (the default work_mem sends the sorts to disk)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+        return _usage(f)
+
+
+def _usage(f: Filters) -> Usage:
     from providers.models import Provider
 
     qs = queryset(f)

@@ -7,16 +7,12 @@ from django.utils import translation
 
 from providers.models import Provider, Verdict
 from proxy.models import ModelPrice
+from tests import test_admin_browser
 from tests.conftest import make_provider
-from tests.test_admin_browser import (  # noqa: F401 - fixtures
-    PASSWORD,
-    USERNAME,
-    browser,
-    outside_the_browser_loop,
-    shot,
-    superuser,
-)
+from tests.test_admin_browser import PASSWORD, USERNAME, outside_the_browser_loop, shot
 from tests.test_observability import fill_usage
+
+browser, superuser = test_admin_browser.browser, test_admin_browser.superuser  # the same fixtures
 
 
 def sign_in(page: Any, gateway: Any) -> None:
@@ -38,8 +34,10 @@ def test_dashboard_in_a_browser(gateway, superuser, browser):
     charts = page.locator("svg.sluice-chart")
     assert charts.count() == 3
     for i in range(3):  # every chart has bars with a height
-        heights = charts.nth(i).locator("rect").evaluate_all(
-            "rects => rects.map(r => r.getBoundingClientRect().height)"
+        heights = (
+            charts.nth(i)
+            .locator("rect")
+            .evaluate_all("rects => rects.map(r => r.getBoundingClientRect().height)")
         )
         assert heights and max(heights) > 5, f"chart {i} is empty"
     assert page.locator("#sluice-total-cost").inner_text() == "$7.50"

@@ -18,8 +18,8 @@ REFUSALS = ("invalid_api_key", "missing_required_parameter", "model_not_found", 
 REASONS = ("", "", "", "", "", "setting_off", "known_unsupported", "upgrade_refused")
 
 
-def fake_row(rng: random.Random, now: float, days: int, keys: list[int], providers: list[int]) -> tuple:
-    created = dt.datetime.fromtimestamp(now - rng.random() * days * 86400, dt.UTC)
+def fake_row(rng: random.Random, when: float, keys: list[int], providers: list[int]) -> tuple:
+    created = dt.datetime.fromtimestamp(when, dt.UTC)
     if rng.random() < 0.04:  # a refusal: no provider, no tokens
         return (
             created,
@@ -103,14 +103,17 @@ class Command(BaseCommand):
                 name=f"generated-{len(providers)}", base_url="http://127.0.0.1:9/v1", enabled=False
             )
             providers.append(p.pk)
-        now = time.time()
+        # Oldest first, as the log writer appends them: the table's physical order follows time, as in a
+        # real log (which the range scans of the dashboard depend on).
+        first, step = time.time() - days * 86400, days * 86400 / rows
         started = time.perf_counter()
         done = 0
         assert len(COLUMNS) == 22
         while done < rows:
             n = min(10_000, rows - done)
+            batch = [fake_row(rng, first + (done + i) * step, keys, providers) for i in range(n)]
             with transaction.atomic():
-                _insert([fake_row(rng, now, days, keys, providers) for _ in range(n)])
+                _insert(batch)
             done += n
         self.stdout.write(
             _("Inserted %(rows)d rows in %(seconds).1f s.")
