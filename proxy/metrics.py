@@ -32,6 +32,9 @@ from prometheus_client import (
 if TYPE_CHECKING:
     from proxy.logwriter import TurnRecord
 
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
 TIME_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900)
 
 turns = Counter(
