@@ -50,6 +50,15 @@ def test_dashboard_in_a_browser(gateway, superuser, browser):
         page.click('#sluice-dashboard input[type="submit"]')
     assert page.locator("#sluice-total-cost").inner_text() == "$0.75"
 
+    page.goto(gateway.url + "/admin/proxy/requestlog/")
+    assert page.locator("#result_list tbody tr").count() == 15
+    for selector in ("html", "#changelist .results"):  # no scroll bar, on the page or around the table
+        width, visible = page.locator(selector).evaluate("e => [e.scrollWidth, e.clientWidth]")
+        assert width <= visible, f"{selector} is {width} px wide in {visible} px"
+    assert "12:00:00" in page.locator("#result_list tbody tr").first.inner_text()
+    shot(page, "request-log")
+
+    page.goto(gateway.url + "/admin/proxy/usage/")
     with page.expect_navigation():
         page.select_option("#sluice-language-select", "zh-hans")
     with translation.override("zh-hans"):

@@ -229,7 +229,7 @@ def fill_usage() -> tuple:
     key_a, _ = make_key("alpha-team")
     key_b, _ = make_key("beta-team", username="bob")
     p1, p2 = make_provider(None, name="north"), make_provider(None, name="south")
-    today = timezone.now().replace(hour=12)
+    today = timezone.now().replace(hour=12, minute=0, second=0, microsecond=0)
     rows = []
     for day in range(3):
         for i in range(4):
