@@ -286,3 +286,42 @@ def test_dashboard_aggregates_filters_and_csv(admin_client):
     assert ["provider", "north", "6.75", "9"] in [row[:4] for row in table], table[-12:]
     requests = b"".join(admin_client.get(url, {"export": "rows"}).streaming_content).decode()
     assert len(list(csv.reader(io.StringIO(requests)))) == 16  # a header and 15 rows
+
+
+def test_a_refusal_is_logged_once(gateway, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    assert httpx.post(gateway.url + "/v1/responses", json={"model": "gpt-5.5"}).status_code == 401
+    request_logs(1)
+    lines = [
+        r
+        for r in caplog.records
+        if not r.name.startswith("httpx") and ("401" in r.getMessage() or "Unauthorized" in r.getMessage())
+    ]
+    assert [r.name for r in lines] == ["sluice.refusals"], [(r.name, r.getMessage()) for r in lines]
+
+
+def test_json_log_format_writes_one_object_per_line():
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    env = {**os.environ, "SLUICE_LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    code = "import logging; logging.getLogger('sluice.test').warning('two\\nlines %s', 'here')"
+    done = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c", code],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    entry = json.loads(lines[0])
+    assert entry["message"] == "two\nlines here" and entry["logger"] == "sluice.test"
+    assert entry["level"] == "WARNING" and entry["time"].endswith("+00:00")
