@@ -288,6 +288,14 @@ def test_dashboard_aggregates_filters_and_csv(admin_client):
     assert len(list(csv.reader(io.StringIO(requests)))) == 16  # a header and 15 rows
 
 
+def test_request_log_status_classes(admin_client):
+    fill_usage()
+    url = reverse("admin:proxy_requestlog_changelist")
+    for status_class, rows in (("refused", 3), ("ok", 12), ("server", 0)):
+        listed = admin_client.get(url, {"status_class": status_class}).context["cl"].result_count
+        assert listed == rows, status_class
+
+
 def test_a_refusal_is_logged_once(gateway, caplog):
     import logging
 
