@@ -81,15 +81,15 @@ def test_switch_off_one_refused_handshake_then_http(gateway, upstream, api_key, 
     row = SystemSettings.load()
     row.client_websockets = False
     row.save()
-    with caplog.at_level(logging.INFO, logger="sluice.ws"):
+    with caplog.at_level(logging.INFO, logger="sluice.refusals"):
         result = run_codex(gateway.url + "/v1", api_key, "say hello", websockets=True, workdir=tmp_path)
     assert result.exit_code == 0, result.describe()
     assert result.final_message == "echo: say hello"
-    refused = [r for r in caplog.records if "client WebSockets are turned off" in r.getMessage()]
+    refused = [r for r in caplog.records if "websockets_disabled" in r.getMessage()]
     assert len(refused) == 1, "Codex must fall back at once on 426, not retry the handshake"
     assert upstream.ws_connections == 0 and upstream.http_requests == 1
-    rows = request_logs(1)
-    assert rows[0].client_transport == "http"
+    rows = request_logs(2)  # the refused upgrade leaves a row too
+    assert [(r.client_transport, r.status) for r in rows] == [("websocket", 426), ("http", 200)]
 
 
 def test_plain_turn_over_http(gateway, upstream, api_key, tmp_path):
