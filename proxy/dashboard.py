@@ -382,6 +382,11 @@ def _csv_response(rows: Iterator[list[Any]], filename: str) -> StreamingHttpResp
     return response
 
 
+def usd(value: Any) -> str:
+    """A cost as plain digits, the same on every database (PostgreSQL keeps 8 decimals, 0 as 0E-8)."""
+    return f"{Decimal(value or 0):.8f}".rstrip("0").rstrip(".")
+
+
 def aggregates_csv(u: Usage) -> StreamingHttpResponse:
     def rows() -> Iterator[list[Any]]:
         yield [
@@ -398,7 +403,7 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
             yield [
                 "day",
                 d["day"].isoformat(),
-                d["cost"],
+                usd(d["cost"]),
                 d["turns"],
                 d["input"],
                 d["cached"],
@@ -412,7 +417,7 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
             ("provider", u.providers),
         ):
             for r in items:
-                yield [section, r["name"], r["cost"], r["turns"]]
+                yield [section, r["name"], usd(r["cost"]), r["turns"]]
         for r in u.transports:
             yield ["transport", f"{r['client_transport']}/{r['upstream_transport']}", "", r["turns"]]
         for r in u.fallbacks:
@@ -422,7 +427,7 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
         for r in u.ttfe:
             yield ["ttfe_ms", r["name"], "", r["turns"], r["p50"], r["p95"]]
         for r in u.budgets:
-            yield ["budget", r["name"], r["spent"], "", r["budget"]]
+            yield ["budget", r["name"], usd(r["spent"]), "", usd(r["budget"])]
 
     f = u.filters
     return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
