@@ -77,3 +77,25 @@ def test_the_test_uses_only_the_provider_under_test(upstream):
     with pytest.raises(CommandError):
         run("dead")
     assert upstream.ws_connections == 0 and upstream.http_requests == 0
+
+
+def test_a_silent_upstream_is_reported_as_a_timeout_in_words(upstream):
+    from providers.models import Provider
+
+    upstream.hang = True
+    make_provider(upstream, allowed_models=["gpt-5.5"], first_byte_timeout=1, connect_timeout=1)
+    with pytest.raises(CommandError):
+        run("alpha", "--transport", "http")
+    error = Provider.objects.get().last_test_report["error"]
+    assert error == "timed out after 1 s waiting for the first event", error
+
+
+def test_a_refused_connection_is_reported_with_the_address():
+    from providers.models import Provider
+
+    provider = make_provider(None, name="dead", allowed_models=["gpt-5.5"], connect_timeout=2)
+    with pytest.raises(CommandError):
+        run("dead")
+    address = provider.base_url.split("//")[1].split("/")[0]
+    error = Provider.objects.get().last_test_report["error"]
+    assert error == f"could not connect to {address} (connection refused)", error
