@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 from providers.registry import ProviderInfo
@@ -32,6 +33,26 @@ def unsupported_key(provider_id: int) -> str:
     return f"sluice:ws-unsupported:{provider_id}"
 
 
+HANDSHAKE_HEADERS = ("x-codex-turn-state", "openai-model", "x-models-etag", "x-reasoning-included")
+
+
+def read_ready(connection: ClientConnection) -> list[str]:
+    """Text messages already received whole, taken without waiting: the frames that arrived with the one
+    just read, relayed in one go (websockets hands them out one ``recv`` at a time otherwise)."""
+    assembler = connection.recv_messages
+    queue = assembler.frames.queue
+    ready: list[str] = []
+    while queue and not assembler.get_in_progress:
+        frame = queue[0]
+        if not frame.fin or frame.opcode is not Opcode.TEXT:
+            break  # fragmented or binary: left to recv()
+        queue.popleft()
+        ready.append(frame.data.decode())
+    if ready:
+        assembler.maybe_resume()
+    return ready
+
+
 class HandshakeFailed(Exception):
     def __init__(self, reason: FallbackReason, status: int | None = None, detail: str = "") -> None:
         super().__init__(detail or reason.label)
@@ -46,6 +67,14 @@ class UpstreamSocket:
         self.connection = connection
         self.handshake_ms = handshake_ms
         self.url = public_url(provider.websocket_url)
+        self.opened_at = time.monotonic()
+        response = connection.response
+        # What the upstream said about itself on the handshake (Codex reads these from ours).
+        self.handshake_headers = {
+            name: response.headers[name]
+            for name in HANDSHAKE_HEADERS
+            if response and name in response.headers
+        }
 
     @property
     def is_open(self) -> bool:

@@ -1,0 +1,305 @@
+"""One client WebSocket connection: its lanes, the connection-local cache, deadlines, and the client
+events that are not turns (interrupts, steering, acknowledgements), classified on receipt without I/O.
+
+Turns run in their lane (``proxy.ws_lane``); a control event acts on the turn in flight at once.
+"""
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from providers.registry import ProviderInfo
+from providers.routing import Affinity
+from proxy import turn_runner
+from proxy.auth import Client
+from proxy.logwriter import TurnRecord
+from proxy.turn_state import TurnState, forwarded, remember
+from proxy.upstream_ws import UpstreamSocket
+from proxy.wire import WireError, parse_body
+from proxy.ws_cache import ConnectionCache, interrupt_failed
+from proxy.ws_lane import Lane, LaneTurn
+
+log = logging.getLogger("sluice.ws")
+
+SendText = Callable[[str], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+
+MAX_IN_FLIGHT = 16  # responses in flight on one connection, all lanes together
+MAX_LANES = 32  # named lanes on one connection
+CONTROL = frozenset({"response.interrupt", "response.cancel"})
+ABSORBED = frozenset({"response.processed"})
+
+
+class Connection:
+    def __init__(
+        self,
+        client: Client,
+        headers: dict[str, str],
+        send_text: SendText,
+        close: Close,
+        *,
+        forced_transport: str | None = None,
+        pinned: ProviderInfo | None = None,
+        turn_state: TurnState | None = None,
+    ) -> None:
+        self.client = client
+        self.headers = headers
+        self.send_text = send_text
+        self.close_client = close
+        self.forced_transport = forced_transport
+        self.pinned = pinned  # the provider test: this provider only, whatever routing would say
+        self.turn_state = turn_state
+        self.opened_at = time.monotonic()
+        self.last_activity = self.opened_at
+        self.frames_seen = 0
+        self.cache = ConnectionCache()
+        self.default = Lane(self, None)
+        self.lanes: dict[str, Lane] = {}
+        self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
+        self.keep_records = False
+        # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
+        # check is a timer handle.
+        self._closing: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(
+            min(settings.SLUICE_WS_FIRST_FRAME_TIMEOUT, settings.SLUICE_WS_IDLE_TIMEOUT), self._check_deadline
+        )
+
+    # ----- lifecycle -----
+
+    def all_lanes(self) -> list[Lane]:
+        return [self.default, *self.lanes.values()]
+
+    @property
+    def busy(self) -> bool:
+        return any(lane.task is not None for lane in self.all_lanes())
+
+    @property
+    def upstream(self) -> UpstreamSocket | None:
+        return self.default.upstream
+
+    async def receive(self, text: str) -> None:
+        self.frames_seen += 1
+        self.last_activity = time.monotonic()
+        if len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
+            await self.close_client(1009, "frame too large")
+            return
+        try:
+            frame = parse_body(text)
+        except WireError as error:
+            await self.send_text(error.ws_frame())
+            return
+        kind = frame.get("type")
+        if kind == "response.create" or not isinstance(kind, str):
+            await self._create(frame, text)
+        elif kind in CONTROL:
+            await self._control(kind, frame, text)
+        elif kind not in ABSORBED:
+            await self._relay_other(kind, frame, text)
+
+    async def turn(self, text: str) -> None:
+        """Run one turn on the default lane to its end (the provider test)."""
+        await self.default.run(parse_body(text), text)
+
+    async def shutdown(self) -> None:
+        self._timer.cancel()
+        tasks = [lane.task for lane in self.all_lanes()] + [self._closing]
+        for task in tasks:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        for lane in self.all_lanes():
+            lane.pending.clear()
+            await lane.drop_upstream()
+
+    def _check_deadline(self) -> None:
+        """Close connections that never speak, or that stay idle too long between turns."""
+        now = time.monotonic()
+        if self.frames_seen == 0:
+            deadline = self.opened_at + settings.SLUICE_WS_FIRST_FRAME_TIMEOUT
+            reason = "no response.create received in time"
+        else:
+            deadline = self.last_activity + settings.SLUICE_WS_IDLE_TIMEOUT
+            reason = "idle timeout"
+        if self.busy:
+            deadline = now + settings.SLUICE_WS_IDLE_TIMEOUT
+        if now >= deadline:
+            log.info("closing client socket of key %s: %s", self.client.key_name, reason)
+            self._closing = asyncio.ensure_future(self.close_client(1000, reason))
+            return
+        delay = min(deadline - now, settings.SLUICE_WS_IDLE_TIMEOUT, settings.SLUICE_WS_FIRST_FRAME_TIMEOUT)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
+
+    def check_age(self) -> None:
+        if time.monotonic() - self.opened_at > settings.SLUICE_WS_MAX_AGE:
+            minutes = int(settings.SLUICE_WS_MAX_AGE // 60)
+            raise WireError(
+                400,
+                "websocket_connection_limit_reached",
+                f"Responses websocket connection limit reached ({minutes} minutes). "
+                "Create a new websocket connection to continue.",
+            )
+
+    def submit(self, record: TurnRecord) -> None:
+        turn_runner.submit(record, self.records if self.keep_records else None)
+
+    # ----- routing hooks for lanes -----
+
+    def preferred(self, affinity: Affinity) -> Affinity:
+        state = self.turn_state
+        if state is None or state.provider_id is None:
+            return affinity
+        return dataclasses.replace(affinity, provider_id=state.provider_id)
+
+    def upstream_headers(self, provider: ProviderInfo) -> dict[str, str]:
+        return forwarded(self.headers, self.turn_state, provider.id)
+
+    async def remember_route(self, socket: UpstreamSocket) -> None:
+        if self.turn_state is not None:
+            await remember(self.turn_state, socket.provider.id, socket.handshake_headers)
+
+    # ----- client events -----
+
+    async def _create(self, frame: dict[str, Any], text: str) -> None:
+        stream_id = frame.get("stream_id")
+        if stream_id is None:
+            lane = self.default
+            if lane.task is not None and len(lane.pending) >= settings.SLUICE_WS_QUEUE_LIMIT:
+                limit = settings.SLUICE_WS_QUEUE_LIMIT
+                error = WireError(
+                    429, "too_many_queued_requests", f"At most {limit} turns may wait on a connection."
+                )
+                await self.send_text(error.ws_frame())
+                return
+        else:
+            lane = self._named_lane(stream_id)
+            if lane is None:
+                return
+        if sum(each.load for each in self.all_lanes()) >= MAX_IN_FLIGHT:
+            await lane.send_error(
+                WireError(
+                    400,
+                    "websocket_stream_limit_reached",
+                    f"At most {MAX_IN_FLIGHT} responses may be in flight on one connection.",
+                    "stream_id",
+                )
+            )
+            return
+        lane.enqueue(frame, text)
+
+    def _named_lane(self, stream_id: object) -> Lane | None:
+        if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 64:
+            error = WireError(
+                400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id"
+            )
+            asyncio.ensure_future(self.send_text(error.ws_frame()))
+            return None
+        lane = self.lanes.get(stream_id)
+        if lane is None:
+            if len(self.lanes) >= MAX_LANES:
+                error = WireError(
+                    400,
+                    "websocket_stream_limit_reached",
+                    f"At most {MAX_LANES} lanes per connection.",
+                    "stream_id",
+                )
+                asyncio.ensure_future(Lane(self, stream_id).send_error(error))
+                return None
+            lane = self.lanes[stream_id] = Lane(self, stream_id)
+        return lane
+
+    def _in_flight(self, response_id: object, stream_id: object = None) -> tuple[Lane, LaneTurn] | None:
+        """The turn a control event names: by response id, else the one in flight on its lane."""
+        candidates = [(lane, lane.current) for lane in self.all_lanes() if lane.current is not None]
+        for lane, turn in candidates:
+            if response_id and turn.response_id == response_id:  # type: ignore[union-attr]
+                return lane, turn  # type: ignore[return-value]
+        if not response_id:
+            lane = self.lanes.get(stream_id) if isinstance(stream_id, str) else self.default  # type: ignore[assignment]
+            if lane is not None and lane.current is not None:
+                return lane, lane.current
+        return None
+
+    async def _control(self, kind: str, frame: dict[str, Any], text: str) -> None:
+        """Interrupt or cancel the turn in flight, at once: relayed on its upstream socket, or (over
+        upstream HTTP) its request dropped and the service's events written here."""
+        response_id = frame.get("response_id")
+        found = self._in_flight(response_id, frame.get("stream_id"))
+        if found is None:
+            await self._not_in_flight(kind, frame, response_id)
+            return
+        lane, turn = found
+        if turn.socket is not None and turn.socket.is_open:
+            await turn.socket.connection.send(_without_stream_id(frame, text))
+            return
+        if turn.stop is None:
+            reason = "interrupted" if kind == "response.interrupt" else "cancelled"
+            discard = (
+                kind == "response.interrupt"
+                and frame.get("mode", "discard_partial_items") == "discard_partial_items"
+            )
+            turn.stop = (reason, discard)
+            if turn.waiting and lane.task is not None:
+                lane.task.cancel()
+
+    async def _not_in_flight(self, kind: str, frame: dict[str, Any], response_id: object) -> None:
+        rid = response_id if isinstance(response_id, str) else ""
+        finished = rid in self.cache.finished
+        if kind == "response.interrupt":
+            code = "response_already_completed" if finished else "response_not_found"
+            message = (
+                "The response already finished." if finished else "No response with this id is in flight."
+            )
+            await self._to_lane(frame).send(interrupt_failed(rid, code, message))
+        else:
+            error = WireError(404, "response_not_found", "No response in flight to cancel.", "response_id")
+            await self._to_lane(frame).send_error(error)
+
+    def _to_lane(self, frame: dict[str, Any]) -> Lane:
+        stream_id = frame.get("stream_id")
+        return (
+            self.lanes.get(stream_id, Lane(self, stream_id)) if isinstance(stream_id, str) else self.default
+        )
+
+    async def _relay_other(self, kind: str, frame: dict[str, Any], text: str) -> None:
+        """Steering, injection and event types the gateway need not understand: relayed on the upstream
+        socket of the turn in flight; otherwise refused in the service's shape, the socket stays open."""
+        target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
+        found = self._in_flight(target, frame.get("stream_id"))
+        if found is not None and found[1].socket is not None and found[1].socket.is_open:
+            await found[1].socket.connection.send(_without_stream_id(frame, text))
+            return
+        lane = self._to_lane(frame)
+        message = "This event needs a response in flight on an upstream WebSocket."
+        if kind == "response.steer":
+            error = {"type": "invalid_request_error", "code": "steering_unavailable", "message": message}
+            steer = {"previous_response_id": target, "input": frame.get("input")}
+            await lane.send(json.dumps({"type": "response.steer.failed", "steer": steer, "error": error}))
+        elif kind == "response.inject":
+            error = {"code": "response_not_found", "message": message}
+            failed = {
+                "type": "response.inject.failed",
+                "response_id": target,
+                "input": frame.get("input"),
+                "error": error,
+            }
+            await lane.send(json.dumps(failed))
+        else:
+            await lane.send_error(
+                WireError(400, "unsupported_event_type", f"Unsupported client event type {kind!r}.", "type")
+            )
+
+
+def _without_stream_id(frame: dict[str, Any], text: str) -> str:
+    """A client event for a lane's own upstream socket: the gateway tags that lane's events itself."""
+    if "stream_id" not in frame:
+        return text
+    return json.dumps({k: v for k, v in frame.items() if k != "stream_id"})
