@@ -14,6 +14,15 @@ Failure switches are plain attributes, settable from the test thread while the s
   closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
   number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
 - `event_delay`: seconds slept between two events of a turn.
+- `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
+  `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
+- `handshake_headers`: headers added to every WebSocket accept (e.g. `x-codex-turn-state`).
+
+WebSocket client events besides `response.create`, as the service answers them while a turn runs:
+`response.interrupt` (acknowledgement, `response.output_item.interrupted` per partial item, then
+`response.incomplete` with reason `interrupted`; the connection can continue from it), `response.cancel`
+(the same without acknowledgement), `response.steer` (`response.steer.accepted`); an interrupt for a
+response not in flight gets the non-terminal `response.interrupt.failed`.
 
 Leak checks: `open_ws` counts open sockets, `open_http_streams` the `POST /v1/responses` still being
 answered; a paced stream notices a client that left and stops. Usage is deterministic, see `usage_for`.
@@ -339,6 +348,8 @@ class FakeUpstream:
         self.event_delay = 0.0
         self.text_deltas = 3
         self.responder: Responder | None = None
+        self.ws_turn_limit: int | None = None
+        self.handshake_headers: dict[str, str] = {}
 
     # lifecycle
 
@@ -670,7 +681,8 @@ class FakeUpstream:
             )
             await send({"type": "websocket.http.response.body", "body": data})
             return
-        await send({"type": "websocket.accept"})
+        extra = [(k.encode(), v.encode()) for k, v in self.handshake_headers.items()]
+        await send({"type": "websocket.accept", "headers": extra})
         self.ws_connections += 1
         self.open_ws += 1
         try:
@@ -696,52 +708,196 @@ class FakeUpstream:
     async def _ws_session(
         self, connection_id: int, path: str, headers: dict[str, str], receive: Receive, send: Send
     ) -> None:
-        cached: Kept | None = None
+        session = _WsSession(self, connection_id, path, headers, send)
+        received: asyncio.Future[Message] | None = None
+        try:
+            while True:
+                if received is None:
+                    received = asyncio.ensure_future(receive())
+                waiting: set[asyncio.Future[Any]] = {received}
+                if session.running is not None:
+                    waiting.add(session.running)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if session.running is not None and session.running.done():
+                    running, session.running = session.running, None
+                    running.result()  # DropConnection ends the connection abruptly
+                if not received.done():
+                    continue
+                message, received = received.result(), None
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                if raw is None:
+                    raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+                await session.frame(raw)
+        finally:
+            if received is not None:
+                received.cancel()
+            if session.running is not None:
+                session.running.cancel()
+
+
+class _WsSession:
+    """One upstream WebSocket connection of the fake: turns in order, and the client events that act on
+    the turn in flight (interrupt, cancel, steer) while it streams."""
+
+    def __init__(
+        self, fake: FakeUpstream, connection_id: int, path: str, headers: dict[str, str], send: Send
+    ) -> None:
+        self.fake, self.connection_id, self.path, self.headers, self.send = (
+            fake,
+            connection_id,
+            path,
+            headers,
+            send,
+        )
+        self.cached: Kept | None = None
+        self.running: asyncio.Task[None] | None = None
+        self.turns = 0
+        self.live: dict[str, Any] = {}  # the turn in flight: id, stop future, partial and finished items
+
+    async def emit(self, event: dict[str, Any]) -> None:
+        await self.send({"type": "websocket.send", "text": json.dumps(event)})
+
+    async def fail(self, status: int, error: dict[str, Any]) -> None:
+        self.cached = None  # a failed turn evicts the connection's cached response
+        await self.emit({"type": "error", "status": status, **error})
+
+    async def frame(self, raw: str) -> None:
+        fake = self.fake
+        frame = _parse_object(raw)
+        fake.requests.append(
+            Recorded("websocket", self.path, self.headers, frame, self.connection_id, "GET", raw)
+        )
+        if fake.hang:
+            return
+        if frame is None:
+            await self.fail(
+                400, openai_error("Invalid JSON in message.", "invalid_request_error", "invalid_json")
+            )
+            return
+        kind = frame.get("type")
+        if kind in ("response.interrupt", "response.cancel", "response.steer"):
+            await self.control(kind, frame)
+            return
+        if kind != "response.create":
+            message_text = f"Unsupported event type '{frame.get('type')}'."
+            await self.fail(400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"))
+            return
+        if self.running is not None:  # turns on one connection run in order
+            running, self.running = self.running, None
+            await running
+        if fake.ws_turn_limit is not None and self.turns >= fake.ws_turn_limit:
+            message = (
+                "Responses websocket connection limit reached (60 minutes). "
+                "Create a new websocket connection to continue."
+            )
+            await self.fail(
+                400, openai_error(message, "invalid_request_error", "websocket_connection_limit_reached")
+            )
+            return
+        if fake.ws_error_status is not None:
+            await self.fail(fake.ws_error_status, status_error(fake.ws_error_status))
+            return
+        problem = fake._body_problem(frame, websocket=True)
+        if problem is not None:
+            await self.fail(400, problem)
+            return
+        try:
+            turn = fake._turn(frame, fake._previous(frame, self.cached))
+        except PreviousNotFound as missing:
+            await self.fail(400, previous_not_found(str(missing)))
+            return
+        except Exception:
+            log.exception("fake upstream responder failed")
+            await self.fail(500, status_error(500))
+            return
+        self.turns += 1
+        self.running = asyncio.ensure_future(self.stream(frame, turn))
+
+    async def stream(self, frame: dict[str, Any], turn: Turn) -> None:
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        live = self.live = {
+            "id": turn.kept.response["id"],
+            "stop": stop,
+            "partial": {},
+            "done": [],
+            "sent": 0,
+        }
 
         async def emit(event: dict[str, Any]) -> None:
-            await send({"type": "websocket.send", "text": json.dumps(event)})
+            item = event.get("item") or {}
+            if event["type"] == "response.output_item.added":
+                live["partial"][item.get("id")] = event["output_index"]
+            elif event["type"] == "response.output_item.done":
+                live["partial"].pop(item.get("id"), None)
+                live["done"].append(item)
+            live["sent"] += 1
+            await self.emit(event)
 
-        async def fail(status: int, error: dict[str, Any]) -> None:
-            nonlocal cached
-            cached = None  # a failed turn evicts the connection's cached response
-            await emit({"type": "error", "status": status, **error})
-
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text")
-            if raw is None:
-                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-            frame = _parse_object(raw)
-            self.requests.append(Recorded("websocket", path, headers, frame, connection_id, "GET", raw))
-            if self.hang:
-                continue
-            if frame is None:
-                await fail(
-                    400, openai_error("Invalid JSON in message.", "invalid_request_error", "invalid_json")
+        finished = await self.fake._pace(turn.events, emit, stop)
+        self.live = {}
+        if finished:
+            self.cached = turn.kept
+            self.fake._keep(frame, turn.kept)
+            return
+        kind, discard = stop.result()
+        sequence = live["sent"]
+        rid = live["id"]
+        if kind == "response.interrupt":
+            await self.emit(
+                {"type": "response.interrupt.accepted", "response_id": rid, "sequence_number": sequence}
+            )
+            sequence += 1
+        if discard:
+            for item_id, index in live["partial"].items():
+                interrupted = {"response_id": rid, "item_id": item_id, "output_index": index}
+                await self.emit(
+                    {"type": "response.output_item.interrupted", **interrupted, "sequence_number": sequence}
                 )
-                continue
-            if frame.get("type") != "response.create":
-                message_text = f"Unsupported event type '{frame.get('type')}'."
-                await fail(400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"))
-                continue
-            if self.ws_error_status is not None:
-                await fail(self.ws_error_status, status_error(self.ws_error_status))
-                continue
-            problem = self._body_problem(frame, websocket=True)
-            if problem is not None:
-                await fail(400, problem)
-                continue
-            try:
-                turn = self._turn(frame, self._previous(frame, cached))
-            except PreviousNotFound as missing:
-                await fail(400, previous_not_found(str(missing)))
-                continue
-            except Exception:
-                log.exception("fake upstream responder failed")
-                await fail(500, status_error(500))
-                continue
-            await self._pace(turn.events, emit)
-            cached = turn.kept
-            self._keep(frame, turn.kept)
+                sequence += 1
+        reason = "interrupted" if kind == "response.interrupt" else "cancelled"
+        usage = usage_for(turn.kept.full_input, frame.get("previous_response_id") is not None, live["sent"])
+        response = {
+            **turn.kept.response,
+            "status": "incomplete",
+            "incomplete_details": {"reason": reason},
+            "output": live["done"],
+            "usage": usage,
+        }
+        await self.emit({"type": "response.incomplete", "sequence_number": sequence, "response": response})
+        kept = Kept(response, turn.kept.full_input, live["done"])
+        self.cached = kept
+        self.fake._keep(frame, kept)
+
+    async def control(self, kind: str, frame: dict[str, Any]) -> None:
+        live = self.live
+        target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
+        in_flight = bool(live) and not live["stop"].done() and (target is None or target == live["id"])
+        if kind == "response.steer":
+            if in_flight:
+                steer = {"id": new_id("steer"), "previous_response_id": live["id"]}
+                await self.emit(
+                    {"type": "response.steer.accepted", "sequence_number": live["sent"], "steer": steer}
+                )
+            else:
+                error = {
+                    "type": "invalid_request_error",
+                    "code": "response_not_found",
+                    "message": "Nothing to steer.",
+                }
+                await self.emit(
+                    {
+                        "type": "response.steer.failed",
+                        "steer": {"previous_response_id": target},
+                        "error": error,
+                    }
+                )
+            return
+        if not in_flight:
+            if kind == "response.interrupt":
+                error = {"code": "response_already_completed", "message": "The response is not in progress."}
+                await self.emit({"type": "response.interrupt.failed", "response_id": target, "error": error})
+            return
+        discard = kind == "response.interrupt" and frame.get("mode") == "discard_partial_items"
+        live["stop"].set_result((kind, discard))
