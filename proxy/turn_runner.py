@@ -94,8 +94,11 @@ class SocketSource(Protocol):
 
     async def socket_for(self, route: Route, record: TurnRecord) -> UpstreamSocket: ...
 
-    async def run_on_socket(self, route: Route, socket: UpstreamSocket, record: TurnRecord) -> str:
-        """Send the turn and read its first event; raises FallBack, ProviderFailure or WireError."""
+    async def run_on_socket(
+        self, route: Route, socket: UpstreamSocket, record: TurnRecord
+    ) -> tuple[UpstreamSocket, str]:
+        """Send the turn and read its first event (on a fresh socket when the upstream retired this
+        one); raises FallBack, ProviderFailure or WireError."""
         ...
 
     async def open_http(self, route: Route, record: TurnRecord) -> pipeline.Relay | None:
@@ -138,7 +141,7 @@ async def open_for_lane(
         if decision.transport == Transport.WEBSOCKET:
             try:
                 socket = await open_socket(route, source, record)
-                first = await source.run_on_socket(route, socket, record)
+                socket, first = await source.run_on_socket(route, socket, record)
                 return SocketTurn(route, socket, first)
             except FallBack as fallback:
                 if not decision.may_fall_back:

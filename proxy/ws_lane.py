@@ -266,7 +266,9 @@ class Lane:
             {k: v for k, v in {**frame, **changes}.items() if v is not None or k not in changes}
         )
 
-    async def run_on_socket(self, route: Route, socket: UpstreamSocket, record: TurnRecord) -> str:
+    async def run_on_socket(
+        self, route: Route, socket: UpstreamSocket, record: TurnRecord
+    ) -> tuple[UpstreamSocket, str]:
         turn = self.current
         assert turn is not None
         first = await self._first_event(route, socket, self.payload(turn, route, socket, False))
@@ -282,8 +284,8 @@ class Lane:
             if event_type(first) == "error" and LIMIT_REACHED in first:
                 await self.drop_upstream()
                 raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT)
-        turn.socket = self.upstream
-        return first
+        turn.socket = socket
+        return socket, first
 
     async def _first_event(self, route: Route, socket: UpstreamSocket, text: str) -> str:
         silence = Deadline(route.provider.first_byte_timeout)
