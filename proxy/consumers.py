@@ -11,6 +11,7 @@ from proxy import turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.wire import WireError
 from proxy.ws_connection import Connection
+from proxy.ws_writer import server_protocol, write_together
 from settings_app.runtime import system_settings
 
 log = logging.getLogger("sluice.ws")
@@ -44,6 +45,7 @@ def accept_headers(state: turn_state.TurnState) -> list[tuple[bytes, bytes]]:
 
 class ResponsesConsumer(AsyncConsumer):
     session: Connection | None = None
+    protocol: Any = None  # the server's protocol object, when it can write a batch in one call
     closed = False
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -86,11 +88,23 @@ class ResponsesConsumer(AsyncConsumer):
         await self.send(
             {"type": "websocket.accept", "subprotocol": subprotocol, "headers": accept_headers(state)}
         )
-        self.session = Connection(client, headers, self.send_text, self.close, turn_state=state)
+        self.protocol = server_protocol(self.base_send)
+        self.session = Connection(
+            client, headers, self.send_text, self.close, turn_state=state, send_many=self.send_many
+        )
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
             await self.base_send({"type": "websocket.send", "text": text})
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Events that arrived together, in one write where the server allows it."""
+        if self.closed:
+            return
+        if self.protocol is not None and write_together(self.protocol, texts):
+            return
+        for text in texts:
+            await self.send_text(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:

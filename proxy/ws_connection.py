@@ -29,6 +29,7 @@ log = logging.getLogger("sluice.ws")
 
 SendText = Callable[[str], Awaitable[None]]
 Close = Callable[[int, str], Awaitable[None]]
+SendMany = Callable[[list[str]], Awaitable[None]]
 
 MAX_IN_FLIGHT = 16  # responses in flight on one connection, all lanes together
 MAX_LANES = 32  # named lanes on one connection
@@ -47,10 +48,12 @@ class Connection:
         forced_transport: str | None = None,
         pinned: ProviderInfo | None = None,
         turn_state: TurnState | None = None,
+        send_many: SendMany | None = None,
     ) -> None:
         self.client = client
         self.headers = headers
         self.send_text = send_text
+        self.send_many = send_many or self._one_by_one
         self.close_client = close
         self.forced_transport = forced_transport
         self.pinned = pinned  # the provider test: this provider only, whatever routing would say
@@ -71,6 +74,10 @@ class Connection:
         )
 
     # ----- lifecycle -----
+
+    async def _one_by_one(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.send_text(text)
 
     def all_lanes(self) -> list[Lane]:
         return [self.default, *self.lanes.values()]

@@ -109,6 +109,9 @@ class Lane:
     async def send(self, data: str) -> None:
         await self.connection.send_text(self.tag(data) if self.suffix else data)
 
+    async def send_many(self, texts: list[str]) -> None:
+        await self.connection.send_many([self.tag(text) for text in texts] if self.suffix else texts)
+
     async def send_error(self, error: WireError) -> None:
         await self.send(error.ws_frame())
 

@@ -45,7 +45,7 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
     record.upstream_ws_url = socket.url
     record.first_event()
     connection = socket.connection
-    send = lane.send
+    send_many = lane.send_many
     idle = route.provider.idle_timeout
     batch = [opened.first]
     if event_type(opened.first) == "response.created":
@@ -54,14 +54,14 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
     try:
         try:
             while True:
-                for data in batch:
+                for index, data in enumerate(batch):
                     kind = event_type(data)
                     if kind in TERMINAL_TYPES:
                         await terminal(lane, turn, kind, data, route, plan, socket)
-                        await send(data)
+                        await send_many(batch[: index + 1])
                         lane.connection.submit(record)
                         return
-                    await send(data)
+                await send_many(batch)
                 data = await connection.recv(decode=True)
                 silence.extend(idle)
                 batch = [data if isinstance(data, str) else data.decode(), *read_ready(connection)]
@@ -95,11 +95,13 @@ async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -
         batch = relay.first
         record.first_event()
         while True:
+            out: list[str] = []
             for event in batch:
                 kind = event.type
                 if kind in TERMINAL_TYPES:
                     await terminal(lane, turn, kind, event.data, route, plan, None)
-                    await lane.send(event.data)
+                    out.append(event.data)
+                    await lane.send_many(out)
                     lane.connection.submit(record)
                     await relay.opened.finish(relay.batches)
                     return
@@ -108,7 +110,8 @@ async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -
                     turn.response_id = progress.response_id
                 else:
                     progress.events += 1
-                await lane.send(event.data)
+                out.append(event.data)
+            await lane.send_many(out)
             if turn.stop is not None:
                 return await stopped(lane, turn, plan, route)
             turn.waiting = True
