@@ -6,7 +6,6 @@ Turns run in their lane (``proxy.ws_lane``); a control event acts on the turn in
 
 import asyncio
 import dataclasses
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -16,14 +15,14 @@ from django.conf import settings
 
 from providers.registry import ProviderInfo
 from providers.routing import Affinity
-from proxy import turn_runner
+from proxy import turn_runner, ws_controls
 from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.turn_state import TurnState, forwarded, remember
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
-from proxy.ws_cache import ConnectionCache, interrupt_failed
-from proxy.ws_lane import Lane, LaneTurn
+from proxy.ws_cache import ConnectionCache
+from proxy.ws_lane import Lane
 
 log = logging.getLogger("sluice.ws")
 
@@ -105,9 +104,9 @@ class Connection:
         if kind == "response.create" or not isinstance(kind, str):
             await self._create(frame, text)
         elif kind in CONTROL:
-            await self._control(kind, frame, text)
+            await ws_controls.control(self, kind, frame, text)
         elif kind not in ABSORBED:
-            await self._relay_other(kind, frame, text)
+            await ws_controls.relay_other(self, kind, frame, text)
 
     async def turn(self, text: str) -> None:
         """Run one turn on the default lane to its end (the provider test)."""
@@ -222,91 +221,3 @@ class Connection:
                 return None
             lane = self.lanes[stream_id] = Lane(self, stream_id)
         return lane
-
-    def _in_flight(self, response_id: object, stream_id: object = None) -> tuple[Lane, LaneTurn] | None:
-        """The turn a control event names: by response id, else the one in flight on its lane."""
-        candidates = [(lane, lane.current) for lane in self.all_lanes() if lane.current is not None]
-        for lane, turn in candidates:
-            if response_id and turn.response_id == response_id:  # type: ignore[union-attr]
-                return lane, turn  # type: ignore[return-value]
-        if not response_id:
-            lane = self.lanes.get(stream_id) if isinstance(stream_id, str) else self.default  # type: ignore[assignment]
-            if lane is not None and lane.current is not None:
-                return lane, lane.current
-        return None
-
-    async def _control(self, kind: str, frame: dict[str, Any], text: str) -> None:
-        """Interrupt or cancel the turn in flight, at once: relayed on its upstream socket, or (over
-        upstream HTTP) its request dropped and the service's events written here."""
-        response_id = frame.get("response_id")
-        found = self._in_flight(response_id, frame.get("stream_id"))
-        if found is None:
-            await self._not_in_flight(kind, frame, response_id)
-            return
-        lane, turn = found
-        if turn.socket is not None and turn.socket.is_open:
-            await turn.socket.connection.send(_without_stream_id(frame, text))
-            return
-        if turn.stop is None:
-            reason = "interrupted" if kind == "response.interrupt" else "cancelled"
-            discard = (
-                kind == "response.interrupt"
-                and frame.get("mode", "discard_partial_items") == "discard_partial_items"
-            )
-            turn.stop = (reason, discard)
-            if turn.waiting and lane.task is not None:
-                lane.task.cancel()
-
-    async def _not_in_flight(self, kind: str, frame: dict[str, Any], response_id: object) -> None:
-        rid = response_id if isinstance(response_id, str) else ""
-        finished = rid in self.cache.finished
-        if kind == "response.interrupt":
-            code = "response_already_completed" if finished else "response_not_found"
-            message = (
-                "The response already finished." if finished else "No response with this id is in flight."
-            )
-            await self._to_lane(frame).send(interrupt_failed(rid, code, message))
-        else:
-            error = WireError(404, "response_not_found", "No response in flight to cancel.", "response_id")
-            await self._to_lane(frame).send_error(error)
-
-    def _to_lane(self, frame: dict[str, Any]) -> Lane:
-        stream_id = frame.get("stream_id")
-        return (
-            self.lanes.get(stream_id, Lane(self, stream_id)) if isinstance(stream_id, str) else self.default
-        )
-
-    async def _relay_other(self, kind: str, frame: dict[str, Any], text: str) -> None:
-        """Steering, injection and event types the gateway need not understand: relayed on the upstream
-        socket of the turn in flight; otherwise refused in the service's shape, the socket stays open."""
-        target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
-        found = self._in_flight(target, frame.get("stream_id"))
-        if found is not None and found[1].socket is not None and found[1].socket.is_open:
-            await found[1].socket.connection.send(_without_stream_id(frame, text))
-            return
-        lane = self._to_lane(frame)
-        message = "This event needs a response in flight on an upstream WebSocket."
-        if kind == "response.steer":
-            error = {"type": "invalid_request_error", "code": "steering_unavailable", "message": message}
-            steer = {"previous_response_id": target, "input": frame.get("input")}
-            await lane.send(json.dumps({"type": "response.steer.failed", "steer": steer, "error": error}))
-        elif kind == "response.inject":
-            error = {"code": "response_not_found", "message": message}
-            failed = {
-                "type": "response.inject.failed",
-                "response_id": target,
-                "input": frame.get("input"),
-                "error": error,
-            }
-            await lane.send(json.dumps(failed))
-        else:
-            await lane.send_error(
-                WireError(400, "unsupported_event_type", f"Unsupported client event type {kind!r}.", "type")
-            )
-
-
-def _without_stream_id(frame: dict[str, Any], text: str) -> str:
-    """A client event for a lane's own upstream socket: the gateway tags that lane's events itself."""
-    if "stream_id" not in frame:
-        return text
-    return json.dumps({k: v for k, v in frame.items() if k != "stream_id"})

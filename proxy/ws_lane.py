@@ -240,41 +240,12 @@ class Lane:
         if upstream is not None:
             await upstream.close()
 
-    def payload(self, turn: LaneTurn, route: Route, socket: UpstreamSocket, full: bool) -> str:
-        """The frame for the upstream socket: the client's text untouched unless something must change."""
-        frame = turn.frame
-        changes: dict[str, Any] = {}
-        if route.upstream_model != turn.model:
-            changes["model"] = route.upstream_model
-        if "stream_id" in frame:
-            changes["stream_id"] = None  # the lane is this socket: the gateway tags the events itself
-        if frame.get("previous_response_id") and (
-            full or turn.cached is None or turn.cached.socket is not socket
-        ):
-            # The socket that holds the previous response is gone (or never had it): the whole conversation.
-            if turn.full_input is None:
-                if turn.cached is not None or frame.get("store") is False:
-                    raise WireError(
-                        400,
-                        "previous_response_not_found",
-                        f"Previous response with id '{frame.get('previous_response_id')}' not found.",
-                        "previous_response_id",
-                    )
-            else:
-                changes["input"] = turn.full_input
-                changes["previous_response_id"] = None
-        if not changes:
-            return turn.text
-        return json.dumps(
-            {k: v for k, v in {**frame, **changes}.items() if v is not None or k not in changes}
-        )
-
     async def run_on_socket(
         self, route: Route, socket: UpstreamSocket, record: TurnRecord
     ) -> tuple[UpstreamSocket, str]:
         turn = self.current
         assert turn is not None
-        first = await self._first_event(route, socket, self.payload(turn, route, socket, False))
+        first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, False))
         if event_type(first) == "error" and LIMIT_REACHED in first:
             # The upstream socket reached the service's lifetime: a fresh one, the whole conversation,
             # before anything reaches the client; HTTP only if that fails too.
@@ -283,7 +254,7 @@ class Lane:
             )
             await self.drop_upstream()
             socket = await self.socket_for(route, record)
-            first = await self._first_event(route, socket, self.payload(turn, route, socket, True))
+            first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, True))
             if event_type(first) == "error" and LIMIT_REACHED in first:
                 await self.drop_upstream()
                 raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT)

@@ -183,6 +183,34 @@ async def terminal(
         await turn_runner.finish(record, route, turn.affinity, plan)
 
 
+def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full: bool) -> str:
+    """The frame for the upstream socket: the client's text untouched unless something must change."""
+    frame = turn.frame
+    changes: dict[str, Any] = {}
+    if route.upstream_model != turn.model:
+        changes["model"] = route.upstream_model
+    if "stream_id" in frame:
+        changes["stream_id"] = None  # the lane is this socket: the gateway tags the events itself
+    if frame.get("previous_response_id") and (
+        full or turn.cached is None or turn.cached.socket is not socket
+    ):
+        # The socket that holds the previous response is gone (or never had it): the whole conversation.
+        if turn.full_input is None:
+            if turn.cached is not None or frame.get("store") is False:
+                raise WireError(
+                    400,
+                    "previous_response_not_found",
+                    f"Previous response with id '{frame.get('previous_response_id')}' not found.",
+                    "previous_response_id",
+                )
+        else:
+            changes["input"] = turn.full_input
+            changes["previous_response_id"] = None
+    if not changes:
+        return turn.text
+    return json.dumps({k: v for k, v in {**frame, **changes}.items() if v is not None or k not in changes})
+
+
 def http_call(lane: "Lane", turn: "LaneTurn", route: Route) -> HttpCall:
     body = {k: v for k, v in turn.frame.items() if k not in ("type", "generate", "stream_id")}
     body["model"] = route.upstream_model

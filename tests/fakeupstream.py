@@ -16,7 +16,8 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `event_delay`: seconds slept between two events of a turn.
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
-- `handshake_headers`: headers added to every WebSocket accept (e.g. `x-codex-turn-state`).
+- `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
+  `x-codex-turn-state`).
 
 WebSocket client events besides `response.create`, as the service answers them while a turn runs:
 `response.interrupt` (acknowledgement, `response.output_item.interrupted` per partial item, then
@@ -611,6 +612,7 @@ class FakeUpstream:
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
+                *[(k.encode(), v.encode()) for k, v in self.handshake_headers.items()],
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
 

@@ -85,7 +85,7 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
         # partial message, and the new input.
         last = [r.body for r in upstream.requests if r.transport == "http"][-1]
         assert [item.get("content") for item in last["input"]] == ["long", "next"]
-        assert upstream.wait_for(lambda: upstream.open_http_streams == 0)
+        assert upstream.wait_for(lambda: upstream.open_http_streams == 0), "the upstream request was dropped"
     else:
         frames = [r.body for r in upstream.requests if r.transport == "websocket"]
         assert [f["type"] for f in frames] == ["response.create", "response.interrupt", "response.create"]
@@ -227,4 +227,32 @@ def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
             until_terminal(ws)
     assert served.ws_connections == 4, "a reconnect with the token goes to the same provider"
     forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.transport == "websocket"]
+    assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
+
+
+def test_turn_state_over_http(gateway, upstream, upstream_b, api_key):
+    import httpx
+
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    upstream.handshake_headers = upstream_b.handshake_headers = {
+        "x-codex-turn-state": "upstream-token",
+        "openai-model": "gpt-5.5",
+    }
+    body = {"model": "gpt-5.5", "input": "hi", "stream": True}
+    auth = {"authorization": f"Bearer {api_key}"}
+    first = httpx.post(gateway.url + "/v1/responses", json=body, headers=auth, timeout=20)
+    token = first.headers["x-codex-turn-state"]
+    assert token.startswith("sluice-ts-") and first.headers["openai-model"] == "gpt-5.5"
+    served = upstream if upstream.http_requests else upstream_b
+    for _ in range(3):
+        again = httpx.post(
+            gateway.url + "/v1/responses",
+            json=body,
+            headers={**auth, "x-codex-turn-state": token},
+            timeout=20,
+        )
+        assert again.headers["x-codex-turn-state"] == token
+    assert served.http_requests == 4, "requests with the token go to the provider that issued it"
+    forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.path == "/v1/responses"]
     assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
