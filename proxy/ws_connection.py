@@ -168,9 +168,10 @@ class Connection:
     def upstream_headers(self, provider: ProviderInfo) -> dict[str, str]:
         return forwarded(self.headers, self.turn_state, provider.id)
 
-    async def remember_route(self, socket: UpstreamSocket) -> None:
+    async def remember_route(self, provider_id: int, upstream_headers: dict[str, str]) -> None:
+        """The provider now serving this connection, for a client that reconnects with its token."""
         if self.turn_state is not None:
-            await remember(self.turn_state, socket.provider.id, socket.handshake_headers)
+            await remember(self.turn_state, provider_id, upstream_headers)
 
     # ----- client events -----
 
@@ -186,9 +187,11 @@ class Connection:
                 await self.send_text(error.ws_frame())
                 return
         else:
-            lane = self._named_lane(stream_id)
-            if lane is None:
+            found = self._named_lane(stream_id)
+            if isinstance(found, WireError):
+                await Lane(self, stream_id if isinstance(stream_id, str) else None).send_error(found)
                 return
+            lane = found
         if sum(each.load for each in self.all_lanes()) >= MAX_IN_FLIGHT:
             await lane.send_error(
                 WireError(
@@ -201,7 +204,7 @@ class Connection:
             return
         lane.enqueue(frame, text)
 
-    def _named_lane(self, stream_id: object) -> Lane | None:
+    def _named_lane(self, stream_id: object) -> Lane | WireError:
         if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 64:
             error = WireError(
                 400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id"
@@ -217,7 +220,6 @@ class Connection:
                     f"At most {MAX_LANES} lanes per connection.",
                     "stream_id",
                 )
-                asyncio.ensure_future(Lane(self, stream_id).send_error(error))
-                return None
+                return error
             lane = self.lanes[stream_id] = Lane(self, stream_id)
         return lane

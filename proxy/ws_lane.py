@@ -23,7 +23,7 @@ from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, open_for_lane
-from proxy.upstream_ws import UpstreamSocket, public_url
+from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
 from proxy.ws_cache import Cached, Progress, as_items
 from settings_app.runtime import system_settings
@@ -232,7 +232,7 @@ class Lane:
         )
         record.ws_handshake_ms = upstream.handshake_ms
         self.upstream = upstream
-        await self.connection.remember_route(upstream)
+        await self.connection.remember_route(upstream.provider.id, upstream.handshake_headers)
         return upstream
 
     async def drop_upstream(self) -> None:
@@ -286,4 +286,7 @@ class Lane:
         if turn.frame.get("generate") is False:
             await ws_relay.local_warmup(self, turn)
             return None
-        return await pipeline.open_route(route, record, ws_relay.http_call(self, turn, route))
+        relay = await pipeline.open_route(route, record, ws_relay.http_call(self, turn, route))
+        returned = {k: v for k, v in relay.opened.response.headers.items() if k.lower() in HANDSHAKE_HEADERS}
+        await self.connection.remember_route(route.provider.id, {k.lower(): v for k, v in returned.items()})
+        return relay
