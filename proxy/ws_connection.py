@@ -206,11 +206,7 @@ class Connection:
 
     def _named_lane(self, stream_id: object) -> Lane | WireError:
         if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 64:
-            error = WireError(
-                400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id"
-            )
-            asyncio.ensure_future(self.send_text(error.ws_frame()))
-            return None
+            return WireError(400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id")
         lane = self.lanes.get(stream_id)
         if lane is None:
             if len(self.lanes) >= MAX_LANES:
