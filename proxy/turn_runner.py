@@ -6,7 +6,8 @@ relays a ``Relay`` or a ``SocketTurn`` and gives the runner its upstream sockets
 """
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -15,6 +16,7 @@ from django.conf import settings
 from providers import health
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter, pipeline
+from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure
 from proxy.transport import Decision, FallbackReason, Transport, choose
@@ -160,6 +162,13 @@ async def open_for_lane(
         return await source.open_http(route, record)
 
     return await first_route(plan, record, attempt)
+
+
+@asynccontextmanager
+async def admitted(client: Client, record: TurnRecord) -> AsyncIterator[None]:
+    """One turn's admission, released on every exit path, whatever the ingress and the lane: the place
+    where per-key limits are taken and given back. Refusals are ``WireError``s."""
+    yield
 
 
 async def finish(record: TurnRecord, route: Route | None, affinity: Affinity, plan: Plan | None) -> None:

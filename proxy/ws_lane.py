@@ -22,7 +22,7 @@ from proxy.deadline import Deadline
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.transport import FallbackReason
-from proxy.turn_runner import FallBack, SocketTurn, open_for_lane
+from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
 from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
 from proxy.ws_cache import Cached, Progress, as_items
@@ -129,8 +129,9 @@ class Lane:
             record.requested_model = model
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
-            self.current = turn
-            await self._route(turn)
+            async with admitted(connection.client, record):
+                self.current = turn
+                await self._route(turn)
         except WireError as error:
             log.info("WebSocket turn refused: %s %s", error.code, error.message)
             record.status, record.error_code = error.status, error.code

@@ -48,15 +48,17 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
     send_many = lane.send_many
     idle = route.provider.idle_timeout
     batch = [opened.first]
-    if event_type(opened.first) == "response.created":
-        turn.response_id = response_id_of(opened.first)
     silence = Deadline(idle)
     try:
         try:
             while True:
                 for index, data in enumerate(batch):
                     kind = event_type(data)
-                    if kind in TERMINAL_TYPES:
+                    if kind == "response.created" and not turn.response_id:
+                        # Not always the first event: a late answer to an earlier control event
+                        # (response.interrupt.failed) may come before it; it is relayed as is.
+                        turn.response_id = response_id_of(data)
+                    elif kind in TERMINAL_TYPES:
                         await terminal(lane, turn, kind, data, route, plan, socket)
                         await send_many(batch[: index + 1])
                         lane.connection.submit(record)

@@ -256,3 +256,35 @@ def test_turn_state_over_http(gateway, upstream, upstream_b, api_key):
     assert served.http_requests == 4, "requests with the token go to the provider that issued it"
     forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.path == "/v1/responses"]
     assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
+
+
+def test_a_lane_continues_another_lanes_response(gateway, upstream, api_key):
+    make_provider(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "first", stream_id="a", store=False)
+        first = until_terminal(ws, "a")[-1]
+        create(ws, "second", stream_id="b", store=False, previous_response_id=first["response"]["id"])
+        second = until_terminal(ws, "b")
+    assert second[-1]["type"] == "response.completed", second[-1]
+    frames = [r for r in upstream.requests if r.transport == "websocket"]
+    assert frames[0].connection_id != frames[1].connection_id, "each lane has its own upstream socket"
+    assert "stream_id" not in frames[1].body and "previous_response_id" not in frames[1].body
+    assert [item.get("content") for item in frames[1].body["input"] if item.get("role") == "user"] == [
+        "first",
+        "second",
+    ], "the other lane's socket never saw the conversation: it gets all of it"
+
+
+def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(
+    gateway, upstream, api_key, settings
+):
+    make_provider(upstream)
+    settings.SLUICE_UPSTREAM_WS_MAX_AGE = 0
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "one", store=False)
+        first = until_terminal(ws)[-1]
+        create(ws, "two", store=False, previous_response_id=first["response"]["id"])
+        second = until_terminal(ws)
+    assert [e["type"] for e in second if e["type"] == "error"] == []
+    assert upstream.ws_connections == 2
+    assert "previous_response_id" not in [r.body for r in upstream.requests][-1]
