@@ -2,14 +2,18 @@
 injection and unknown types go to its upstream socket or are refused in the service's shape."""
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
+from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
 from proxy.ws_cache import interrupt_failed
 from proxy.ws_lane import Lane, LaneTurn
 
 if TYPE_CHECKING:
     from proxy.ws_connection import Connection
+
+log = logging.getLogger("sluice.ws")
 
 
 def in_flight(
@@ -37,7 +41,7 @@ async def control(connection: "Connection", kind: str, frame: dict[str, Any], te
         return
     lane, turn = found
     if turn.socket is not None and turn.socket.is_open:
-        await turn.socket.connection.send(without_stream_id(frame, text))
+        await relay(turn.socket, without_stream_id(frame, text))
         return
     if turn.stop is None:
         reason = "interrupted" if kind == "response.interrupt" else "cancelled"
@@ -79,7 +83,7 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
     found = in_flight(connection, target, frame.get("stream_id"))
     if found is not None and found[1].socket is not None and found[1].socket.is_open:
-        await found[1].socket.connection.send(without_stream_id(frame, text))
+        await relay(found[1].socket, without_stream_id(frame, text))
         return
     lane = lane_of(connection, frame)
     message = "This event needs a response in flight on an upstream WebSocket."
@@ -100,6 +104,15 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
         await lane.send_error(
             WireError(400, "unsupported_event_type", f"Unsupported client event type {kind!r}.", "type")
         )
+
+
+async def relay(socket: UpstreamSocket, text: str) -> None:
+    """A client event onto the upstream socket of the turn in flight. If the socket is gone, the turn's
+    own read sees that and ends the turn; the client event has nothing left to act on."""
+    try:
+        await socket.connection.send(text)
+    except Exception as exc:  # noqa: BLE001 - a closing socket raises one of several errors
+        log.info("could not relay a client event upstream: %r", exc)
 
 
 def without_stream_id(frame: dict[str, Any], text: str) -> str:
