@@ -63,6 +63,7 @@ class Connection:
         self.cache = ConnectionCache()
         self.default = Lane(self, None)
         self.lanes: dict[str, Lane] = {}
+        self.pending_bytes = 0  # frames waiting in all lanes: together at most one largest frame
         self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
         self.keep_records = False
         # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
@@ -125,6 +126,7 @@ class Connection:
         for lane in self.all_lanes():
             lane.pending.clear()
             await lane.drop_upstream()
+        self.pending_bytes = 0
 
     def _check_deadline(self) -> None:
         """Close connections that never speak, or that stay idle too long between turns."""
@@ -192,6 +194,13 @@ class Connection:
                 await Lane(self, stream_id if isinstance(stream_id, str) else None).send_error(found)
                 return
             lane = found
+        if lane.task is not None and self.pending_bytes + len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
+            # What waits is held in memory: all lanes' queued frames together stay within one frame.
+            error = WireError(
+                429, "too_many_queued_requests", "Too much is already waiting on this connection."
+            )
+            await lane.send_error(error)
+            return
         if sum(each.load for each in self.all_lanes()) >= MAX_IN_FLIGHT:
             await lane.send_error(
                 WireError(

@@ -71,6 +71,7 @@ class Lane:
 
     def enqueue(self, frame: dict[str, Any], text: str) -> None:
         self.pending.append((frame, text))
+        self.connection.pending_bytes += len(text)
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
 
@@ -78,6 +79,7 @@ class Lane:
         try:
             while self.pending:
                 frame, text = self.pending.popleft()
+                self.connection.pending_bytes -= len(text)
                 try:
                     await self.run(frame, text)
                 except asyncio.CancelledError:

@@ -288,3 +288,18 @@ def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert upstream.ws_connections == 2
     assert "previous_response_id" not in [r.body for r in upstream.requests][-1]
+
+
+def test_queued_frames_of_all_lanes_hold_at_most_one_largest_frame(gateway, upstream, api_key, settings):
+    make_provider(upstream)
+    settings.SLUICE_WS_MAX_FRAME_BYTES = 1000
+    upstream.hang = True
+    padding = "x" * 300
+    with open_socket(gateway, api_key) as ws:
+        for _ in range(2):  # one runs (and hangs), one waits in lane a
+            create(ws, padding, stream_id="a")
+        for _ in range(2):  # the same in lane b
+            create(ws, padding, stream_id="b")
+        create(ws, padding, stream_id="b")  # a third waiting frame would pass the limit
+        error = read(ws)
+    assert error["error"]["code"] == "too_many_queued_requests" and error["stream_id"] == "b"
