@@ -76,9 +76,22 @@ class UpstreamSocket:
             if response and name in response.headers
         }
 
+    lanes = False  # events come back as the client's lane needs them tagged by the gateway
+
     @property
     def is_open(self) -> bool:
         return self.connection.state is State.OPEN
+
+    async def send(self, text: str) -> None:
+        await self.connection.send(text)
+
+    async def recv(self) -> str:
+        data = await self.connection.recv(decode=True)
+        return data if isinstance(data, str) else data.decode()
+
+    async def recv_batch(self) -> list[str]:
+        """The next message and every whole one that arrived with it."""
+        return [await self.recv(), *read_ready(self.connection)]
 
     @classmethod
     async def open(

@@ -19,6 +19,7 @@ from proxy import turn_runner, ws_controls
 from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.turn_state import TurnState, forwarded, remember
+from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
 from proxy.ws_cache import ConnectionCache
@@ -64,6 +65,8 @@ class Connection:
         self.default = Lane(self, None)
         self.lanes: dict[str, Lane] = {}
         self.pending_bytes = 0  # frames waiting in all lanes: together at most one largest frame
+        self.shared: SharedUpstream | None = None  # the upstream socket the named lanes share
+        self.no_lanes: set[int] = set()  # providers whose upstream answered a stream_id without it
         self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
         self.keep_records = False
         # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
@@ -127,6 +130,8 @@ class Connection:
             lane.pending.clear()
             await lane.drop_upstream()
         self.pending_bytes = 0
+        if self.shared is not None:
+            await self.shared.close()
 
     def _check_deadline(self) -> None:
         """Close connections that never speak, or that stay idle too long between turns."""
@@ -174,6 +179,55 @@ class Connection:
         """The provider now serving this connection, for a client that reconnects with its token."""
         if self.turn_state is not None:
             await remember(self.turn_state, provider_id, upstream_headers)
+
+    # ----- the upstream socket named lanes share -----
+
+    def lanes_usable(self, view: Any) -> bool:
+        shared = view.shared
+        return shared is self.shared and shared.is_open and shared.speaks is not False and not shared.retired
+
+    def retire(self, socket: Any) -> None:
+        """The upstream retired this socket (its lifetime): lanes on it move to a fresh one."""
+        if socket.lanes:
+            socket.shared.retired = True
+
+    async def lane_socket(self, stream_id: str, route: Any, record: TurnRecord) -> LaneView | None:
+        """Lane ``stream_id``'s view of the shared upstream socket; None: it takes a socket of its own
+        (the upstream does not speak lanes, or another lane is finding out)."""
+        provider = route.provider
+        if provider.id in self.no_lanes:
+            return None
+        shared = self.shared
+        if shared is not None and shared.speaks is False:
+            self.no_lanes.add(provider.id)
+            if shared.probe is None:
+                await shared.close()
+                self.shared = None
+            return None
+        if shared is not None and (
+            not shared.is_open
+            or shared.retired
+            or shared.provider != provider
+            or time.monotonic() - shared.socket.opened_at >= settings.SLUICE_UPSTREAM_WS_MAX_AGE
+        ):
+            if shared.inboxes and shared.is_open and not shared.retired and shared.provider != provider:
+                return None  # in use for another provider's lanes
+            shared.close_when_idle()
+            self.shared = shared = None
+        if shared is None:
+            socket = await UpstreamSocket.open(
+                provider,
+                self.upstream_headers(provider),
+                min(provider.connect_timeout, settings.SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT),
+            )
+            record.ws_handshake_ms = socket.handshake_ms
+            await self.remember_route(provider.id, socket.handshake_headers)
+            shared = self.shared = SharedUpstream(socket)
+        if shared.speaks is None:
+            if shared.probe is not None:
+                return None
+            shared.probe = stream_id
+        return shared.view(stream_id)
 
     # ----- client events -----
 

@@ -41,7 +41,7 @@ async def control(connection: "Connection", kind: str, frame: dict[str, Any], te
         return
     lane, turn = found
     if turn.socket is not None and turn.socket.is_open:
-        await relay(turn.socket, without_stream_id(frame, text))
+        await relay(turn.socket, text if turn.socket.lanes else without_stream_id(frame, text))
         return
     if turn.stop is None:
         reason = "interrupted" if kind == "response.interrupt" else "cancelled"
@@ -83,7 +83,8 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
     found = in_flight(connection, target, frame.get("stream_id"))
     if found is not None and found[1].socket is not None and found[1].socket.is_open:
-        await relay(found[1].socket, without_stream_id(frame, text))
+        socket = found[1].socket
+        await relay(socket, text if socket.lanes else without_stream_id(frame, text))
         return
     lane = lane_of(connection, frame)
     message = "This event needs a response in flight on an upstream WebSocket."
@@ -110,7 +111,7 @@ async def relay(socket: UpstreamSocket, text: str) -> None:
     """A client event onto the upstream socket of the turn in flight. If the socket is gone, the turn's
     own read sees that and ends the turn; the client event has nothing left to act on."""
     try:
-        await socket.connection.send(text)
+        await socket.send(text)
     except Exception as exc:  # noqa: BLE001 - a closing socket raises one of several errors
         log.info("could not relay a client event upstream: %r", exc)
 

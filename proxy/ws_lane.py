@@ -23,6 +23,7 @@ from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
+from proxy.upstream_lanes import stream_id_of
 from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
 from proxy.ws_cache import Cached, Progress, as_items
@@ -111,8 +112,15 @@ class Lane:
     async def send(self, data: str) -> None:
         await self.connection.send_text(self.tag(data) if self.suffix else data)
 
-    async def send_many(self, texts: list[str]) -> None:
-        await self.connection.send_many([self.tag(text) for text in texts] if self.suffix else texts)
+    async def send_many(self, texts: list[str], tagged: bool = False) -> None:
+        """Events for the client; ``tagged``: they came from a lanes socket and carry their stream_id
+        already (all but connection-level ones, tagged here)."""
+        if not self.suffix:
+            await self.connection.send_many(texts)
+        elif tagged:
+            await self.connection.send_many([t if stream_id_of(t) else self.tag(t) for t in texts])
+        else:
+            await self.connection.send_many([self.tag(text) for text in texts])
 
     async def send_error(self, error: WireError) -> None:
         await self.send(error.ws_frame())
@@ -222,12 +230,20 @@ class Lane:
 
     async def socket_for(self, route: Route, record: TurnRecord) -> UpstreamSocket:
         upstream = self.upstream
+        if upstream is not None and upstream.lanes and not self.connection.lanes_usable(upstream):
+            await self.drop_upstream()
+            upstream = None
         if self.reusable(route) and upstream is not None:
             if time.monotonic() - upstream.opened_at < settings.SLUICE_UPSTREAM_WS_MAX_AGE:
                 return upstream
             log.info("provider %s: rotating an upstream socket near its age limit", route.provider.name)
         await self.drop_upstream()
         record.upstream_ws_url = public_url(route.provider.websocket_url)
+        if self.name is not None:
+            view = await self.connection.lane_socket(self.name, route, record)
+            if view is not None:  # the upstream speaks lanes (or is being asked): one socket for all
+                self.upstream = view
+                return view
         upstream = await UpstreamSocket.open(
             route.provider,
             self.connection.upstream_headers(route.provider),
@@ -252,6 +268,7 @@ class Lane:
         if event_type(first) == "error" and LIMIT_REACHED in first:
             # The upstream socket reached the service's lifetime: a fresh one, the whole conversation,
             # before anything reaches the client; HTTP only if that fails too.
+            self.connection.retire(socket)
             log.info(
                 "provider %s: upstream socket at its limit; replaying on a fresh one", route.provider.name
             )
@@ -267,9 +284,8 @@ class Lane:
     async def _first_event(self, route: Route, socket: UpstreamSocket, text: str) -> str:
         silence = Deadline(route.provider.first_byte_timeout)
         try:
-            await socket.connection.send(text)
-            data = await socket.connection.recv(decode=True)
-            return data if isinstance(data, str) else data.decode()
+            await socket.send(text)
+            return await socket.recv()
         except asyncio.CancelledError:
             await self.drop_upstream()
             if not silence.expired:

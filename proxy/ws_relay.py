@@ -15,7 +15,7 @@ from proxy.pipeline import Relay
 from proxy.transport import Transport
 from proxy.turn_runner import HttpCall, SocketTurn
 from proxy.upstream_http import TransportError
-from proxy.upstream_ws import UpstreamSocket, read_ready
+from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import TERMINAL_TYPES, WireError, event_type
 from proxy.ws_cache import Cached, interrupted_events
 
@@ -44,8 +44,11 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
     record.upstream_transport = Transport.WEBSOCKET.value
     record.upstream_ws_url = socket.url
     record.first_event()
-    connection = socket.connection
-    send_many = lane.send_many
+    tagged = socket.lanes
+
+    async def send_many(texts: list[str]) -> None:
+        await lane.send_many(texts, tagged)
+
     idle = route.provider.idle_timeout
     batch = [opened.first]
     silence = Deadline(idle)
@@ -64,9 +67,8 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
                         lane.connection.submit(record)
                         return
                 await send_many(batch)
-                data = await connection.recv(decode=True)
+                batch = await socket.recv_batch()
                 silence.extend(idle)
-                batch = [data if isinstance(data, str) else data.decode(), *read_ready(connection)]
         finally:
             silence.cancel()
     except asyncio.CancelledError:
@@ -191,7 +193,7 @@ def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full:
     changes: dict[str, Any] = {}
     if route.upstream_model != turn.model:
         changes["model"] = route.upstream_model
-    if "stream_id" in frame:
+    if "stream_id" in frame and not socket.lanes:
         changes["stream_id"] = None  # the lane is this socket: the gateway tags the events itself
     if frame.get("previous_response_id") and (
         full or turn.cached is None or turn.cached.socket is not socket

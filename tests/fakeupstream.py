@@ -16,6 +16,8 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `event_delay`: seconds slept between two events of a turn.
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
+- `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
+  connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
 - `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
   `x-codex-turn-state`).
 
@@ -351,6 +353,7 @@ class FakeUpstream:
         self.responder: Responder | None = None
         self.ws_turn_limit: int | None = None
         self.handshake_headers: dict[str, str] = {}
+        self.ws_lanes = False
 
     # lifecycle
 
@@ -741,29 +744,41 @@ class FakeUpstream:
 
 class _WsSession:
     """One upstream WebSocket connection of the fake: turns in order, and the client events that act on
-    the turn in flight (interrupt, cancel, steer) while it streams."""
+    the turn in flight (interrupt, cancel, steer) while it streams. With `ws_lanes`, turns with a
+    `stream_id` run concurrently, one lane each, and their events carry the `stream_id`."""
 
     def __init__(
         self, fake: FakeUpstream, connection_id: int, path: str, headers: dict[str, str], send: Send
     ) -> None:
-        self.fake, self.connection_id, self.path, self.headers, self.send = (
-            fake,
-            connection_id,
-            path,
-            headers,
-            send,
-        )
-        self.cached: Kept | None = None
-        self.running: asyncio.Task[None] | None = None
+        self.fake, self.connection_id, self.path, self.headers = fake, connection_id, path, headers
+        self.send = send
+        self.cached: dict[str | None, Kept] = {}  # the last response of each lane (None: no stream_id)
+        self.running: asyncio.Task[None] | None = None  # the turn without a lane
+        self.lane_tasks: dict[str, asyncio.Task[None]] = {}
         self.turns = 0
-        self.live: dict[str, Any] = {}  # the turn in flight: id, stop future, partial and finished items
+        self.live: dict[str | None, dict[str, Any]] = {}  # turns in flight: id, stop, partial and done items
 
-    async def emit(self, event: dict[str, Any]) -> None:
+    async def emit(self, event: dict[str, Any], lane: str | None = None) -> None:
+        if lane is not None:
+            event = {**event, "stream_id": lane}
         await self.send({"type": "websocket.send", "text": json.dumps(event)})
 
-    async def fail(self, status: int, error: dict[str, Any]) -> None:
-        self.cached = None  # a failed turn evicts the connection's cached response
-        await self.emit({"type": "error", "status": status, **error})
+    async def fail(self, status: int, error: dict[str, Any], lane: str | None = None) -> None:
+        self.cached.pop(lane, None)  # a failed turn evicts the lane's cached response
+        await self.emit({"type": "error", "status": status, **error}, lane)
+
+    def lane_of(self, frame: dict[str, Any]) -> str | None:
+        lane = frame.get("stream_id")
+        return lane if self.fake.ws_lanes and isinstance(lane, str) else None
+
+    def continued(self, frame: dict[str, Any], lane: str | None) -> Kept | None:
+        """The cached response a frame continues: its lane's, or with lanes any lane's (lineage)."""
+        previous = frame.get("previous_response_id")
+        candidates = [self.cached.get(lane)] + (list(self.cached.values()) if self.fake.ws_lanes else [])
+        for kept in candidates:
+            if kept is not None and kept.response["id"] == previous:
+                return kept
+        return self.cached.get(lane)
 
     async def frame(self, raw: str) -> None:
         fake = self.fake
@@ -779,53 +794,57 @@ class _WsSession:
             )
             return
         kind = frame.get("type")
+        lane = self.lane_of(frame)
         if kind in ("response.interrupt", "response.cancel", "response.steer"):
             await self.control(kind, frame)
             return
         if kind != "response.create":
             message_text = f"Unsupported event type '{frame.get('type')}'."
-            await self.fail(400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"))
+            await self.fail(
+                400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"), lane
+            )
             return
-        if self.running is not None:  # turns on one connection run in order
-            running, self.running = self.running, None
-            await running
+        earlier = self.running if lane is None else self.lane_tasks.get(lane)
+        if earlier is not None and not earlier.done():  # turns of one lane run in order
+            await earlier
         if fake.ws_turn_limit is not None and self.turns >= fake.ws_turn_limit:
             message = (
                 "Responses websocket connection limit reached (60 minutes). "
                 "Create a new websocket connection to continue."
             )
             await self.fail(
-                400, openai_error(message, "invalid_request_error", "websocket_connection_limit_reached")
+                400,
+                openai_error(message, "invalid_request_error", "websocket_connection_limit_reached"),
+                lane,
             )
             return
         if fake.ws_error_status is not None:
-            await self.fail(fake.ws_error_status, status_error(fake.ws_error_status))
+            await self.fail(fake.ws_error_status, status_error(fake.ws_error_status), lane)
             return
         problem = fake._body_problem(frame, websocket=True)
         if problem is not None:
-            await self.fail(400, problem)
+            await self.fail(400, problem, lane)
             return
         try:
-            turn = fake._turn(frame, fake._previous(frame, self.cached))
+            turn = fake._turn(frame, fake._previous(frame, self.continued(frame, lane)))
         except PreviousNotFound as missing:
-            await self.fail(400, previous_not_found(str(missing)))
+            await self.fail(400, previous_not_found(str(missing)), lane)
             return
         except Exception:
             log.exception("fake upstream responder failed")
-            await self.fail(500, status_error(500))
+            await self.fail(500, status_error(500), lane)
             return
         self.turns += 1
-        self.running = asyncio.ensure_future(self.stream(frame, turn))
+        task = asyncio.ensure_future(self.stream(frame, turn, lane))
+        if lane is None:
+            self.running = task
+        else:
+            self.lane_tasks[lane] = task
 
-    async def stream(self, frame: dict[str, Any], turn: Turn) -> None:
+    async def stream(self, frame: dict[str, Any], turn: Turn, lane: str | None) -> None:
         stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        live = self.live = {
-            "id": turn.kept.response["id"],
-            "stop": stop,
-            "partial": {},
-            "done": [],
-            "sent": 0,
-        }
+        rid = turn.kept.response["id"]
+        live = self.live[lane] = {"id": rid, "stop": stop, "partial": {}, "done": [], "sent": 0}
 
         async def emit(event: dict[str, Any]) -> None:
             item = event.get("item") or {}
@@ -835,27 +854,32 @@ class _WsSession:
                 live["partial"].pop(item.get("id"), None)
                 live["done"].append(item)
             live["sent"] += 1
-            await self.emit(event)
+            await self.emit(event, lane)
 
-        finished = await self.fake._pace(turn.events, emit, stop)
-        self.live = {}
+        try:
+            finished = await self.fake._pace(turn.events, emit, stop)
+        finally:
+            self.live.pop(lane, None)
         if finished:
-            self.cached = turn.kept
+            self.cached[lane] = turn.kept
             self.fake._keep(frame, turn.kept)
             return
         kind, discard = stop.result()
         sequence = live["sent"]
-        rid = live["id"]
         if kind == "response.interrupt":
-            await self.emit(
-                {"type": "response.interrupt.accepted", "response_id": rid, "sequence_number": sequence}
-            )
+            accepted = {
+                "type": "response.interrupt.accepted",
+                "response_id": rid,
+                "sequence_number": sequence,
+            }
+            await self.emit(accepted, lane)
             sequence += 1
         if discard:
             for item_id, index in live["partial"].items():
                 interrupted = {"response_id": rid, "item_id": item_id, "output_index": index}
                 await self.emit(
-                    {"type": "response.output_item.interrupted", **interrupted, "sequence_number": sequence}
+                    {"type": "response.output_item.interrupted", **interrupted, "sequence_number": sequence},
+                    lane,
                 )
                 sequence += 1
         reason = "interrupted" if kind == "response.interrupt" else "cancelled"
@@ -867,39 +891,46 @@ class _WsSession:
             "output": live["done"],
             "usage": usage,
         }
-        await self.emit({"type": "response.incomplete", "sequence_number": sequence, "response": response})
+        await self.emit(
+            {"type": "response.incomplete", "sequence_number": sequence, "response": response}, lane
+        )
         kept = Kept(response, turn.kept.full_input, live["done"])
-        self.cached = kept
+        self.cached[lane] = kept
         self.fake._keep(frame, kept)
 
     async def control(self, kind: str, frame: dict[str, Any]) -> None:
-        live = self.live
         target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
-        in_flight = bool(live) and not live["stop"].done() and (target is None or target == live["id"])
+        lane = self.lane_of(frame)
+        found = [
+            (key, live)
+            for key, live in self.live.items()
+            if not live["stop"].done() and (live["id"] == target if target else key == lane)
+        ]
         if kind == "response.steer":
-            if in_flight:
+            if found:
+                key, live = found[0]
                 steer = {"id": new_id("steer"), "previous_response_id": live["id"]}
-                await self.emit(
-                    {"type": "response.steer.accepted", "sequence_number": live["sent"], "steer": steer}
-                )
+                accepted = {
+                    "type": "response.steer.accepted",
+                    "sequence_number": live["sent"],
+                    "steer": steer,
+                }
+                await self.emit(accepted, key)
             else:
                 error = {
                     "type": "invalid_request_error",
                     "code": "response_not_found",
                     "message": "Nothing to steer.",
                 }
-                await self.emit(
-                    {
-                        "type": "response.steer.failed",
-                        "steer": {"previous_response_id": target},
-                        "error": error,
-                    }
-                )
+                steer = {"previous_response_id": target}
+                await self.emit({"type": "response.steer.failed", "steer": steer, "error": error}, lane)
             return
-        if not in_flight:
+        if not found:
             if kind == "response.interrupt":
                 error = {"code": "response_already_completed", "message": "The response is not in progress."}
-                await self.emit({"type": "response.interrupt.failed", "response_id": target, "error": error})
+                await self.emit(
+                    {"type": "response.interrupt.failed", "response_id": target, "error": error}, lane
+                )
             return
         discard = kind == "response.interrupt" and frame.get("mode") == "discard_partial_items"
-        live["stop"].set_result((kind, discard))
+        found[0][1]["stop"].set_result((kind, discard))

@@ -303,3 +303,54 @@ def test_queued_frames_of_all_lanes_hold_at_most_one_largest_frame(gateway, upst
         create(ws, padding, stream_id="b")  # a third waiting frame would pass the limit
         error = read(ws)
     assert error["error"]["code"] == "too_many_queued_requests" and error["stream_id"] == "b"
+
+
+def test_lanes_share_one_upstream_socket_when_the_upstream_speaks_lanes(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.ws_lanes = True
+    upstream.text_deltas = 20
+    upstream.event_delay = 0.02
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "probe", stream_id="a", store=False)
+        probe = until_terminal(ws, "a")[-1]
+        started = time.monotonic()
+        create(ws, "left", stream_id="a", store=False, previous_response_id=probe["response"]["id"])
+        create(ws, "right", stream_id="b", store=False)
+        ended: dict[str, dict[str, Any]] = {}
+        texts: dict[str, str] = {"a": "", "b": ""}
+        while len(ended) < 2:
+            event = read(ws)
+            assert event.get("stream_id") in ("a", "b"), event
+            if event["type"] == "response.output_text.delta":
+                texts[event["stream_id"]] += event["delta"]
+            if event["type"] in TERMINAL:
+                ended[event["stream_id"]] = event
+        both = time.monotonic() - started
+    assert texts == {"a": "echo: left", "b": "echo: right"}, "every event went to its own lane"
+    assert {k: v["type"] for k, v in ended.items()} == {"a": "response.completed", "b": "response.completed"}
+    assert upstream.ws_connections == 1, "one upstream socket for all lanes"
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert [f.get("stream_id") for f in frames] == ["a", "a", "b"]
+    assert frames[1]["previous_response_id"] == probe["response"]["id"] and frames[1]["input"] == "left"
+    assert both < 20 * 0.02 * 1.6, f"the lanes ran one after the other ({both:.2f} s)"
+
+
+def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.ws_lanes = True
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long", stream_id="a")
+        created = read(ws)
+        assert created["stream_id"] == "a"
+        interrupt = {
+            "type": "response.interrupt",
+            "response_id": created["response"]["id"],
+            "mode": "discard_partial_items",
+            "stream_id": "a",
+        }
+        ws.send(json.dumps(interrupt))
+        events = until_terminal(ws, "a")
+    assert events[-1]["type"] == "response.incomplete"
+    assert "response.interrupt.accepted" in [e["type"] for e in events]
+    assert [r.body for r in upstream.requests][1] == interrupt, "relayed untouched, stream_id and all"
