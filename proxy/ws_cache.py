@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.upstream_ws import UpstreamSocket
+from proxy.wire import WireError
 
 
 def as_items(value: Any) -> list[Any]:
@@ -139,3 +140,25 @@ def interrupt_failed(response_id: str, code: str, message: str) -> str:
     """The service's answer to an interrupt it cannot apply: non-terminal, the session goes on."""
     error = {"type": "invalid_request_error", "code": code, "message": message}
     return json.dumps({"type": "response.interrupt.failed", "response_id": response_id, "error": error})
+
+
+def refusal(kind: str, frame: dict[str, Any], message: str) -> str:
+    """A client event the gateway cannot carry out, refused in the service's own shape for it."""
+    target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
+    if kind == "response.steer":
+        error = {"type": "invalid_request_error", "code": "steering_unavailable", "message": message}
+        steer = {"previous_response_id": target, "input": frame.get("input")}
+        return json.dumps({"type": "response.steer.failed", "steer": steer, "error": error})
+    if kind == "response.inject":
+        error = {"code": "response_not_found", "message": message}
+        return json.dumps(
+            {
+                "type": "response.inject.failed",
+                "response_id": target,
+                "input": frame.get("input"),
+                "error": error,
+            }
+        )
+    return WireError(
+        400, "unsupported_event_type", f"Unsupported client event type {kind!r}.", "type"
+    ).ws_frame()

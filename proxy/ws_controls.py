@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
-from proxy.ws_cache import interrupt_failed
+from proxy.ws_cache import interrupt_failed, refusal
 from proxy.ws_lane import Lane, LaneTurn
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ async def control(connection: "Connection", kind: str, frame: dict[str, Any], te
         return
     lane, turn = found
     if turn.socket is not None and turn.socket.is_open:
+        turn.relayed.append((kind, frame))
         await relay(turn.socket, text if turn.socket.lanes else without_stream_id(frame, text))
         return
     if turn.stop is None:
@@ -84,27 +85,19 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     found = in_flight(connection, target, frame.get("stream_id"))
     if found is not None and found[1].socket is not None and found[1].socket.is_open:
         socket = found[1].socket
+        found[1].relayed.append((kind, frame))
         await relay(socket, text if socket.lanes else without_stream_id(frame, text))
         return
-    lane = lane_of(connection, frame)
-    message = "This event needs a response in flight on an upstream WebSocket."
-    if kind == "response.steer":
-        error = {"type": "invalid_request_error", "code": "steering_unavailable", "message": message}
-        steer = {"previous_response_id": target, "input": frame.get("input")}
-        await lane.send(json.dumps({"type": "response.steer.failed", "steer": steer, "error": error}))
-    elif kind == "response.inject":
-        error = {"code": "response_not_found", "message": message}
-        failed = {
-            "type": "response.inject.failed",
-            "response_id": target,
-            "input": frame.get("input"),
-            "error": error,
-        }
-        await lane.send(json.dumps(failed))
-    else:
-        await lane.send_error(
-            WireError(400, "unsupported_event_type", f"Unsupported client event type {kind!r}.", "type")
-        )
+    await refuse(
+        lane_of(connection, frame),
+        kind,
+        frame,
+        "This event needs a response in flight on an upstream WebSocket.",
+    )
+
+
+async def refuse(lane: Lane, kind: str, frame: dict[str, Any], message: str) -> None:
+    await lane.send(refusal(kind, frame, message))
 
 
 async def relay(socket: UpstreamSocket, text: str) -> None:

@@ -51,6 +51,7 @@ class LaneTurn:
     socket: UpstreamSocket | None = None  # the upstream socket it runs on, once it runs on one
     progress: Progress = field(default_factory=Progress)
     response_id: str = ""
+    relayed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # client events sent upstream
     stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
     waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
 

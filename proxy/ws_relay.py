@@ -17,7 +17,7 @@ from proxy.turn_runner import HttpCall, SocketTurn
 from proxy.upstream_http import TransportError
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import TERMINAL_TYPES, WireError, event_type
-from proxy.ws_cache import Cached, interrupted_events
+from proxy.ws_cache import Cached, interrupted_events, refusal
 
 if TYPE_CHECKING:
     from proxy.ws_lane import Lane, LaneTurn
@@ -62,6 +62,16 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
                         # (response.interrupt.failed) may come before it; it is relayed as is.
                         turn.response_id = response_id_of(data)
                     elif kind in TERMINAL_TYPES:
+                        if kind == "error" and turn.relayed and refuses_event_type(data):
+                            # The upstream does not know a client event the gateway relayed: that
+                            # event fails, the response does not.
+                            control, frame = turn.relayed.pop(0)
+                            if control not in ("response.interrupt", "response.cancel"):
+                                batch[index] = refusal(control, frame, "The upstream does not support it.")
+                                continue
+                            await send_many(batch[:index])
+                            await lane.drop_upstream()  # which ends the response upstream
+                            return await stop_on_our_own(lane, turn, plan, route, control, frame)
                         await terminal(lane, turn, kind, data, route, plan, socket)
                         await send_many(batch[: index + 1])
                         lane.connection.submit(record)
@@ -135,6 +145,30 @@ async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -
         await broke_mid_turn(lane, turn)
     finally:
         await relay.opened.close()
+
+
+def refuses_event_type(data: str) -> bool:
+    """An upstream ``error`` that refuses a client event's type (an upstream without that event)."""
+    try:
+        payload = json.loads(data)
+    except ValueError:
+        return False
+    error = payload.get("error") if isinstance(payload.get("error"), dict) else payload
+    return error.get("param") == "type" or error.get("code") in (
+        "unsupported_event_type",
+        "unknown_event_type",
+    )
+
+
+async def stop_on_our_own(
+    lane: "Lane", turn: "LaneTurn", plan: Plan, route: Route, control: str, frame: dict[str, Any]
+) -> None:
+    """An upstream socket that cannot interrupt: its socket is dropped (which stops the response) and
+    the client gets what the service sends for an interrupt; what streamed so far is not kept."""
+    interrupt = control == "response.interrupt"
+    turn.stop = ("interrupted" if interrupt else "cancelled", True)
+    turn.progress.response = {"id": turn.response_id, "model": turn.model}
+    await stopped(lane, turn, plan, route)
 
 
 async def stopped(lane: "Lane", turn: "LaneTurn", plan: Plan, route: Route) -> None:

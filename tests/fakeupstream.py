@@ -16,6 +16,8 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `event_delay`: seconds slept between two events of a turn.
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
+- `ws_controls`: off, the WebSocket answers interrupt, cancel and steer as an upstream without them
+  does: an `error` frame refusing the event type (the turn in flight goes on).
 - `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
   connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
 - `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
@@ -354,6 +356,7 @@ class FakeUpstream:
         self.ws_turn_limit: int | None = None
         self.handshake_headers: dict[str, str] = {}
         self.ws_lanes = False
+        self.ws_controls = True
 
     # lifecycle
 
@@ -795,7 +798,7 @@ class _WsSession:
             return
         kind = frame.get("type")
         lane = self.lane_of(frame)
-        if kind in ("response.interrupt", "response.cancel", "response.steer"):
+        if kind in ("response.interrupt", "response.cancel", "response.steer") and fake.ws_controls:
             await self.control(kind, frame)
             return
         if kind != "response.create":

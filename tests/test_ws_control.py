@@ -354,3 +354,42 @@ def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
     assert events[-1]["type"] == "response.incomplete"
     assert "response.interrupt.accepted" in [e["type"] for e in events]
     assert [r.body for r in upstream.requests][1] == interrupt, "relayed untouched, stream_id and all"
+
+
+def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key):
+    make_provider(upstream)
+    slow(upstream)
+    upstream.ws_controls = False
+    with open_socket(gateway, api_key) as ws:
+        events, took = interrupt_mid_stream(ws)
+        kinds = [e["type"] for e in events]
+        assert "error" not in kinds and "response.interrupt.accepted" in kinds
+        assert events[-1]["type"] == "response.incomplete" and took < 0.15
+        upstream.event_delay = 0
+        upstream.text_deltas = 3
+        create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])
+        assert until_terminal(ws)[-1]["type"] == "response.completed"
+    assert upstream.ws_connections == 2, "the socket of the response that could not stop was dropped"
+    last = [r.body for r in upstream.requests if r.transport == "websocket"][-1]
+    assert "previous_response_id" not in last and [i.get("content") for i in last["input"]] == [
+        "long",
+        "next",
+    ]
+
+
+def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key):
+    make_provider(upstream)
+    slow(upstream)
+    upstream.ws_controls = False
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long")
+        created = read(ws)
+        ws.send(
+            json.dumps(
+                {"type": "response.steer", "previous_response_id": created["response"]["id"], "input": "x"}
+            )
+        )
+        events = until_terminal(ws)
+    kinds = [e["type"] for e in events]
+    assert "response.steer.failed" in kinds and "error" not in kinds
+    assert events[-1]["type"] == "response.completed", "the response went on"
