@@ -74,7 +74,7 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
         terminal = events[-1]
         assert terminal["type"] == "response.incomplete"
         assert terminal["response"]["incomplete_details"] == {"reason": "interrupted"}
-        assert took < 0.1 + 0.05, f"the interrupt took {took:.3f} s"  # 100 ms, and one paced event
+        assert took < 0.1, f"the interrupt took {took:.3f} s"
         upstream.event_delay = 0
         upstream.text_deltas = 3
         create(ws, "next", store=False, previous_response_id=terminal["response"]["id"])
@@ -364,7 +364,7 @@ def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, u
         events, took = interrupt_mid_stream(ws)
         kinds = [e["type"] for e in events]
         assert "error" not in kinds and "response.interrupt.accepted" in kinds
-        assert events[-1]["type"] == "response.incomplete" and took < 0.15
+        assert events[-1]["type"] == "response.incomplete" and took < 0.1
         upstream.event_delay = 0
         upstream.text_deltas = 3
         create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])
