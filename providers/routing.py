@@ -25,6 +25,7 @@ class Affinity:
 
     response_id: str | None = None
     session_key: str | None = None
+    provider_id: int | None = None  # a client's sticky-routing token (x-codex-turn-state) names it
 
 
 def response_key(response_id: str) -> str:
@@ -85,6 +86,7 @@ async def plan(model: str | None, affinity: Affinity) -> Plan:
     preferred = [
         pid
         for pid in (
+            affinity.provider_id,
             found.get(response_key(affinity.response_id)) if affinity.response_id else None,
             found.get(affinity.session_key) if affinity.session_key else None,
         )

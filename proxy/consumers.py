@@ -5,12 +5,14 @@ from typing import Any
 
 from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
+from django.conf import settings
 
-from proxy import metrics
+from proxy import metrics, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import refuse
 from proxy.wire import WireError
-from proxy.ws_session import Session
+from proxy.ws_connection import Connection
+from proxy.ws_writer import server_protocol, write_together
 from settings_app.runtime import system_settings
 
 log = logging.getLogger("sluice.ws")
@@ -34,8 +36,20 @@ async def deny(
         await send({"type": "websocket.close", "code": 1008})
 
 
+def accept_headers(state: turn_state.TurnState) -> list[tuple[bytes, bytes]]:
+    """What Codex reads from the handshake: the gateway's frame limit, its sticky-routing token, and what
+    the provider said about itself when it last served this token (model, catalogue version)."""
+    headers = {
+        "x-codex-websocket-max-message-bytes": str(settings.SLUICE_WS_MAX_FRAME_BYTES),
+        turn_state.HEADER: state.token,
+        **state.headers,
+    }
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
 class ResponsesConsumer(AsyncConsumer):
-    session: Session | None = None
+    session: Connection | None = None
+    protocol: Any = None  # the server's protocol object, when it can write a batch in one call
     closed = False
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -72,13 +86,28 @@ class ResponsesConsumer(AsyncConsumer):
             self.groups = [key_group(client.key_id)]
         # Never echo the subprotocol that carries the key; pick another one the client offered, if any.
         subprotocol = next((p for p in offered if not p.startswith(PROTOCOL_PREFIX)), None)
-        await self.send({"type": "websocket.accept", "subprotocol": subprotocol})
-        self.session = Session(client, headers, self.send_text, self.close)
+        state = await turn_state.resume(headers.get(turn_state.HEADER))
+        await self.send(
+            {"type": "websocket.accept", "subprotocol": subprotocol, "headers": accept_headers(state)}
+        )
+        self.protocol = server_protocol(self.base_send)
+        self.session = Connection(
+            client, headers, self.send_text, self.close, turn_state=state, send_many=self.send_many
+        )
         metrics.client_sockets.inc()  # paired with the dec in websocket_disconnect
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
             await self.base_send({"type": "websocket.send", "text": text})
+
+    async def send_many(self, texts: list[str]) -> None:
+        """Events that arrived together, in one write where the server allows it."""
+        if self.closed:
+            return
+        if self.protocol is not None and write_together(self.protocol, texts):
+            return
+        for text in texts:
+            await self.send_text(text)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:

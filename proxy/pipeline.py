@@ -56,6 +56,24 @@ def upstream_error(status: int, body: bytes, provider_key: str) -> WireError:
     )
 
 
+class ProviderFailure(Exception):
+    """This route failed on the provider's side before the client saw anything: try the next one."""
+
+    def __init__(self, error: WireError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+def timeout_error(route: Route) -> WireError:
+    return WireError(
+        504,
+        "upstream_timeout",
+        "The upstream did not answer in time.",  # the provider's name: in the log, not to clients
+        None,
+        "server_error",
+    )
+
+
 class ProvidersFailed(WireError):
     """Every provider tried failed on its side; the status is what the client should act on."""
 
@@ -106,62 +124,52 @@ async def open_with_failover(
     read_first_event: bool = True,
 ) -> Relay:
     """Try routes in order until one answers; failures before any byte reaches the client move on."""
-    last: WireError | None = None
-    for route in plan.routes:
-        provider = route.provider
-        record.provider_id = provider.id
-        record.upstream_model = route.upstream_model
-        record.upstream_transport = "http"
-        opened: Opened | None = None
-        cause = ""
-        try:
-            async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
-                opened = await open_request(
-                    provider,
-                    method,
-                    path,
-                    body=body_for(route, model, raw, body),
-                    client_headers=headers,
-                    query=query,
-                )
-                if is_provider_failure(opened.status):
-                    last = upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
-                    log.warning("provider %s answered %s; trying the next one", provider.name, opened.status)
-                    await health.record_failure(provider.id)
-                    continue
-                if opened.status >= 400:
-                    error = upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
-                    raise error
-                is_sse = opened.content_type.startswith("text/event-stream")
-                if not (is_sse and read_first_event):
-                    return Relay(route, opened, None, None)
-                batches = opened.batches().__aiter__()
-                first = await anext(batches)
-                return Relay(route, opened, batches, first)
-        except WireError:
-            raise
-        except TimeoutError:
-            last = WireError(
-                504,
-                "upstream_timeout",
-                "The upstream did not answer in time.",  # the provider's name: in the log, not to clients
-                None,
-                "server_error",
+    from proxy import turn_runner
+
+    call = turn_runner.HttpCall(method, path, model, raw, body, headers, query, read_first_event)
+    return await turn_runner.open_http(plan, record, call)
+
+
+async def open_route(route: Route, record: TurnRecord, call: Any) -> Relay:
+    """Open one route over upstream HTTP. A provider failure raises ``ProviderFailure`` (the runner
+    tries the next route); a refusal of the request itself raises the upstream's ``WireError``."""
+    provider = route.provider
+    record.upstream_transport = "http"
+    opened: Opened | None = None
+    try:
+        async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
+            opened = await open_request(
+                provider,
+                call.method,
+                call.path,
+                body=body_for(route, call.model, call.raw, call.body),
+                client_headers=call.headers,
+                query=call.query,
             )
-        except (*TransportError, StopAsyncIteration) as exc:
-            cause = f" ({exc!r})"
-            last = WireError(
-                502,
-                "upstream_unavailable",
-                "The upstream could not be reached.",
-                None,
-                "server_error",
-            )
-        if opened is not None:
-            await opened.close()
-        log.warning("provider %s failed before the first event: %s%s", provider.name, last.message, cause)
-        await health.record_failure(provider.id)
-    raise all_failed(last)
+            if is_provider_failure(opened.status):
+                error = upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
+                log.warning("provider %s answered %s; trying the next one", provider.name, opened.status)
+                raise ProviderFailure(error)
+            if opened.status >= 400:
+                raise upstream_error(opened.status, await opened.read_at_most(), provider.api_key)
+            is_sse = opened.content_type.startswith("text/event-stream")
+            if not (is_sse and call.read_first_event):
+                return Relay(route, opened, None, None)
+            batches = opened.batches().__aiter__()
+            first = await anext(batches)
+            return Relay(route, opened, batches, first)
+    except (WireError, ProviderFailure):
+        raise
+    except TimeoutError:
+        last = timeout_error(route)
+    except (*TransportError, StopAsyncIteration) as exc:
+        log.warning("provider %s could not be reached: %r", provider.name, exc)
+        last = WireError(
+            502, "upstream_unavailable", "The upstream could not be reached.", None, "server_error"
+        )
+    if opened is not None:
+        await opened.close()
+    raise ProviderFailure(last)
 
 
 async def finish(

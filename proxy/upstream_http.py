@@ -24,9 +24,20 @@ FORWARDED_HEADERS = (
     "x-codex-beta-features",
     "x-codex-window-id",
     "openai-beta",
+    "x-codex-turn-state",
+    "traceparent",
+    "tracestate",
 )
 # Upstream response headers the client may see; hop-by-hop headers, cookies and the rest stay here.
-RETURNED_HEADERS = ("x-request-id", "openai-processing-ms", "openai-version", "retry-after")
+RETURNED_HEADERS = (
+    "x-request-id",
+    "openai-processing-ms",
+    "openai-version",
+    "retry-after",
+    "openai-model",
+    "x-models-etag",
+    "x-reasoning-included",
+)
 
 # Upstream paths are built from validated parts only; a path that could climb out of the API root or carry
 # a query of its own never leaves the gateway (it would be sent with the organisation's provider key).

@@ -7,6 +7,7 @@ from urllib.parse import urlsplit, urlunsplit
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidStatus
+from websockets.frames import Opcode
 from websockets.protocol import State
 
 from providers.registry import ProviderInfo
@@ -33,6 +34,26 @@ def unsupported_key(provider_id: int) -> str:
     return f"sluice:ws-unsupported:{provider_id}"
 
 
+HANDSHAKE_HEADERS = ("x-codex-turn-state", "openai-model", "x-models-etag", "x-reasoning-included")
+
+
+def read_ready(connection: ClientConnection) -> list[str]:
+    """Text messages already received whole, taken without waiting: the frames that arrived with the one
+    just read, relayed in one go (websockets hands them out one ``recv`` at a time otherwise)."""
+    assembler = connection.recv_messages
+    queue = assembler.frames.queue
+    ready: list[str] = []
+    while queue and not assembler.get_in_progress:
+        frame = queue[0]
+        if not frame.fin or frame.opcode is not Opcode.TEXT:
+            break  # fragmented or binary: left to recv()
+        queue.popleft()
+        ready.append(frame.data.decode())
+    if ready:
+        assembler.maybe_resume()
+    return ready
+
+
 class HandshakeFailed(Exception):
     def __init__(self, reason: FallbackReason, status: int | None = None, detail: str = "") -> None:
         super().__init__(detail or reason.label)
@@ -49,10 +70,31 @@ class UpstreamSocket:
         self.url = public_url(provider.websocket_url)
         self.counted = True
         metrics.upstream_sockets.inc()  # paired with the dec in close()
+        self.opened_at = time.monotonic()
+        response = connection.response
+        # What the upstream said about itself on the handshake (Codex reads these from ours).
+        self.handshake_headers = {
+            name: response.headers[name]
+            for name in HANDSHAKE_HEADERS
+            if response and name in response.headers
+        }
+
+    lanes = False  # events come back as the client's lane needs them tagged by the gateway
 
     @property
     def is_open(self) -> bool:
         return self.connection.state is State.OPEN
+
+    async def send(self, text: str) -> None:
+        await self.connection.send(text)
+
+    async def recv(self) -> str:
+        data = await self.connection.recv(decode=True)
+        return data if isinstance(data, str) else data.decode()
+
+    async def recv_batch(self) -> list[str]:
+        """The next message and every whole one that arrived with it."""
+        return [await self.recv(), *read_ready(self.connection)]
 
     @classmethod
     async def open(

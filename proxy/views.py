@@ -1,6 +1,7 @@
 """HTTP ingress: the Responses API family on /v1, as async Django views."""
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -15,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import logwriter, pipeline
+from proxy import logwriter, pipeline, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
@@ -132,6 +133,9 @@ async def _relay(
         response_id = response_id or body.get("previous_response_id") or None
     record.session_id = routing.session_of(body, headers)
     affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
+    state = await turn_state.resume(headers.get(turn_state.HEADER))
+    if state.provider_id is not None:
+        affinity = dataclasses.replace(affinity, provider_id=state.provider_id)
     plan = await routing.plan(model, affinity)
     if not plan.routes:
         raise _reject(
@@ -140,21 +144,24 @@ async def _relay(
             if model
             else WireError(503, "no_provider", "No upstream provider is enabled.", None, "server_error"),
         )
+    query = checked_query(request.META.get("QUERY_STRING", ""))
     try:
-        relay = await pipeline.open_with_failover(
+        relay = await turn_runner.open_http(
             plan,
-            method=method,
-            path=path,
-            model=model,
-            raw=raw,
-            body=body,
-            headers=headers,
-            record=record,
-            query=checked_query(request.META.get("QUERY_STRING", "")),
+            record,
+            turn_runner.HttpCall(
+                method, path, model, raw, body, turn_state.forwarded(headers, state, state.provider_id), query
+            ),
         )
     except WireError as error:
         raise _reject(record, error) from None
     extra = returned_headers(relay.opened.response)
+    upstream_token = relay.opened.response.headers.get(turn_state.HEADER)
+    if upstream_token is not None or state.provider_id is not None:
+        await turn_state.remember(
+            state, relay.route.provider.id, {**extra, turn_state.HEADER: upstream_token or ""}
+        )
+        extra[turn_state.HEADER] = state.token
     if relay.first is not None:
         response = StreamingHttpResponse(
             pipeline.relay_sse(relay, record, affinity, plan), content_type="text/event-stream"

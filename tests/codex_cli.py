@@ -1,6 +1,8 @@
 """Runs the real Codex CLI (`codex exec --json`) against a local Responses endpoint.
 
-The binary comes from `npm ci` at the repository root (package.json pins @openai/codex). Each run gets a
+The binaries come from `npm ci` at the repository root: package.json pins @openai/codex (the version the
+project is tested with) and `codex-latest`, an alias of the newest release when it was last updated, so
+both the pinned client and the newest one are driven through the same tests. Each run gets a
 fresh CODEX_HOME and HOME, a provider pointing at `base_url`, and no way out to the internet: the
 start-up features that call the web are switched off and every proxy variable points at a closed local
 port, so a call that slips through fails at once instead of hanging.
@@ -23,6 +25,8 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CODEX_VERSION = "0.169.0"
+# Installed package directories (under node_modules) by the name tests use for them.
+CODEX_PACKAGES = {"pinned": "@openai/codex", "latest": "codex-latest"}
 API_KEY_ENV = "SLUICE_TEST_API_KEY"
 PROVIDER_ID = "sluice"
 TIMED_OUT = 124
@@ -79,17 +83,20 @@ class CodexResult:
         )
 
 
-def codex_binary() -> str | None:
-    """The native Codex binary installed under <repo>/node_modules, or None when `npm ci` has not run."""
-    modules = REPO_ROOT / "node_modules" / "@openai"
+def codex_binary(version: str = "pinned") -> str | None:
+    """The native Codex binary of ``version`` ("pinned" or "latest") installed under <repo>/node_modules,
+    or None when `npm ci` has not run."""
+    installed = REPO_ROOT / "node_modules" / CODEX_PACKAGES[version]
     target = _NATIVE_TARGETS.get((platform.system(), platform.machine()))
     if target is not None:
         package, triple = target
-        native = modules / package / "vendor" / triple / "bin" / "codex"
+        # npm puts the pinned release's native package at the top and the alias's under the alias.
+        modules = REPO_ROOT / "node_modules" if version == "pinned" else installed / "node_modules"
+        native = modules / "@openai" / package / "vendor" / triple / "bin" / "codex"
         if native.is_file() and os.access(native, os.X_OK):
             return str(native)
     # The Node launcher finds the native binary on platforms the table does not list.
-    launcher = REPO_ROOT / "node_modules" / ".bin" / "codex"
+    launcher = installed / "bin" / "codex.js"
     return str(launcher) if launcher.exists() else None
 
 
@@ -166,9 +173,11 @@ def run_codex(
     timeout: float = 120,
     extra_config: str = "",
     model: str = "gpt-5.5",
+    version: str = "pinned",
 ) -> CodexResult:
-    """Run one `codex exec` task (read-only sandbox) against base_url (e.g. http://127.0.0.1:8000/v1)."""
-    binary = codex_binary()
+    """Run one `codex exec` task (read-only sandbox) against base_url (e.g. http://127.0.0.1:8000/v1)
+    with the pinned Codex release or the latest one."""
+    binary = codex_binary(version)
     if binary is None:
         raise RuntimeError("Codex CLI is not installed: run `npm ci` at the repository root")
     with tempfile.TemporaryDirectory(prefix="codex-run-") as scratch:

@@ -14,6 +14,20 @@ Failure switches are plain attributes, settable from the test thread while the s
   closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
   number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
 - `event_delay`: seconds slept between two events of a turn.
+- `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
+  `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
+- `ws_controls`: off, the WebSocket answers interrupt, cancel and steer as an upstream without them
+  does: an `error` frame refusing the event type (the turn in flight goes on).
+- `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
+  connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
+- `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
+  `x-codex-turn-state`).
+
+WebSocket client events besides `response.create`, as the service answers them while a turn runs:
+`response.interrupt` (acknowledgement, `response.output_item.interrupted` per partial item, then
+`response.incomplete` with reason `interrupted`; the connection can continue from it), `response.cancel`
+(the same without acknowledgement), `response.steer` (`response.steer.accepted`); an interrupt for a
+response not in flight gets the non-terminal `response.interrupt.failed`.
 
 Leak checks: `open_ws` counts open sockets, `open_http_streams` the `POST /v1/responses` still being
 answered; a paced stream notices a client that left and stops. Usage is deterministic, see `usage_for`.
@@ -339,6 +353,10 @@ class FakeUpstream:
         self.event_delay = 0.0
         self.text_deltas = 3
         self.responder: Responder | None = None
+        self.ws_turn_limit: int | None = None
+        self.handshake_headers: dict[str, str] = {}
+        self.ws_lanes = False
+        self.ws_controls = True
 
     # lifecycle
 
@@ -600,6 +618,7 @@ class FakeUpstream:
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
+                *[(k.encode(), v.encode()) for k, v in self.handshake_headers.items()],
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
 
@@ -670,7 +689,8 @@ class FakeUpstream:
             )
             await send({"type": "websocket.http.response.body", "body": data})
             return
-        await send({"type": "websocket.accept"})
+        extra = [(k.encode(), v.encode()) for k, v in self.handshake_headers.items()]
+        await send({"type": "websocket.accept", "headers": extra})
         self.ws_connections += 1
         self.open_ws += 1
         try:
@@ -696,52 +716,224 @@ class FakeUpstream:
     async def _ws_session(
         self, connection_id: int, path: str, headers: dict[str, str], receive: Receive, send: Send
     ) -> None:
-        cached: Kept | None = None
+        session = _WsSession(self, connection_id, path, headers, send)
+        received: asyncio.Future[Message] | None = None
+        try:
+            while True:
+                if received is None:
+                    received = asyncio.ensure_future(receive())
+                waiting: set[asyncio.Future[Any]] = {received}
+                if session.running is not None:
+                    waiting.add(session.running)
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if session.running is not None and session.running.done():
+                    running, session.running = session.running, None
+                    running.result()  # DropConnection ends the connection abruptly
+                if not received.done():
+                    continue
+                message, received = received.result(), None
+                if message["type"] == "websocket.disconnect":
+                    return
+                raw = message.get("text")
+                if raw is None:
+                    raw = (message.get("bytes") or b"").decode("utf-8", "replace")
+                await session.frame(raw)
+        finally:
+            if received is not None:
+                received.cancel()
+            if session.running is not None:
+                session.running.cancel()
+
+
+class _WsSession:
+    """One upstream WebSocket connection of the fake: turns in order, and the client events that act on
+    the turn in flight (interrupt, cancel, steer) while it streams. With `ws_lanes`, turns with a
+    `stream_id` run concurrently, one lane each, and their events carry the `stream_id`."""
+
+    def __init__(
+        self, fake: FakeUpstream, connection_id: int, path: str, headers: dict[str, str], send: Send
+    ) -> None:
+        self.fake, self.connection_id, self.path, self.headers = fake, connection_id, path, headers
+        self.send = send
+        self.cached: dict[str | None, Kept] = {}  # the last response of each lane (None: no stream_id)
+        self.running: asyncio.Task[None] | None = None  # the turn without a lane
+        self.lane_tasks: dict[str, asyncio.Task[None]] = {}
+        self.turns = 0
+        self.live: dict[str | None, dict[str, Any]] = {}  # turns in flight: id, stop, partial and done items
+
+    async def emit(self, event: dict[str, Any], lane: str | None = None) -> None:
+        if lane is not None:
+            event = {**event, "stream_id": lane}
+        await self.send({"type": "websocket.send", "text": json.dumps(event)})
+
+    async def fail(self, status: int, error: dict[str, Any], lane: str | None = None) -> None:
+        self.cached.pop(lane, None)  # a failed turn evicts the lane's cached response
+        await self.emit({"type": "error", "status": status, **error}, lane)
+
+    def lane_of(self, frame: dict[str, Any]) -> str | None:
+        lane = frame.get("stream_id")
+        return lane if self.fake.ws_lanes and isinstance(lane, str) else None
+
+    def continued(self, frame: dict[str, Any], lane: str | None) -> Kept | None:
+        """The cached response a frame continues: its lane's, or with lanes any lane's (lineage)."""
+        previous = frame.get("previous_response_id")
+        candidates = [self.cached.get(lane)] + (list(self.cached.values()) if self.fake.ws_lanes else [])
+        for kept in candidates:
+            if kept is not None and kept.response["id"] == previous:
+                return kept
+        return self.cached.get(lane)
+
+    async def frame(self, raw: str) -> None:
+        fake = self.fake
+        frame = _parse_object(raw)
+        fake.requests.append(
+            Recorded("websocket", self.path, self.headers, frame, self.connection_id, "GET", raw)
+        )
+        if fake.hang:
+            return
+        if frame is None:
+            await self.fail(
+                400, openai_error("Invalid JSON in message.", "invalid_request_error", "invalid_json")
+            )
+            return
+        kind = frame.get("type")
+        lane = self.lane_of(frame)
+        if kind in ("response.interrupt", "response.cancel", "response.steer") and fake.ws_controls:
+            await self.control(kind, frame)
+            return
+        if kind != "response.create":
+            message_text = f"Unsupported event type '{frame.get('type')}'."
+            await self.fail(
+                400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"), lane
+            )
+            return
+        earlier = self.running if lane is None else self.lane_tasks.get(lane)
+        if earlier is not None and not earlier.done():  # turns of one lane run in order
+            await earlier
+        if fake.ws_turn_limit is not None and self.turns >= fake.ws_turn_limit:
+            message = (
+                "Responses websocket connection limit reached (60 minutes). "
+                "Create a new websocket connection to continue."
+            )
+            await self.fail(
+                400,
+                openai_error(message, "invalid_request_error", "websocket_connection_limit_reached"),
+                lane,
+            )
+            return
+        if fake.ws_error_status is not None:
+            await self.fail(fake.ws_error_status, status_error(fake.ws_error_status), lane)
+            return
+        problem = fake._body_problem(frame, websocket=True)
+        if problem is not None:
+            await self.fail(400, problem, lane)
+            return
+        try:
+            turn = fake._turn(frame, fake._previous(frame, self.continued(frame, lane)))
+        except PreviousNotFound as missing:
+            await self.fail(400, previous_not_found(str(missing)), lane)
+            return
+        except Exception:
+            log.exception("fake upstream responder failed")
+            await self.fail(500, status_error(500), lane)
+            return
+        self.turns += 1
+        task = asyncio.ensure_future(self.stream(frame, turn, lane))
+        if lane is None:
+            self.running = task
+        else:
+            self.lane_tasks[lane] = task
+
+    async def stream(self, frame: dict[str, Any], turn: Turn, lane: str | None) -> None:
+        stop: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rid = turn.kept.response["id"]
+        live = self.live[lane] = {"id": rid, "stop": stop, "partial": {}, "done": [], "sent": 0}
 
         async def emit(event: dict[str, Any]) -> None:
-            await send({"type": "websocket.send", "text": json.dumps(event)})
+            item = event.get("item") or {}
+            if event["type"] == "response.output_item.added":
+                live["partial"][item.get("id")] = event["output_index"]
+            elif event["type"] == "response.output_item.done":
+                live["partial"].pop(item.get("id"), None)
+                live["done"].append(item)
+            live["sent"] += 1
+            await self.emit(event, lane)
 
-        async def fail(status: int, error: dict[str, Any]) -> None:
-            nonlocal cached
-            cached = None  # a failed turn evicts the connection's cached response
-            await emit({"type": "error", "status": status, **error})
-
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            raw = message.get("text")
-            if raw is None:
-                raw = (message.get("bytes") or b"").decode("utf-8", "replace")
-            frame = _parse_object(raw)
-            self.requests.append(Recorded("websocket", path, headers, frame, connection_id, "GET", raw))
-            if self.hang:
-                continue
-            if frame is None:
-                await fail(
-                    400, openai_error("Invalid JSON in message.", "invalid_request_error", "invalid_json")
+        try:
+            finished = await self.fake._pace(turn.events, emit, stop)
+        finally:
+            self.live.pop(lane, None)
+        if finished:
+            self.cached[lane] = turn.kept
+            self.fake._keep(frame, turn.kept)
+            return
+        kind, discard = stop.result()
+        sequence = live["sent"]
+        if kind == "response.interrupt":
+            accepted = {
+                "type": "response.interrupt.accepted",
+                "response_id": rid,
+                "sequence_number": sequence,
+            }
+            await self.emit(accepted, lane)
+            sequence += 1
+        if discard:
+            for item_id, index in live["partial"].items():
+                interrupted = {"response_id": rid, "item_id": item_id, "output_index": index}
+                await self.emit(
+                    {"type": "response.output_item.interrupted", **interrupted, "sequence_number": sequence},
+                    lane,
                 )
-                continue
-            if frame.get("type") != "response.create":
-                message_text = f"Unsupported event type '{frame.get('type')}'."
-                await fail(400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"))
-                continue
-            if self.ws_error_status is not None:
-                await fail(self.ws_error_status, status_error(self.ws_error_status))
-                continue
-            problem = self._body_problem(frame, websocket=True)
-            if problem is not None:
-                await fail(400, problem)
-                continue
-            try:
-                turn = self._turn(frame, self._previous(frame, cached))
-            except PreviousNotFound as missing:
-                await fail(400, previous_not_found(str(missing)))
-                continue
-            except Exception:
-                log.exception("fake upstream responder failed")
-                await fail(500, status_error(500))
-                continue
-            await self._pace(turn.events, emit)
-            cached = turn.kept
-            self._keep(frame, turn.kept)
+                sequence += 1
+        reason = "interrupted" if kind == "response.interrupt" else "cancelled"
+        usage = usage_for(turn.kept.full_input, frame.get("previous_response_id") is not None, live["sent"])
+        response = {
+            **turn.kept.response,
+            "status": "incomplete",
+            "incomplete_details": {"reason": reason},
+            "output": live["done"],
+            "usage": usage,
+        }
+        await self.emit(
+            {"type": "response.incomplete", "sequence_number": sequence, "response": response}, lane
+        )
+        kept = Kept(response, turn.kept.full_input, live["done"])
+        self.cached[lane] = kept
+        self.fake._keep(frame, kept)
+
+    async def control(self, kind: str, frame: dict[str, Any]) -> None:
+        target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
+        lane = self.lane_of(frame)
+        found = [
+            (key, live)
+            for key, live in self.live.items()
+            if not live["stop"].done() and (live["id"] == target if target else key == lane)
+        ]
+        if kind == "response.steer":
+            if found:
+                key, live = found[0]
+                steer = {"id": new_id("steer"), "previous_response_id": live["id"]}
+                accepted = {
+                    "type": "response.steer.accepted",
+                    "sequence_number": live["sent"],
+                    "steer": steer,
+                }
+                await self.emit(accepted, key)
+            else:
+                error = {
+                    "type": "invalid_request_error",
+                    "code": "response_not_found",
+                    "message": "Nothing to steer.",
+                }
+                steer = {"previous_response_id": target}
+                await self.emit({"type": "response.steer.failed", "steer": steer, "error": error}, lane)
+            return
+        if not found:
+            if kind == "response.interrupt":
+                error = {"code": "response_already_completed", "message": "The response is not in progress."}
+                await self.emit(
+                    {"type": "response.interrupt.failed", "response_id": target, "error": error}, lane
+                )
+            return
+        discard = kind == "response.interrupt" and frame.get("mode") == "discard_partial_items"
+        found[0][1]["stop"].set_result((kind, discard))

@@ -10,9 +10,13 @@ from tests.conftest import make_provider, request_logs, require
 from tests.fakeupstream import function_call_item
 
 
-@pytest.fixture(autouse=True)
-def _codex_installed() -> None:
-    require(codex_binary() is not None, "the Codex CLI is not installed (npm ci)")
+@pytest.fixture(params=["pinned", "latest"])
+def version(request: pytest.FixtureRequest) -> str:
+    """Every task runs with the project's pinned Codex and with the newest release (codex-latest)."""
+    require(
+        codex_binary(request.param) is not None, f"the {request.param} Codex CLI is not installed (npm ci)"
+    )
+    return request.param
 
 
 def tool_loop_responder(body: dict) -> list[dict] | None:
@@ -23,9 +27,11 @@ def tool_loop_responder(body: dict) -> list[dict] | None:
     return [function_call_item("exec_command", json.dumps({"cmd": "echo sluice-tool-ok"}), "call_codex_1")]
 
 
-def test_plain_turn_over_websocket(gateway, upstream, api_key, tmp_path):
+def test_plain_turn_over_websocket(gateway, upstream, api_key, tmp_path, version):
     make_provider(upstream)
-    result = run_codex(gateway.url + "/v1", api_key, "say hello", websockets=True, workdir=tmp_path)
+    result = run_codex(
+        gateway.url + "/v1", api_key, "say hello", websockets=True, workdir=tmp_path, version=version
+    )
     assert result.exit_code == 0, result.describe()
     assert result.final_message == "echo: say hello"
     assert result.error_messages == [], "Codex fell back or retried"
@@ -37,7 +43,7 @@ def test_plain_turn_over_websocket(gateway, upstream, api_key, tmp_path):
     assert {(r.client_transport, r.upstream_transport) for r in rows} == {("websocket", "websocket")}
 
 
-def test_tool_call_loop_over_websocket(gateway, upstream, api_key, tmp_path):
+def test_tool_call_loop_over_websocket(gateway, upstream, api_key, tmp_path, version):
     def responder(body: dict) -> list[dict]:
         from tests.fakeupstream import default_responder
 
@@ -45,7 +51,9 @@ def test_tool_call_loop_over_websocket(gateway, upstream, api_key, tmp_path):
 
     upstream.responder = responder
     make_provider(upstream)
-    result = run_codex(gateway.url + "/v1", api_key, "run the check", websockets=True, workdir=tmp_path)
+    result = run_codex(
+        gateway.url + "/v1", api_key, "run the check", websockets=True, workdir=tmp_path, version=version
+    )
     assert result.exit_code == 0, result.describe()
     assert "sluice-tool-ok" in (result.final_message or ""), result.describe()
     assert (upstream.ws_connections, upstream.http_requests) == (1, 0)
@@ -56,7 +64,7 @@ def test_tool_call_loop_over_websocket(gateway, upstream, api_key, tmp_path):
     assert len(request_logs(3)) == 3
 
 
-def test_tool_call_loop_with_an_http_only_upstream(gateway, upstream, api_key, tmp_path):
+def test_tool_call_loop_with_an_http_only_upstream(gateway, upstream, api_key, tmp_path, version):
     """Codex keeps its WebSocket to the gateway; the gateway serves the continuations over HTTP."""
 
     def responder(body: dict) -> list[dict]:
@@ -66,7 +74,9 @@ def test_tool_call_loop_with_an_http_only_upstream(gateway, upstream, api_key, t
 
     upstream.responder = responder
     make_provider(upstream, websocket_mode="never")
-    result = run_codex(gateway.url + "/v1", api_key, "run the check", websockets=True, workdir=tmp_path)
+    result = run_codex(
+        gateway.url + "/v1", api_key, "run the check", websockets=True, workdir=tmp_path, version=version
+    )
     assert result.exit_code == 0, result.describe()
     assert "sluice-tool-ok" in (result.final_message or "")
     assert upstream.ws_connections == 0
@@ -74,7 +84,7 @@ def test_tool_call_loop_with_an_http_only_upstream(gateway, upstream, api_key, t
     assert "previous_response_id" not in last and last["input"][0]["role"] == "developer"
 
 
-def test_switch_off_one_refused_handshake_then_http(gateway, upstream, api_key, tmp_path, caplog):
+def test_switch_off_one_refused_handshake_then_http(gateway, upstream, api_key, tmp_path, caplog, version):
     from settings_app.models import SystemSettings
 
     make_provider(upstream)
@@ -82,7 +92,9 @@ def test_switch_off_one_refused_handshake_then_http(gateway, upstream, api_key, 
     row.client_websockets = False
     row.save()
     with caplog.at_level(logging.INFO, logger="sluice.refusals"):
-        result = run_codex(gateway.url + "/v1", api_key, "say hello", websockets=True, workdir=tmp_path)
+        result = run_codex(
+            gateway.url + "/v1", api_key, "say hello", websockets=True, workdir=tmp_path, version=version
+        )
     assert result.exit_code == 0, result.describe()
     assert result.final_message == "echo: say hello"
     refused = [r for r in caplog.records if "websockets_disabled" in r.getMessage()]
@@ -92,9 +104,11 @@ def test_switch_off_one_refused_handshake_then_http(gateway, upstream, api_key, 
     assert [(r.client_transport, r.status) for r in rows] == [("websocket", 426), ("http", 200)]
 
 
-def test_plain_turn_over_http(gateway, upstream, api_key, tmp_path):
+def test_plain_turn_over_http(gateway, upstream, api_key, tmp_path, version):
     make_provider(upstream)
-    result = run_codex(gateway.url + "/v1", api_key, "say hello", websockets=False, workdir=tmp_path)
+    result = run_codex(
+        gateway.url + "/v1", api_key, "say hello", websockets=False, workdir=tmp_path, version=version
+    )
     assert result.exit_code == 0, result.describe()
     assert result.final_message == "echo: say hello"
     assert upstream.http_requests == 1

@@ -111,7 +111,7 @@ async def test_invalid_json_gets_an_error_frame_and_the_socket_stays_open(key, h
 @pytest.mark.parametrize(
     ("frame", "code"),
     [
-        ({"type": "response.cancel"}, "unsupported_event_type"),
+        ({"type": "response.bogus"}, "unsupported_event_type"),
         ({"model": "gpt-5.5"}, "missing_event_type"),
         ({"type": "response.create", "input": "no model"}, "missing_required_parameter"),
         ({"type": "response.create", "model": "gpt-5.5", "background": True}, "unsupported_parameter"),

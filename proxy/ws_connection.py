@@ -1,0 +1,294 @@
+"""One client WebSocket connection: its lanes, the connection-local cache, deadlines, and the client
+events that are not turns (interrupts, steering, acknowledgements), classified on receipt without I/O.
+
+Turns run in their lane (``proxy.ws_lane``); a control event acts on the turn in flight at once.
+"""
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from django.conf import settings
+
+from providers.registry import ProviderInfo
+from providers.routing import Affinity
+from proxy import turn_runner, ws_controls
+from proxy.auth import Client
+from proxy.logwriter import TurnRecord
+from proxy.turn_state import TurnState, forwarded, remember
+from proxy.upstream_lanes import LaneView, SharedUpstream
+from proxy.upstream_ws import UpstreamSocket
+from proxy.wire import WireError, parse_body
+from proxy.ws_cache import ConnectionCache
+from proxy.ws_lane import Lane
+
+log = logging.getLogger("sluice.ws")
+
+SendText = Callable[[str], Awaitable[None]]
+Close = Callable[[int, str], Awaitable[None]]
+SendMany = Callable[[list[str]], Awaitable[None]]
+
+MAX_IN_FLIGHT = 16  # responses in flight on one connection, all lanes together
+MAX_LANES = 32  # named lanes on one connection
+CONTROL = frozenset({"response.interrupt", "response.cancel"})
+ABSORBED = frozenset({"response.processed"})
+
+
+class Connection:
+    def __init__(
+        self,
+        client: Client,
+        headers: dict[str, str],
+        send_text: SendText,
+        close: Close,
+        *,
+        forced_transport: str | None = None,
+        pinned: ProviderInfo | None = None,
+        turn_state: TurnState | None = None,
+        send_many: SendMany | None = None,
+    ) -> None:
+        self.client = client
+        self.headers = headers
+        self.send_text = send_text
+        self.send_many = send_many or self._one_by_one
+        self.close_client = close
+        self.forced_transport = forced_transport
+        self.pinned = pinned  # the provider test: this provider only, whatever routing would say
+        self.turn_state = turn_state
+        self.opened_at = time.monotonic()
+        self.last_activity = self.opened_at
+        self.frames_seen = 0
+        self.cache = ConnectionCache()
+        self.default = Lane(self, None)
+        self.lanes: dict[str, Lane] = {}
+        self.pending_bytes = 0  # frames waiting in all lanes: together at most one largest frame
+        self.shared: SharedUpstream | None = None  # the upstream socket the named lanes share
+        self.no_lanes: set[int] = set()  # providers whose upstream answered a stream_id without it
+        self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
+        self.keep_records = False
+        # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
+        # check is a timer handle.
+        self._closing: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(
+            min(settings.SLUICE_WS_FIRST_FRAME_TIMEOUT, settings.SLUICE_WS_IDLE_TIMEOUT), self._check_deadline
+        )
+
+    # ----- lifecycle -----
+
+    async def _one_by_one(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.send_text(text)
+
+    def all_lanes(self) -> list[Lane]:
+        return [self.default, *self.lanes.values()]
+
+    @property
+    def busy(self) -> bool:
+        return any(lane.task is not None for lane in self.all_lanes())
+
+    @property
+    def upstream(self) -> UpstreamSocket | None:
+        return self.default.upstream
+
+    async def receive(self, text: str) -> None:
+        self.frames_seen += 1
+        self.last_activity = time.monotonic()
+        if len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
+            await self.close_client(1009, "frame too large")
+            return
+        try:
+            frame = parse_body(text)
+        except WireError as error:
+            await self.send_text(error.ws_frame())
+            return
+        kind = frame.get("type")
+        if kind == "response.create" or not isinstance(kind, str):
+            await self._create(frame, text)
+        elif kind in CONTROL:
+            await ws_controls.control(self, kind, frame, text)
+        elif kind not in ABSORBED:
+            await ws_controls.relay_other(self, kind, frame, text)
+
+    async def turn(self, text: str) -> None:
+        """Run one turn on the default lane to its end (the provider test)."""
+        await self.default.run(parse_body(text), text)
+
+    async def shutdown(self) -> None:
+        self._timer.cancel()
+        tasks = [lane.task for lane in self.all_lanes()] + [self._closing]
+        for task in tasks:
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except (asyncio.CancelledError, Exception):
+                    pass
+        for lane in self.all_lanes():
+            lane.pending.clear()
+            await lane.drop_upstream()
+        self.pending_bytes = 0
+        if self.shared is not None:
+            await self.shared.close()
+
+    def _check_deadline(self) -> None:
+        """Close connections that never speak, or that stay idle too long between turns."""
+        now = time.monotonic()
+        if self.frames_seen == 0:
+            deadline = self.opened_at + settings.SLUICE_WS_FIRST_FRAME_TIMEOUT
+            reason = "no response.create received in time"
+        else:
+            deadline = self.last_activity + settings.SLUICE_WS_IDLE_TIMEOUT
+            reason = "idle timeout"
+        if self.busy:
+            deadline = now + settings.SLUICE_WS_IDLE_TIMEOUT
+        if now >= deadline:
+            log.info("closing client socket of key %s: %s", self.client.key_name, reason)
+            self._closing = asyncio.ensure_future(self.close_client(1000, reason))
+            return
+        delay = min(deadline - now, settings.SLUICE_WS_IDLE_TIMEOUT, settings.SLUICE_WS_FIRST_FRAME_TIMEOUT)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._check_deadline)
+
+    def check_age(self) -> None:
+        if time.monotonic() - self.opened_at > settings.SLUICE_WS_MAX_AGE:
+            minutes = int(settings.SLUICE_WS_MAX_AGE // 60)
+            raise WireError(
+                400,
+                "websocket_connection_limit_reached",
+                f"Responses websocket connection limit reached ({minutes} minutes). "
+                "Create a new websocket connection to continue.",
+            )
+
+    def submit(self, record: TurnRecord) -> None:
+        turn_runner.submit(record, self.records if self.keep_records else None)
+
+    def _refused(self, error: WireError) -> WireError:
+        """A response.create refused before it reached a lane still leaves its request-log row."""
+        record = TurnRecord(key_id=self.client.key_id, client_transport="websocket")
+        record.status, record.error_code = error.status, error.code
+        self.submit(record)
+        return error
+
+    # ----- routing hooks for lanes -----
+
+    def preferred(self, affinity: Affinity) -> Affinity:
+        state = self.turn_state
+        if state is None or state.provider_id is None:
+            return affinity
+        return dataclasses.replace(affinity, provider_id=state.provider_id)
+
+    def upstream_headers(self, provider: ProviderInfo) -> dict[str, str]:
+        return forwarded(self.headers, self.turn_state, provider.id)
+
+    async def remember_route(self, provider_id: int, upstream_headers: dict[str, str]) -> None:
+        """The provider now serving this connection, for a client that reconnects with its token."""
+        if self.turn_state is not None:
+            await remember(self.turn_state, provider_id, upstream_headers)
+
+    # ----- the upstream socket named lanes share -----
+
+    def lanes_usable(self, view: Any) -> bool:
+        shared = view.shared
+        return shared is self.shared and shared.is_open and shared.speaks is not False and not shared.retired
+
+    def retire(self, socket: Any) -> None:
+        """The upstream retired this socket (its lifetime): lanes on it move to a fresh one."""
+        if socket.lanes:
+            socket.shared.retired = True
+
+    async def lane_socket(self, stream_id: str, route: Any, record: TurnRecord) -> LaneView | None:
+        """Lane ``stream_id``'s view of the shared upstream socket; None: it takes a socket of its own
+        (the upstream does not speak lanes, or another lane is finding out)."""
+        provider = route.provider
+        if provider.id in self.no_lanes:
+            return None
+        shared = self.shared
+        if shared is not None and shared.speaks is False:
+            self.no_lanes.add(provider.id)
+            if shared.probe is None:
+                await shared.close()
+                self.shared = None
+            return None
+        if shared is not None and (
+            not shared.is_open
+            or shared.retired
+            or shared.provider != provider
+            or time.monotonic() - shared.socket.opened_at >= settings.SLUICE_UPSTREAM_WS_MAX_AGE
+        ):
+            if shared.inboxes and shared.is_open and not shared.retired and shared.provider != provider:
+                return None  # in use for another provider's lanes
+            shared.close_when_idle()
+            self.shared = shared = None
+        if shared is None:
+            socket = await UpstreamSocket.open(
+                provider,
+                self.upstream_headers(provider),
+                min(provider.connect_timeout, settings.SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT),
+            )
+            record.ws_handshake_ms = socket.handshake_ms
+            await self.remember_route(provider.id, socket.handshake_headers)
+            shared = self.shared = SharedUpstream(socket)
+        if shared.speaks is None:
+            if shared.probe is not None:
+                return None
+            shared.probe = stream_id
+        return shared.view(stream_id)
+
+    # ----- client events -----
+
+    async def _create(self, frame: dict[str, Any], text: str) -> None:
+        stream_id = frame.get("stream_id")
+        if stream_id is None:
+            lane = self.default
+            if lane.task is not None and len(lane.pending) >= settings.SLUICE_WS_QUEUE_LIMIT:
+                limit = settings.SLUICE_WS_QUEUE_LIMIT
+                error = WireError(
+                    429, "too_many_queued_requests", f"At most {limit} turns may wait on a connection."
+                )
+                await self.send_text(self._refused(error).ws_frame())
+                return
+        else:
+            found = self._named_lane(stream_id)
+            if isinstance(found, WireError):
+                lane_name = stream_id if isinstance(stream_id, str) else None
+                await Lane(self, lane_name).send_error(self._refused(found))
+                return
+            lane = found
+        if lane.task is not None and self.pending_bytes + len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
+            # What waits is held in memory: all lanes' queued frames together stay within one frame.
+            error = WireError(
+                429, "too_many_queued_requests", "Too much is already waiting on this connection."
+            )
+            await lane.send_error(self._refused(error))
+            return
+        if sum(each.load for each in self.all_lanes()) >= MAX_IN_FLIGHT:
+            await lane.send_error(
+                self._refused(
+                    WireError(
+                        400,
+                        "websocket_stream_limit_reached",
+                        f"At most {MAX_IN_FLIGHT} responses may be in flight on one connection.",
+                        "stream_id",
+                    )
+                )
+            )
+            return
+        lane.enqueue(frame, text)
+
+    def _named_lane(self, stream_id: object) -> Lane | WireError:
+        if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 64:
+            return WireError(400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id")
+        lane = self.lanes.get(stream_id)
+        if lane is None:
+            if len(self.lanes) >= MAX_LANES:
+                error = WireError(
+                    400,
+                    "websocket_stream_limit_reached",
+                    f"At most {MAX_LANES} lanes per connection.",
+                    "stream_id",
+                )
+                return error
+            lane = self.lanes[stream_id] = Lane(self, stream_id)
+        return lane

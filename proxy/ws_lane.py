@@ -1,0 +1,311 @@
+"""One lane of a client WebSocket: its turns in order, over its own upstream socket or upstream HTTP.
+
+A connection without ``stream_id`` has one lane (named None); named lanes run concurrently, each with
+its own upstream socket, and every event relayed on a named lane carries its ``stream_id``.
+"""
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+
+from providers import routing
+from providers.registry import enabled_providers
+from providers.routing import Affinity, Plan, Route
+from proxy import pipeline, ws_relay
+from proxy.deadline import Deadline
+from proxy.logwriter import TurnRecord
+from proxy.pipeline import ProviderFailure, timeout_error
+from proxy.transport import FallbackReason
+from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
+from proxy.upstream_lanes import stream_id_of
+from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
+from proxy.wire import WireError, event_type, validate_create_frame
+from proxy.ws_cache import Cached, Progress, as_items
+from settings_app.runtime import system_settings
+
+if TYPE_CHECKING:
+    from proxy.ws_connection import Connection
+
+log = logging.getLogger("sluice.ws")
+
+LIMIT_REACHED = "websocket_connection_limit_reached"
+
+
+@dataclass
+class LaneTurn:
+    """One response.create as its lane runs it."""
+
+    frame: dict[str, Any]
+    text: str  # the frame as received, relayed untouched when nothing in it changes
+    model: str
+    full_input: list[Any] | None  # the whole conversation so far, when the connection knows it
+    cached: Cached | None  # the connection's response this turn continues
+    record: TurnRecord
+    affinity: Affinity
+    socket: UpstreamSocket | None = None  # the upstream socket it runs on, once it runs on one
+    progress: Progress = field(default_factory=Progress)
+    response_id: str = ""
+    relayed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # client events sent upstream
+    stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
+    waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
+
+
+class Lane:
+    def __init__(self, connection: "Connection", name: str | None) -> None:
+        self.connection = connection
+        self.name = name
+        self.pending: deque[tuple[dict[str, Any], str]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self.upstream: UpstreamSocket | None = None
+        self.current: LaneTurn | None = None
+        self.forced_transport = connection.forced_transport
+        self.suffix = f',"stream_id":{json.dumps(name)}}}' if name is not None else ""
+
+    @property
+    def load(self) -> int:
+        return len(self.pending) + (self.task is not None)
+
+    def enqueue(self, frame: dict[str, Any], text: str) -> None:
+        self.pending.append((frame, text))
+        self.connection.pending_bytes += len(text)
+        if self.task is None:
+            self.task = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            while self.pending:
+                frame, text = self.pending.popleft()
+                self.connection.pending_bytes -= len(text)
+                try:
+                    await self.run(frame, text)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("unexpected error in a WebSocket turn")
+                    await self.send_error(
+                        WireError(
+                            500,
+                            "internal_error",
+                            "The gateway failed to run this turn.",
+                            None,
+                            "server_error",
+                        )
+                    )
+                finally:
+                    self.connection.last_activity = time.monotonic()
+        finally:
+            self.task = None
+
+    # ----- what reaches the client -----
+
+    def tag(self, data: str) -> str:
+        """The event as the client receives it on this lane (named lanes: with their ``stream_id``)."""
+        if self.suffix and data.endswith("}"):
+            return data[:-1] + self.suffix
+        return data
+
+    async def send(self, data: str) -> None:
+        await self.connection.send_text(self.tag(data) if self.suffix else data)
+
+    async def send_many(self, texts: list[str], tagged: bool = False) -> None:
+        """Events for the client; ``tagged``: they came from a lanes socket and carry their stream_id
+        already (all but connection-level ones, tagged here)."""
+        if not self.suffix:
+            await self.connection.send_many(texts)
+        elif tagged:
+            await self.connection.send_many([t if stream_id_of(t) else self.tag(t) for t in texts])
+        else:
+            await self.connection.send_many([self.tag(text) for text in texts])
+
+    async def send_error(self, error: WireError) -> None:
+        await self.send(error.ws_frame())
+
+    # ----- one turn -----
+
+    async def run(self, frame: dict[str, Any], text: str) -> None:
+        connection = self.connection
+        record = TurnRecord(
+            key_id=connection.client.key_id,
+            client_transport="websocket",
+            endpoint="provider_test" if connection.pinned is not None else "responses",
+        )
+        try:
+            model = validate_create_frame(frame)
+            record.requested_model = model
+            connection.check_age()
+            turn = self.prepare(frame, text, model, record)
+            async with admitted(connection.client, record):
+                self.current = turn
+                await self._route(turn)
+        except WireError as error:
+            log.info("WebSocket turn refused: %s %s", error.code, error.message)
+            record.status, record.error_code = error.status, error.code
+            connection.cache.evict(self.name)
+            await self.send_error(error)
+            connection.submit(record)  # every refused turn leaves a row, also one without a model
+        except asyncio.CancelledError:
+            record.status, record.error_code = 499, "client_disconnected"
+            connection.submit(record)
+            raise
+        finally:
+            self.current = None
+
+    def prepare(self, frame: dict[str, Any], text: str, model: str, record: TurnRecord) -> LaneTurn:
+        previous = frame.get("previous_response_id") or None
+        cached = self.connection.cache.find(previous)
+        if previous is not None and cached is None and frame.get("store") is False:
+            raise WireError(
+                400,
+                "previous_response_not_found",
+                f"Previous response with id '{previous}' not found.",
+                "previous_response_id",
+            )
+        new_items = as_items(frame.get("input"))
+        if previous is None:
+            full_input: list[Any] | None = new_items
+        elif cached is not None and cached.full_input is not None:
+            full_input = [*cached.full_input, *cached.output, *new_items]
+        else:
+            full_input = None  # continues a response stored upstream; only the upstream knows its input
+        record.session_id = routing.session_of(frame, self.connection.headers)
+        record.stored = frame.get("store") is not False
+        affinity = routing.affinity_for(self.connection.client.key_id, previous, record.session_id)
+        return LaneTurn(frame, text, model, full_input, cached, record, affinity)
+
+    async def _route(self, turn: LaneTurn) -> None:
+        upstream_websockets = (await system_settings.aget()).upstream_websockets
+        live = await self._live_plan(turn.model, upstream_websockets)
+        last: WireError | None = None
+        if live is not None:
+            # The live upstream socket holds the connection-local cache: the turn stays on it, with no
+            # routing look-up; only if it fails do the other providers come into play.
+            try:
+                return await self._relay(
+                    turn, live, await open_for_lane(live, turn.record, self, upstream_websockets)
+                )
+            except pipeline.ProvidersFailed as failed:
+                if self.connection.pinned is not None:  # the provider test tries its provider only
+                    raise
+                last = failed
+        plan = await routing.plan(turn.model, self.connection.preferred(turn.affinity))
+        routes = [r for r in plan.routes if live is None or r.provider.id != live.routes[0].provider.id]
+        if not routes:
+            if last is not None:
+                raise last
+            raise WireError(
+                404, "model_not_found", f"The model '{turn.model}' is not served by this gateway.", "model"
+            )
+        plan = Plan(routes, plan.session_provider)
+        await self._relay(turn, plan, await open_for_lane(plan, turn.record, self, upstream_websockets))
+
+    async def _relay(self, turn: LaneTurn, plan: Plan, opened: Any) -> None:
+        if isinstance(opened, SocketTurn):
+            await ws_relay.relay_socket(self, turn, plan, opened)
+        elif opened is not None:
+            await ws_relay.relay_http(self, turn, plan, opened)
+
+    async def _live_plan(self, model: str, upstream_websockets: bool) -> Plan | None:
+        pinned = self.connection.pinned
+        if pinned is not None:
+            return Plan([Route(pinned, pinned.upstream_model(model), None)], None)
+        upstream = self.upstream
+        if upstream is None or not upstream.is_open or not upstream_websockets:
+            return None
+        provider = upstream.provider
+        if provider not in (await enabled_providers.aget()) or not provider.serves(model):
+            return None  # disabled, changed in the admin, or not for this model: route afresh
+        return Plan([Route(provider, provider.upstream_model(model), None)], session_provider=provider.id)
+
+    # ----- the runner's SocketSource -----
+
+    def reusable(self, route: Route) -> bool:
+        upstream = self.upstream
+        return upstream is not None and upstream.provider == route.provider and upstream.is_open
+
+    async def socket_for(self, route: Route, record: TurnRecord) -> UpstreamSocket:
+        upstream = self.upstream
+        if upstream is not None and upstream.lanes and not self.connection.lanes_usable(upstream):
+            await self.drop_upstream()
+            upstream = None
+        if self.reusable(route) and upstream is not None:
+            if time.monotonic() - upstream.opened_at < settings.SLUICE_UPSTREAM_WS_MAX_AGE:
+                return upstream
+            log.info("provider %s: rotating an upstream socket near its age limit", route.provider.name)
+        await self.drop_upstream()
+        record.upstream_ws_url = public_url(route.provider.websocket_url)
+        if self.name is not None:
+            view = await self.connection.lane_socket(self.name, route, record)
+            if view is not None:  # the upstream speaks lanes (or is being asked): one socket for all
+                self.upstream = view
+                return view
+        upstream = await UpstreamSocket.open(
+            route.provider,
+            self.connection.upstream_headers(route.provider),
+            min(route.provider.connect_timeout, settings.SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT),
+        )
+        record.ws_handshake_ms = upstream.handshake_ms
+        self.upstream = upstream
+        await self.connection.remember_route(upstream.provider.id, upstream.handshake_headers)
+        return upstream
+
+    async def drop_upstream(self) -> None:
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            await upstream.close()
+
+    async def run_on_socket(
+        self, route: Route, socket: UpstreamSocket, record: TurnRecord
+    ) -> tuple[UpstreamSocket, str]:
+        turn = self.current
+        assert turn is not None
+        first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, False))
+        if event_type(first) == "error" and LIMIT_REACHED in first:
+            # The upstream socket reached the service's lifetime: a fresh one, the whole conversation,
+            # before anything reaches the client; HTTP only if that fails too.
+            self.connection.retire(socket)
+            log.info(
+                "provider %s: upstream socket at its limit; replaying on a fresh one", route.provider.name
+            )
+            await self.drop_upstream()
+            socket = await self.socket_for(route, record)
+            first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, True))
+            if event_type(first) == "error" and LIMIT_REACHED in first:
+                await self.drop_upstream()
+                raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT)
+        turn.socket = socket
+        return socket, first
+
+    async def _first_event(self, route: Route, socket: UpstreamSocket, text: str) -> str:
+        silence = Deadline(route.provider.first_byte_timeout)
+        try:
+            await socket.send(text)
+            return await socket.recv()
+        except asyncio.CancelledError:
+            await self.drop_upstream()
+            if not silence.expired:
+                raise
+        except Exception as exc:  # noqa: BLE001 - every failure before the first event may fall back
+            log.info("provider %s: WebSocket failed before the first event: %r", route.provider.name, exc)
+            await self.drop_upstream()
+            raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
+        finally:
+            silence.cancel()
+        raise ProviderFailure(timeout_error(route))
+
+    async def open_http(self, route: Route, record: TurnRecord) -> pipeline.Relay | None:
+        turn = self.current
+        assert turn is not None
+        record.upstream_transport = "http"
+        if turn.frame.get("generate") is False:
+            await ws_relay.local_warmup(self, turn)
+            return None
+        relay = await pipeline.open_route(route, record, ws_relay.http_call(self, turn, route))
+        returned = {k: v for k, v in relay.opened.response.headers.items() if k.lower() in HANDSHAKE_HEADERS}
+        await self.connection.remember_route(route.provider.id, {k.lower(): v for k, v in returned.items()})
+        return relay

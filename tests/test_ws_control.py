@@ -1,0 +1,395 @@
+"""Client events that act on the turn in flight (interrupt, cancel, steer), lanes, upstream socket
+rotation and the handshake headers, through a running gateway and the fake upstream."""
+
+import json
+import time
+from typing import Any
+
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from tests.conftest import TERMINAL, make_provider, request_logs
+
+
+def open_socket(gateway: Any, key: str, **headers: str) -> Any:
+    return ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {key}", **headers},
+        max_size=None,
+    )
+
+
+def read(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
+    return json.loads(ws.recv(timeout=timeout))
+
+
+def until_terminal(ws: Any, stream_id: str | None = None) -> list[dict[str, Any]]:
+    events = []
+    while True:
+        event = read(ws)
+        if stream_id is not None and event.get("stream_id") != stream_id:
+            continue
+        events.append(event)
+        if event["type"] in TERMINAL:
+            return events
+
+
+def create(ws: Any, text: str, **fields: Any) -> None:
+    ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": text, **fields}))
+
+
+def slow(upstream: Any) -> None:
+    upstream.text_deltas = 200
+    upstream.event_delay = 0.02
+
+
+def interrupt_mid_stream(ws: Any) -> tuple[list[dict[str, Any]], float]:
+    """Start a long turn, interrupt it after its first text delta; the events and the time the
+    interrupt took to end the turn."""
+    create(ws, "long", store=False)
+    events = [read(ws)]
+    response_id = events[0]["response"]["id"]
+    while events[-1]["type"] != "response.output_text.delta":
+        events.append(read(ws))
+    sent = time.monotonic()
+    ws.send(
+        json.dumps(
+            {"type": "response.interrupt", "response_id": response_id, "mode": "discard_partial_items"}
+        )
+    )
+    while events[-1]["type"] not in TERMINAL:
+        events.append(read(ws))
+    return events, time.monotonic() - sent
+
+
+@pytest.mark.parametrize("mode", ["auto", "never"], ids=["upstream-websocket", "upstream-http"])
+def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, upstream, api_key, mode):
+    make_provider(upstream, websocket_mode=mode)
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        events, took = interrupt_mid_stream(ws)
+        kinds = [e["type"] for e in events]
+        assert "response.interrupt.accepted" in kinds
+        assert "response.output_item.interrupted" in kinds, "the partial message is discarded"
+        terminal = events[-1]
+        assert terminal["type"] == "response.incomplete"
+        assert terminal["response"]["incomplete_details"] == {"reason": "interrupted"}
+        assert took < 0.1, f"the interrupt took {took:.3f} s"
+        upstream.event_delay = 0
+        upstream.text_deltas = 3
+        create(ws, "next", store=False, previous_response_id=terminal["response"]["id"])
+        after = until_terminal(ws)
+        assert after[-1]["type"] == "response.completed", after[-1]
+    if mode == "never":
+        # Over HTTP the gateway sent the whole conversation: the first input, nothing of the discarded
+        # partial message, and the new input.
+        last = [r.body for r in upstream.requests if r.transport == "http"][-1]
+        assert [item.get("content") for item in last["input"]] == ["long", "next"]
+        assert upstream.wait_for(lambda: upstream.open_http_streams == 0), "the upstream request was dropped"
+    else:
+        frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+        assert [f["type"] for f in frames] == ["response.create", "response.interrupt", "response.create"]
+        assert frames[2]["previous_response_id"] == terminal["response"]["id"], "continued on the same socket"
+        assert upstream.ws_connections == 1
+    rows = request_logs(2)
+    assert [r.status for r in rows] == [200, 200]
+
+
+def test_interrupt_for_a_finished_response_gets_the_service_answer(gateway, upstream, api_key):
+    make_provider(upstream, websocket_mode="never")
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "short")
+        done = until_terminal(ws)[-1]
+        ws.send(
+            json.dumps(
+                {
+                    "type": "response.interrupt",
+                    "response_id": done["response"]["id"],
+                    "mode": "discard_partial_items",
+                }
+            )
+        )
+        answer = read(ws)
+        assert answer["type"] == "response.interrupt.failed"
+        assert answer["error"]["code"] == "response_already_completed"
+        ws.send(json.dumps({"type": "response.processed", "response_id": done["response"]["id"]}))
+        create(ws, "again")
+        assert until_terminal(ws)[-1]["type"] == "response.completed", "the session goes on"
+
+
+def test_steer_is_relayed_on_the_upstream_socket(gateway, upstream, api_key):
+    make_provider(upstream)
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long")
+        created = read(ws)
+        steer = {
+            "type": "response.steer",
+            "previous_response_id": created["response"]["id"],
+            "input": "shorter",
+        }
+        ws.send(json.dumps(steer))
+        events = until_terminal(ws)
+        assert "response.steer.accepted" in [e["type"] for e in events]
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert frames[1] == steer
+
+
+def test_steer_over_http_is_refused_and_the_socket_stays_open(gateway, upstream, api_key):
+    make_provider(upstream, websocket_mode="never")
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long")
+        created = read(ws)
+        ws.send(
+            json.dumps(
+                {"type": "response.steer", "previous_response_id": created["response"]["id"], "input": "x"}
+            )
+        )
+        events = until_terminal(ws)
+        kinds = [e["type"] for e in events]
+        assert "response.steer.failed" in kinds and "error" not in kinds
+        assert events[-1]["type"] == "response.completed"
+
+
+def test_two_lanes_finish_in_about_the_time_of_one(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.text_deltas = 20
+    upstream.event_delay = 0.02
+    with open_socket(gateway, api_key) as ws:
+        started = time.monotonic()
+        create(ws, "solo")
+        until_terminal(ws)
+        one = time.monotonic() - started
+        started = time.monotonic()
+        create(ws, "left", stream_id="a")
+        create(ws, "right", stream_id="b")
+        ended: dict[str, dict[str, Any]] = {}
+        while len(ended) < 2:
+            event = read(ws)
+            assert event.get("stream_id") in ("a", "b"), event
+            if event["type"] in TERMINAL:
+                ended[event["stream_id"]] = event
+        two = time.monotonic() - started
+    assert {k: v["type"] for k, v in ended.items()} == {"a": "response.completed", "b": "response.completed"}
+    assert two < one * 1.5, f"two lanes took {two:.2f} s, one turn {one:.2f} s"
+    assert len(request_logs(3)) == 3
+
+
+def test_lane_limits_and_bad_stream_ids(gateway, upstream, api_key):
+    make_provider(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "x", stream_id="")
+        error = read(ws)
+        assert error["type"] == "error" and error["error"]["code"] == "invalid_stream_id"
+        upstream.hang = True
+        for lane in range(17):
+            create(ws, "x", stream_id=f"lane-{lane}")
+        error = read(ws)
+        assert error["error"]["code"] == "websocket_stream_limit_reached" and error["stream_id"] == "lane-16"
+
+
+def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.ws_turn_limit = 1
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "one", store=False)
+        first = until_terminal(ws)
+        create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"])
+        second = until_terminal(ws)
+    assert [e["type"] for e in second if e["type"] == "error"] == []
+    assert second[-1]["type"] == "response.completed"
+    assert upstream.ws_connections == 2 and upstream.http_requests == 0
+    replay = [r.body for r in upstream.requests if r.transport == "websocket"][-1]
+    assert "previous_response_id" not in replay and len(replay["input"]) == 3, "the whole conversation"
+    assert [r.status for r in request_logs(2)] == [200, 200]
+
+
+def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    upstream.handshake_headers = upstream_b.handshake_headers = {
+        "x-codex-turn-state": "upstream-token",
+        "openai-model": "gpt-5.5",
+    }
+    with open_socket(gateway, api_key) as ws:
+        token = ws.response.headers["x-codex-turn-state"]
+        assert token.startswith("sluice-ts-")
+        assert ws.response.headers["x-codex-websocket-max-message-bytes"].isdigit()
+        create(ws, "first")
+        until_terminal(ws)
+    served = upstream if upstream.ws_connections else upstream_b
+    for _ in range(3):
+        with open_socket(gateway, api_key, **{"x-codex-turn-state": token}) as ws:
+            assert ws.response.headers["x-codex-turn-state"] == token
+            assert ws.response.headers["openai-model"] == "gpt-5.5"
+            create(ws, "again")
+            until_terminal(ws)
+    assert served.ws_connections == 4, "a reconnect with the token goes to the same provider"
+    forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.transport == "websocket"]
+    assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
+
+
+def test_turn_state_over_http(gateway, upstream, upstream_b, api_key):
+    import httpx
+
+    make_provider(upstream, name="alpha", priority=1)
+    make_provider(upstream_b, name="beta", priority=1)
+    upstream.handshake_headers = upstream_b.handshake_headers = {
+        "x-codex-turn-state": "upstream-token",
+        "openai-model": "gpt-5.5",
+    }
+    body = {"model": "gpt-5.5", "input": "hi", "stream": True}
+    auth = {"authorization": f"Bearer {api_key}"}
+    first = httpx.post(gateway.url + "/v1/responses", json=body, headers=auth, timeout=20)
+    token = first.headers["x-codex-turn-state"]
+    assert token.startswith("sluice-ts-") and first.headers["openai-model"] == "gpt-5.5"
+    served = upstream if upstream.http_requests else upstream_b
+    for _ in range(3):
+        again = httpx.post(
+            gateway.url + "/v1/responses",
+            json=body,
+            headers={**auth, "x-codex-turn-state": token},
+            timeout=20,
+        )
+        assert again.headers["x-codex-turn-state"] == token
+    assert served.http_requests == 4, "requests with the token go to the provider that issued it"
+    forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.path == "/v1/responses"]
+    assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
+
+
+def test_a_lane_continues_another_lanes_response(gateway, upstream, api_key):
+    make_provider(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "first", stream_id="a", store=False)
+        first = until_terminal(ws, "a")[-1]
+        create(ws, "second", stream_id="b", store=False, previous_response_id=first["response"]["id"])
+        second = until_terminal(ws, "b")
+    assert second[-1]["type"] == "response.completed", second[-1]
+    frames = [r for r in upstream.requests if r.transport == "websocket"]
+    assert frames[0].connection_id != frames[1].connection_id, "each lane has its own upstream socket"
+    assert "stream_id" not in frames[1].body and "previous_response_id" not in frames[1].body
+    assert [item.get("content") for item in frames[1].body["input"] if item.get("role") == "user"] == [
+        "first",
+        "second",
+    ], "the other lane's socket never saw the conversation: it gets all of it"
+
+
+def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(
+    gateway, upstream, api_key, settings
+):
+    make_provider(upstream)
+    settings.SLUICE_UPSTREAM_WS_MAX_AGE = 0
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "one", store=False)
+        first = until_terminal(ws)[-1]
+        create(ws, "two", store=False, previous_response_id=first["response"]["id"])
+        second = until_terminal(ws)
+    assert [e["type"] for e in second if e["type"] == "error"] == []
+    assert upstream.ws_connections == 2
+    assert "previous_response_id" not in [r.body for r in upstream.requests][-1]
+
+
+def test_queued_frames_of_all_lanes_hold_at_most_one_largest_frame(gateway, upstream, api_key, settings):
+    make_provider(upstream)
+    settings.SLUICE_WS_MAX_FRAME_BYTES = 1000
+    upstream.hang = True
+    padding = "x" * 300
+    with open_socket(gateway, api_key) as ws:
+        for _ in range(2):  # one runs (and hangs), one waits in lane a
+            create(ws, padding, stream_id="a")
+        for _ in range(2):  # the same in lane b
+            create(ws, padding, stream_id="b")
+        create(ws, padding, stream_id="b")  # a third waiting frame would pass the limit
+        error = read(ws)
+    assert error["error"]["code"] == "too_many_queued_requests" and error["stream_id"] == "b"
+
+
+def test_lanes_share_one_upstream_socket_when_the_upstream_speaks_lanes(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.ws_lanes = True
+    upstream.text_deltas = 20
+    upstream.event_delay = 0.02
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "probe", stream_id="a", store=False)
+        probe = until_terminal(ws, "a")[-1]
+        started = time.monotonic()
+        create(ws, "left", stream_id="a", store=False, previous_response_id=probe["response"]["id"])
+        create(ws, "right", stream_id="b", store=False)
+        ended: dict[str, dict[str, Any]] = {}
+        texts: dict[str, str] = {"a": "", "b": ""}
+        while len(ended) < 2:
+            event = read(ws)
+            assert event.get("stream_id") in ("a", "b"), event
+            if event["type"] == "response.output_text.delta":
+                texts[event["stream_id"]] += event["delta"]
+            if event["type"] in TERMINAL:
+                ended[event["stream_id"]] = event
+        both = time.monotonic() - started
+    assert texts == {"a": "echo: left", "b": "echo: right"}, "every event went to its own lane"
+    assert {k: v["type"] for k, v in ended.items()} == {"a": "response.completed", "b": "response.completed"}
+    assert upstream.ws_connections == 1, "one upstream socket for all lanes"
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert [f.get("stream_id") for f in frames] == ["a", "a", "b"]
+    assert frames[1]["previous_response_id"] == probe["response"]["id"] and frames[1]["input"] == "left"
+    assert both < 20 * 0.02 * 1.6, f"the lanes ran one after the other ({both:.2f} s)"
+
+
+def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
+    make_provider(upstream)
+    upstream.ws_lanes = True
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long", stream_id="a")
+        created = read(ws)
+        assert created["stream_id"] == "a"
+        interrupt = {
+            "type": "response.interrupt",
+            "response_id": created["response"]["id"],
+            "mode": "discard_partial_items",
+            "stream_id": "a",
+        }
+        ws.send(json.dumps(interrupt))
+        events = until_terminal(ws, "a")
+    assert events[-1]["type"] == "response.incomplete"
+    assert "response.interrupt.accepted" in [e["type"] for e in events]
+    assert [r.body for r in upstream.requests][1] == interrupt, "relayed untouched, stream_id and all"
+
+
+def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key):
+    make_provider(upstream)
+    slow(upstream)
+    upstream.ws_controls = False
+    with open_socket(gateway, api_key) as ws:
+        events, took = interrupt_mid_stream(ws)
+        kinds = [e["type"] for e in events]
+        assert "error" not in kinds and "response.interrupt.accepted" in kinds
+        assert events[-1]["type"] == "response.incomplete" and took < 0.1
+        upstream.event_delay = 0
+        upstream.text_deltas = 3
+        create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])
+        assert until_terminal(ws)[-1]["type"] == "response.completed"
+    assert upstream.ws_connections == 2, "the socket of the response that could not stop was dropped"
+    last = [r.body for r in upstream.requests if r.transport == "websocket"][-1]
+    assert "previous_response_id" not in last and [i.get("content") for i in last["input"]] == [
+        "long",
+        "next",
+    ]
+
+
+def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key):
+    make_provider(upstream)
+    slow(upstream)
+    upstream.ws_controls = False
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long")
+        created = read(ws)
+        ws.send(
+            json.dumps(
+                {"type": "response.steer", "previous_response_id": created["response"]["id"], "input": "x"}
+            )
+        )
+        events = until_terminal(ws)
+    kinds = [e["type"] for e in events]
+    assert "response.steer.failed" in kinds and "error" not in kinds
+    assert events[-1]["type"] == "response.completed", "the response went on"
