@@ -215,3 +215,6 @@ SLUICE_ENCRYPTION_KEY = env("SLUICE_ENCRYPTION_KEY", default="")
 SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
 # Request-log rows older than this are deleted by `manage.py prunelogs`.
 SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)
+# Requests and tokens per minute are counted in fixed windows of this many seconds (60: per minute; tests
+# shorten it).
+SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.0)

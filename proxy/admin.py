@@ -1,23 +1,140 @@
+from decimal import Decimal
+from typing import Any
+
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import QuerySet
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.translation import gettext_lazy as _
 
-from proxy import dashboard
-from proxy.models import ApiKey, ModelPrice, RequestLog, Usage
+from proxy import dashboard, limits
+from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
+
+# Each limit on a row of its own, with what is used of it right now beside it.
+LIMIT_ROWS = (
+    ("rpm", "requests_now"),
+    ("tpm", "tokens_now"),
+    ("concurrency", "in_flight_now"),
+    ("sockets", "sockets_now"),
+    ("daily_budget", "spend_today"),
+    ("monthly_budget", "spend_this_month"),
+    "allowed_models",
+)
+USAGE_FIELDS = (
+    "requests_now",
+    "tokens_now",
+    "in_flight_now",
+    "sockets_now",
+    "spend_today",
+    "spend_this_month",
+)
+
+
+class LimitsAdmin(admin.ModelAdmin):
+    """Limits beside their current usage, read from the counters admission checks against."""
+
+    scope_prefix = ""
+
+    def _usage(self, obj: Any) -> limits.Usage | None:
+        if obj is None or obj.pk is None or limits.quota_of("", "", obj) is None:
+            return None  # nothing is counted for a key or team without a limit
+        if getattr(obj, "_usage", None) is None:
+            obj._usage = limits.usage(f"{self.scope_prefix}{obj.pk}")
+        return obj._usage
+
+    def _count(self, obj: Any, attribute: str) -> str:
+        usage = self._usage(obj)
+        return "—" if usage is None else f"{getattr(usage, attribute):,}"
+
+    def _spend(self, obj: Any, attribute: str) -> str:
+        usage = self._usage(obj)
+        return "—" if usage is None else f"${Decimal(getattr(usage, attribute)) / limits.MICRO:,.4f}"
+
+    @admin.display(description=_("requests this minute"))
+    def requests_now(self, obj: Any) -> str:
+        return self._count(obj, "requests")
+
+    @admin.display(description=_("tokens this minute"))
+    def tokens_now(self, obj: Any) -> str:
+        return self._count(obj, "tokens")
+
+    @admin.display(description=_("turns in flight now"))
+    def in_flight_now(self, obj: Any) -> str:
+        return self._count(obj, "slots")
+
+    @admin.display(description=_("open WebSocket connections now"))
+    def sockets_now(self, obj: Any) -> str:
+        if self._usage(obj) is None:
+            return "—"
+        return f"{limits.open_sockets(f'{self.scope_prefix}{obj.pk}'):,}"
+
+    @admin.display(description=_("spent today"))
+    def spend_today(self, obj: Any) -> str:
+        return self._spend(obj, "day")
+
+    @admin.display(description=_("spent this month"))
+    def spend_this_month(self, obj: Any) -> str:
+        return self._spend(obj, "month")
+
+
+@admin.register(Team)
+class TeamAdmin(LimitsAdmin):
+    scope_prefix = "t"
+    list_display = (
+        "name",
+        "enabled",
+        "rpm",
+        "concurrency",
+        "daily_budget",
+        "monthly_budget",
+        "spend_today",
+        "keys",
+    )
+    list_filter = ("enabled",)
+    search_fields = ("name",)
+    fieldsets = (
+        (None, {"fields": ("name", "enabled")}),
+        (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS}),
+    )
+    readonly_fields = USAGE_FIELDS
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        return super().get_queryset(request).annotate(key_count=Count("keys"))
+
+    @admin.display(description=_("keys"), ordering="key_count")
+    def keys(self, obj: Team) -> int:
+        return obj.key_count  # type: ignore[attr-defined]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ("name", "prefix", "owner", "enabled", "expires_at", "created_at", "last_used_at")
-    list_filter = ("enabled",)
-    search_fields = ("name", "prefix", "owner__username")
-    fields = ("name", "owner", "enabled", "expires_at", "prefix", "created_at", "last_used_at")
-    readonly_fields = ("prefix", "created_at", "last_used_at")
+class ApiKeyAdmin(LimitsAdmin):
+    scope_prefix = "k"
+    list_display = ("name", "prefix", "owner", "team", "enabled", "expires_at", "created_at", "last_used_at")
+    list_filter = ("enabled", ("team", admin.RelatedOnlyFieldListFilter))
+    list_select_related = ("owner", "team")
+    search_fields = ("name", "prefix", "owner__username", "team__name")
+    fieldsets = (
+        (
+            None,
+            {
+                "fields": (
+                    "name",
+                    "owner",
+                    "team",
+                    "enabled",
+                    "expires_at",
+                    "prefix",
+                    "created_at",
+                    "last_used_at",
+                )
+            },
+        ),
+        (_("Limits (blank: no limit; the team's limits apply too)"), {"fields": LIMIT_ROWS}),
+    )
+    readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
 
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
         if not change:
@@ -93,6 +210,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "fallback_reason",
         ("provider", admin.RelatedFieldListFilter),
         ("api_key", admin.RelatedFieldListFilter),
+        ("team", admin.RelatedFieldListFilter),
         "endpoint",
     )
     search_fields = ("response_id", "requested_model", "upstream_model", "error_code", "session_id")
@@ -102,11 +220,19 @@ class RequestLogAdmin(admin.ModelAdmin):
     actions = None  # rows leave by retention (prunelogs), not by hand
     show_full_result_count = False  # counting a million rows on every page costs more than the page
     fieldsets = (
-        (None, {"fields": ("created_at", "api_key", "provider", "endpoint_name", "status", "error")}),
+        (None, {"fields": ("created_at", "api_key", "team", "provider", "endpoint_name", "status", "error")}),
         (_("Model"), {"fields": ("requested_model", "upstream_model")}),
         (
             _("Usage"),
-            {"fields": ("input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens", "cost")},
+            {
+                "fields": (
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "cost_usd",
+                )
+            },
         ),
         (
             _("Transport"),
@@ -170,6 +296,8 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("cost (USD)"), ordering="cost")
     def cost_usd(self, obj: RequestLog) -> str:
+        if obj.cost is None and (obj.input_tokens or obj.output_tokens):
+            return str(_("price unknown"))  # the model has no price: not a cost of 0
         return f"{obj.cost:.4f}" if obj.cost else "—"
 
     @admin.display(description=_("transports"))
@@ -179,6 +307,12 @@ class RequestLogAdmin(admin.ModelAdmin):
         if obj.fallback_reason:
             return format_html('<span title="{}">{} *</span>', obj.get_fallback_reason_display(), label)
         return label
+
+    @admin.display(description=_("cost (USD)"), ordering="cost")
+    def cost_or_unknown(self, obj: RequestLog) -> str:
+        if obj.cost is None:
+            return str(_("price unknown")) if obj.input_tokens or obj.output_tokens else "—"
+        return f"{obj.cost:.6f}"
 
     @admin.display(description=_("first event"), ordering="time_to_first_event_ms")
     def ttfe(self, obj: RequestLog) -> str:

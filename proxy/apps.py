@@ -9,7 +9,7 @@ class ProxyConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
-        from proxy.models import ApiKey, ModelPrice
+        from proxy.models import ApiKey, ModelPrice, Team
         from settings_app.runtime import bump_version
 
         def key_changed(instance: ApiKey, **kwargs: object) -> None:
@@ -19,6 +19,15 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-changed")
         post_delete.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-deleted")
+
+        def team_changed(instance: Team, **kwargs: object) -> None:
+            bump_version("api-keys")  # the keys' policies carry their team's limits
+            if kwargs.get("signal") is post_save and not instance.enabled:
+                for key_id in instance.keys.values_list("pk", flat=True):
+                    _revoke(key_id)
+
+        post_save.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-changed")
+        post_delete.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-deleted")
 
         def price_changed(**kwargs: object) -> None:
             bump_version("prices")

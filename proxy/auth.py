@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from django.utils import timezone
 
+from proxy.limits import Policy, policy_for, seed_spend
 from proxy.models import ApiKey, hash_key
 from settings_app.runtime import Snapshot
 
@@ -16,13 +17,18 @@ class Client:
     key_name: str
     owner_id: int
     expires_at: dt.datetime | None
+    team_id: int | None = None
+    policy: Policy | None = None  # None: nothing limits this key (admission costs nothing)
 
 
 def _load() -> dict[str, Client]:
-    rows = ApiKey.objects.filter(enabled=True).values_list(
-        "pk", "name", "owner_id", "expires_at", "hashed_key"
-    )
-    return {h: Client(pk, name, owner, exp) for pk, name, owner, exp, h in rows}
+    rows = ApiKey.objects.filter(enabled=True).select_related("team")
+    clients = {
+        k.hashed_key: Client(k.pk, k.name, k.owner_id, k.expires_at, k.team_id, policy_for(k, k.team))
+        for k in rows
+    }
+    seed_spend([q for c in clients.values() if c.policy is not None for q in c.policy.quotas])
+    return clients
 
 
 keys: Snapshot[dict[str, Client]] = Snapshot("api-keys", _load)

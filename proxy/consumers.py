@@ -7,7 +7,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
-from proxy import metrics, turn_state
+from proxy import limits, metrics, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import refuse
 from proxy.wire import WireError
@@ -23,13 +23,26 @@ def key_group(key_id: int) -> str:
 
 
 async def deny(
-    scope: dict[str, Any], send: Any, status: int, error: WireError, endpoint: str = "responses"
+    scope: dict[str, Any],
+    send: Any,
+    status: int,
+    error: WireError,
+    endpoint: str = "responses",
+    client: Any = None,
 ) -> None:
     """Refuse an upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
     daphne can only refuse with 403."""
-    refuse(error, scope=scope, key_id=None, client_transport="websocket", endpoint=endpoint)
+    refuse(
+        error,
+        scope=scope,
+        key_id=client.key_id if client is not None else None,
+        team_id=client.team_id if client is not None else None,
+        client_transport="websocket",
+        endpoint=endpoint,
+    )
     if "websocket.http.response" in scope.get("extensions", {}):
         headers = [(b"content-type", b"application/json")]
+        headers += [(k.encode(), v.encode()) for k, v in getattr(error, "headers", {}).items()]
         await send({"type": "websocket.http.response.start", "status": status, "headers": headers})
         await send({"type": "websocket.http.response.body", "body": error.http_body()})
     else:
@@ -51,6 +64,7 @@ class ResponsesConsumer(AsyncConsumer):
     session: Connection | None = None
     protocol: Any = None  # the server's protocol object, when it can write a batch in one call
     closed = False
+    admission: limits.Admission = limits.UNLIMITED  # the open-socket slot, given back on disconnect
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every message, a thread hop per frame; this
@@ -60,8 +74,8 @@ class ResponsesConsumer(AsyncConsumer):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
 
-    async def deny(self, status: int, error: WireError) -> None:
-        await deny(self.scope, self.send, status, error)
+    async def deny(self, status: int, error: WireError, client: Any = None) -> None:
+        await deny(self.scope, self.send, status, error, client=client)
         self.closed = True
 
     async def websocket_connect(self, message: dict[str, Any]) -> None:
@@ -80,6 +94,11 @@ class ResponsesConsumer(AsyncConsumer):
             await self.deny(
                 401, WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
             )
+            return
+        try:
+            self.admission = await limits.admit_socket(client)
+        except WireError as error:
+            await self.deny(error.status, error, client)  # one request-log row, with key and team
             return
         if self.channel_layer is not None:
             await self.channel_layer.group_add(key_group(client.key_id), self.channel_name)
@@ -130,9 +149,12 @@ class ResponsesConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
-        if self.session is not None:
-            metrics.client_sockets.dec()
-            await self.session.shutdown()
+        try:
+            if self.session is not None:
+                metrics.client_sockets.dec()
+                await self.session.shutdown()
+        finally:
+            self.admission.release()
         for group in getattr(self, "groups", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         raise StopConsumer()

@@ -20,7 +20,7 @@ from django.urls import set_script_prefix
 
 from proxy.labels import endpoint_of
 from proxy.refusals import refuse
-from proxy.views import error_response, max_body_error
+from proxy.views import close_response, error_response, max_body_error
 
 log = logging.getLogger("sluice.http")
 
@@ -93,6 +93,10 @@ class ApiHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 pass
+            finally:
+                # Whether the body was sent, failed or never started: a streaming body's generator may
+                # never have run, so what the view took (a turn's slot) is given back here.
+                close_response(response)
 
         # A client that goes away cancels the view, and with it the upstream request.
         listener = asyncio.ensure_future(self.listen_for_disconnect(receive))

@@ -9,6 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 class TurnRecord:
     key_id: int | None
     client_transport: str
+    team_id: int | None = None
     endpoint: str = "responses"
     requested_model: str = ""
     upstream_model: str = ""
@@ -153,9 +155,10 @@ def write(batch: list[TurnRecord]) -> None:
     for r in batch:
         o = r.outcome
         model = o.model or r.upstream_model
-        price = _price_for(prices, model)
-        spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else Decimal(0)
-        costs.append(spent)
+        price = price_for(prices, model)
+        # No price: no cost, which the admin shows as "price unknown" (a cost of 0 would be a lie).
+        spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else None
+        costs.append(spent if spent is not None else Decimal(0))
         if r.dropped:
             continue
         finished = r.finished_at or r.started
@@ -186,6 +189,7 @@ def write(batch: list[TurnRecord]) -> None:
                 r.upstream_ws_url[:500],
                 o.response_id[:200],
                 r.session_id[:200],
+                r.team_id,
             )
         )
     try:
@@ -239,6 +243,7 @@ COLUMNS = (
     "upstream_ws_url",
     "response_id",
     "session_id",
+    "team_id",
 )
 
 
@@ -278,20 +283,20 @@ def _insert(rows: list[tuple]) -> None:
 
 def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
     from providers.models import Provider
-    from proxy.models import ApiKey
+    from proxy.models import ApiKey, Team
 
-    key_at, provider_at = COLUMNS.index("api_key_id"), COLUMNS.index("provider_id")
-    keys = set(ApiKey.objects.filter(pk__in={r[key_at] for r in rows}).values_list("pk", flat=True))
-    providers = set(
-        Provider.objects.filter(pk__in={r[provider_at] for r in rows}).values_list("pk", flat=True)
-    )
+    links = (("api_key_id", ApiKey), ("provider_id", Provider), ("team_id", Team))
+    existing = []
+    for column, model in links:
+        at = COLUMNS.index(column)
+        ids = {r[at] for r in rows if r[at] is not None}
+        existing.append((at, set(model.objects.filter(pk__in=ids).values_list("pk", flat=True))))
     fixed = []
     for row in rows:
         values = list(row)
-        if values[key_at] not in keys:
-            values[key_at] = None
-        if values[provider_at] not in providers:
-            values[provider_at] = None
+        for at, ids in existing:
+            if values[at] not in ids:
+                values[at] = None
         fixed.append(tuple(values))
     return fixed
 
@@ -305,11 +310,13 @@ def _load_prices() -> dict:
 model_prices: Snapshot[dict] = Snapshot("prices", _load_prices)
 
 
-def _price_for(prices: dict, model: str) -> object | None:
+def price_for(prices: dict, model: str) -> Any:
+    """The price of ``model``: its own, else that of the longest name it extends with a dash (a dated
+    variant such as gpt-5.5-2026-04-23), else None."""
     if model in prices:
         return prices[model]
     best = None
     for name, price in prices.items():
-        if model.startswith(name) and (best is None or len(name) > len(best[0])):
+        if model.startswith(name + "-") and (best is None or len(name) > len(best[0])):
             best = (name, price)
     return best[1] if best else None

@@ -3,6 +3,7 @@ import secrets
 from decimal import Decimal
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -18,8 +19,77 @@ def hash_key(raw: str) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()
 
 
-class ApiKey(models.Model):
+def _validate_model_list(value: object) -> None:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v.strip() for v in value):
+        raise ValidationError(_("Enter a JSON list of model names."))
+
+
+class Limits(models.Model):
+    """Limits a key or a team may carry; blank means no limit. A key's and its team's limits both apply."""
+
+    rpm = models.PositiveIntegerField(_("requests per minute"), null=True, blank=True)
+    tpm = models.PositiveIntegerField(
+        _("tokens per minute"),
+        null=True,
+        blank=True,
+        help_text=_("Input and output tokens of finished turns."),
+    )
+    concurrency = models.PositiveIntegerField(_("turns in flight"), null=True, blank=True)
+    sockets = models.PositiveIntegerField(_("open WebSocket connections"), null=True, blank=True)
+    daily_budget = models.DecimalField(
+        _("daily budget (USD)"),
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text=_("Spend per UTC day."),
+    )
+    monthly_budget = models.DecimalField(
+        _("monthly budget (USD)"),
+        max_digits=12,
+        decimal_places=2,
+        null=True,
+        blank=True,
+        help_text=_("Spend per calendar month (UTC)."),
+    )
+    allowed_models = models.JSONField(
+        _("allowed models"),
+        default=list,
+        blank=True,
+        validators=[_validate_model_list],
+        help_text=_('A JSON list of model names, e.g. ["gpt-5.5"]. Empty: every model the providers serve.'),
+    )
+
+    class Meta:
+        abstract = True
+
+
+class Team(Limits):
+    name = models.CharField(_("name"), max_length=100, unique=True)
+    enabled = models.BooleanField(
+        _("enabled"), default=True, help_text=_("A disabled team refuses every request of its keys.")
+    )
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = _("team")
+        verbose_name_plural = _("teams")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ApiKey(Limits):
     name = models.CharField(_("name"), max_length=100)
+    team = models.ForeignKey(
+        Team,
+        verbose_name=_("team"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="keys",
+    )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),
@@ -74,6 +144,14 @@ class ModelPrice(models.Model):
     def __str__(self) -> str:
         return self.model
 
+    def rates(self) -> tuple[float, float, float]:
+        """USD per token (input, cached input, output): what spend accounting multiplies at turn end."""
+        return (
+            float(self.input_per_million) / 1e6,
+            float(self.cached_input_per_million) / 1e6,
+            float(self.output_per_million) / 1e6,
+        )
+
     def cost(self, input_tokens: int, cached_tokens: int, output_tokens: int) -> Decimal:
         cached = min(cached_tokens, input_tokens)
         total = (
@@ -94,6 +172,7 @@ class RequestLog(models.Model):
 
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
     api_key = models.ForeignKey(ApiKey, verbose_name=_("API key"), null=True, on_delete=models.SET_NULL)
+    team = models.ForeignKey(Team, verbose_name=_("team"), null=True, blank=True, on_delete=models.SET_NULL)
     provider = models.ForeignKey(
         "providers.Provider", verbose_name=_("provider"), null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -106,7 +185,8 @@ class RequestLog(models.Model):
     cached_input_tokens = models.PositiveIntegerField(_("cached input tokens"), default=0)
     output_tokens = models.PositiveIntegerField(_("output tokens"), default=0)
     reasoning_tokens = models.PositiveIntegerField(_("reasoning tokens"), default=0)
-    cost = models.DecimalField(_("cost (USD)"), max_digits=14, decimal_places=8, default=Decimal(0))
+    # Empty when the model has no price: "price unknown", never a cost of 0.
+    cost = models.DecimalField(_("cost (USD)"), max_digits=14, decimal_places=8, null=True, blank=True)
     time_to_first_event_ms = models.FloatField(_("time to first event (ms)"), null=True, blank=True)
     duration_ms = models.FloatField(_("duration (ms)"), default=0)
     client_transport = models.CharField(

@@ -23,6 +23,7 @@ def refuse(
     client_transport: str,
     endpoint: str,
     requested_model: str = "",
+    team_id: int | None = None,
 ) -> WireError:
     """Record ``error`` as the answer to a request that reached no upstream; returns it for raising."""
     log.info(
@@ -36,6 +37,7 @@ def refuse(
     )
     record = TurnRecord(
         key_id=key_id,
+        team_id=team_id,
         client_transport=client_transport,
         endpoint=endpoint,
         requested_model=requested_model[:200],

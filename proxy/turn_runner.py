@@ -15,7 +15,7 @@ from django.conf import settings
 
 from providers import health
 from providers.routing import Affinity, Plan, Route
-from proxy import logwriter, pipeline
+from proxy import limits, logwriter, pipeline
 from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure
@@ -168,7 +168,11 @@ async def open_for_lane(
 async def admitted(client: Client, record: TurnRecord) -> AsyncIterator[None]:
     """One turn's admission, released on every exit path, whatever the ingress and the lane: the place
     where per-key limits are taken and given back. Refusals are ``WireError``s."""
-    yield
+    admission = await limits.admit(client, record.requested_model or None)
+    try:
+        yield
+    finally:
+        admission.release(record)  # with the usage the terminal event left in the record
 
 
 async def finish(record: TurnRecord, route: Route | None, affinity: Affinity, plan: Plan | None) -> None:

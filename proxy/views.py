@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import logwriter, pipeline, turn_runner, turn_state
+from proxy import limits, logwriter, pipeline, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
@@ -33,7 +33,17 @@ def error_response(error: WireError) -> HttpResponse:
     response = HttpResponse(error.http_body(), status=error.status, content_type="application/json")
     if error.status == 401:
         response["WWW-Authenticate"] = "Bearer"
+    for name, value in getattr(error, "headers", {}).items():  # a limit's Retry-After and x-ratelimit-*
+        response[name] = value
     return response
+
+
+def close_response(response: HttpResponse) -> None:
+    """What ``response.close()`` does for the resources a view attached (a limit admission's release),
+    without the request_finished signal that the lean /v1 handler does not send."""
+    for closer in response._resource_closers:  # type: ignore[attr-defined]
+        closer()
+    response._resource_closers.clear()  # type: ignore[attr-defined]
 
 
 def request_headers(request: HttpRequest) -> dict[str, str]:
@@ -123,7 +133,9 @@ async def _relay(
     raw: bytes | None = None
     body: dict[str, Any] | None = None
     model: str | None = None
-    record = TurnRecord(key_id=client.key_id, client_transport="http", endpoint=endpoint)
+    record = TurnRecord(
+        key_id=client.key_id, team_id=client.team_id, client_transport="http", endpoint=endpoint
+    )
     if with_body:
         raw = request.body
         body = parse_body(raw)
@@ -131,6 +143,46 @@ async def _relay(
         record.requested_model = model
         record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
+    admission = limits.UNLIMITED
+    if endpoint in LIMITED_ENDPOINTS:
+        try:
+            admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint])
+        except WireError as error:
+            raise _reject(record, error) from None
+    try:
+        response = await _open(
+            request, client, headers, endpoint, method, path, raw, body, model, response_id, record
+        )
+    except BaseException as exc:
+        admission.release(record)
+        if isinstance(exc, WireError) and admission.headers:
+            exc.headers = admission.headers  # type: ignore[attr-defined]
+        raise
+    # Released once the body is sent or the client is gone (the handler closes every response), with the
+    # usage the relay read from the terminal event.
+    response._resource_closers.append(functools.partial(admission.release, record))  # type: ignore[attr-defined]
+    for name, value in admission.headers.items():
+        response[name] = value
+    return response
+
+
+# The endpoints that create work: a turn holds a slot while it runs; counting tokens only counts a request.
+LIMITED_ENDPOINTS = {"responses": limits.TURN, "compact": limits.TURN, "input_tokens": limits.REQUEST}
+
+
+async def _open(
+    request: HttpRequest,
+    client: Client,
+    headers: dict[str, str],
+    endpoint: str,
+    method: str,
+    path: str,
+    raw: bytes | None,
+    body: dict[str, Any] | None,
+    model: str | None,
+    response_id: str | None,
+    record: TurnRecord,
+) -> HttpResponse:
     record.session_id = routing.session_of(body, headers)
     affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
     state = await turn_state.resume(headers.get(turn_state.HEADER))
@@ -279,6 +331,9 @@ async def models(request: HttpRequest, client: Client, headers: dict[str, str]) 
         names = list(provider.allowed_models) or await _provider_models(provider)
         for name in [*names, *provider.model_redirects]:
             owners.setdefault(name, "sluice")
+    policy = client.policy
+    if policy is not None and policy.models is not None:  # the key's (and its team's) allow-list
+        owners = {name: owner for name, owner in owners.items() if name in policy.models}
     data = [
         {"id": name, "object": "model", "created": 0, "owned_by": owner}
         for name, owner in sorted(owners.items())

@@ -19,6 +19,7 @@ from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
 from proxy import pipeline, ws_relay
 from proxy.deadline import Deadline
+from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.transport import FallbackReason
@@ -132,6 +133,7 @@ class Lane:
         connection = self.connection
         record = TurnRecord(
             key_id=connection.client.key_id,
+            team_id=connection.client.team_id,
             client_transport="websocket",
             endpoint="provider_test" if connection.pinned is not None else "responses",
         )
@@ -146,7 +148,8 @@ class Lane:
         except WireError as error:
             log.info("WebSocket turn refused: %s %s", error.code, error.message)
             record.status, record.error_code = error.status, error.code
-            connection.cache.evict(self.name)
+            if not isinstance(error, LimitError):  # refused before it reached anyone: the cache holds
+                connection.cache.evict(self.name)
             await self.send_error(error)
             connection.submit(record)  # every refused turn leaves a row, also one without a model
         except asyncio.CancelledError:

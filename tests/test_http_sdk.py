@@ -14,11 +14,13 @@ def test_streaming_turn_relays_events_and_logs_usage_and_cost(gateway, upstream,
     from proxy.models import ModelPrice
 
     make_provider(upstream)
-    ModelPrice.objects.create(
+    ModelPrice.objects.update_or_create(
         model="gpt-5.5",
-        input_per_million=Decimal("2"),
-        cached_input_per_million=Decimal("0.5"),
-        output_per_million=Decimal("10"),
+        defaults={
+            "input_per_million": Decimal("2"),
+            "cached_input_per_million": Decimal("0.5"),
+            "output_per_million": Decimal("10"),
+        },
     )
     events = list(sdk(gateway, api_key).responses.create(model="gpt-5.5", input="hello there", stream=True))
 

@@ -33,6 +33,7 @@ def test_cost_uses_the_longest_matching_price_and_last_used_is_recorded():
     from proxy.models import ApiKey, ModelPrice
 
     key, _ = make_key()
+    ModelPrice.objects.all().delete()
     ModelPrice.objects.create(model="gpt-5", input_per_million=Decimal("1"), output_per_million=Decimal("1"))
     ModelPrice.objects.create(
         model="gpt-5.5", input_per_million=Decimal("4"), output_per_million=Decimal("8")

@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
 
     dependencies = [
         ('providers', '0001_initial'),
-        ('proxy', '0001_initial'),
+        ('proxy', '0003_list_prices'),
     ]
 
     operations = [

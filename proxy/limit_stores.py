@@ -1,0 +1,314 @@
+"""Where the limit counters live: a process-local store on the embedded default, Redis behind Django's
+cache in production. Both answer the same two calls: ``take`` (check every quota with ``decide`` and, when
+all admit, count the request and hold a slot, atomically) and ``release``."""
+
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.conf import settings
+
+from proxy.limits import SLOT_TTL, SOCKET, TURN, Clock, Quota, Usage, decide
+
+log = logging.getLogger("sluice.limits")
+
+
+@dataclass(slots=True)
+class _Counters:
+    window: int = 0
+    requests: int = 0
+    tokens: int = 0
+    day: int = 0
+    day_spend: int = 0
+    month: int = 0
+    month_spend: int = 0
+    slots: dict[str, float] = field(default_factory=dict)
+    sockets: dict[str, float] = field(default_factory=dict)
+
+    def roll(self, clock: Clock) -> None:
+        if self.window != clock.window:
+            self.window, self.requests, self.tokens = clock.window, 0, 0
+        if self.day != clock.day:
+            self.day, self.day_spend = clock.day, 0
+        if self.month != clock.month:
+            self.month, self.month_spend = clock.month, 0
+
+    def usage(self, counts: int, now: float) -> Usage:
+        slots = self.sockets if counts == SOCKET else self.slots
+        if slots and min(slots.values()) <= now:
+            for lease in [k for k, until in slots.items() if until <= now]:
+                del slots[lease]
+        return Usage(self.requests, self.tokens, len(slots), self.day_spend, self.month_spend)
+
+
+class LocalStore:
+    """Counters of the embedded default (one process). They live beside the local-memory cache rather than
+    in it: that cache pickles every value and culls entries beyond its size, and a culled counter is a
+    limit lifted."""
+
+    local = True
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: dict[str, _Counters] = {}
+
+    def _of(self, scope: str, clock: Clock) -> _Counters:
+        counters = self.counters.get(scope)
+        if counters is None:
+            counters = self.counters[scope] = _Counters()
+        counters.roll(clock)
+        return counters
+
+    def take(
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+    ) -> tuple[int, int, list[Usage]]:
+        with self.lock:
+            all_counters = [self._of(q.scope, clock) for q in quotas]
+            usages = [c.usage(counts, clock.now) for c in all_counters]
+            for index, (quota, usage) in enumerate(zip(quotas, usages, strict=True)):
+                what = decide(quota, usage, counts)
+                if what:
+                    return what, index, usages
+            for counters in all_counters:
+                if counts != SOCKET:
+                    counters.requests += 1
+                if lease:
+                    (counters.sockets if counts == SOCKET else counters.slots)[lease] = clock.now + SLOT_TTL
+            return 0, 0, usages
+
+    def release(
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+    ) -> None:
+        with self.lock:
+            for quota in quotas:
+                counters = self._of(quota.scope, clock)
+                (counters.sockets if counts == SOCKET else counters.slots).pop(lease, None)
+                counters.tokens += tokens
+                counters.day_spend += spend
+                counters.month_spend += spend
+
+    def usage(self, scope: str, clock: Clock | None = None) -> Usage:
+        clock = clock or Clock.at(time.time())
+        with self.lock:
+            counters = self._of(scope, clock)
+            usage = counters.usage(TURN, clock.now)
+            usage.slots = len(counters.slots)
+            return usage
+
+    def sockets(self, scope: str) -> int:
+        with self.lock:
+            return len(self._of(scope, Clock.at(time.time())).sockets)
+
+    def seed(self, scope: str, day: int, month: int, clock: Clock) -> None:
+        with self.lock:
+            counters = self._of(scope, clock)
+            counters.day_spend += day
+            counters.month_spend += month
+
+    def clear(self) -> None:
+        with self.lock:
+            self.counters.clear()
+
+
+# KEYS, five per quota: requests, tokens, slots (a sorted set of leases), day spend, month spend.
+# ARGV: quota count, now, what is counted, lease, lease expiry, window ttl, then five limits per quota
+# (daily, monthly, rpm, tpm, slots; -1 for none). Returns what ran out, the quota's index, then the five
+# counters of each quota as they stood.
+_TAKE = """
+local n = tonumber(ARGV[1])
+local now = tonumber(ARGV[2])
+local counts = tonumber(ARGV[3])
+local lease = ARGV[4]
+local out = {0, 0}
+for i = 0, n - 1 do
+  local k = i * 5
+  local a = 6 + i * 5
+  redis.call('ZREMRANGEBYSCORE', KEYS[k + 3], '-inf', now)
+  local c = {
+    tonumber(redis.call('GET', KEYS[k + 1]) or '0'),
+    tonumber(redis.call('GET', KEYS[k + 2]) or '0'),
+    redis.call('ZCARD', KEYS[k + 3]),
+    tonumber(redis.call('GET', KEYS[k + 4]) or '0'),
+    tonumber(redis.call('GET', KEYS[k + 5]) or '0'),
+  }
+  for j = 1, 5 do out[#out + 1] = c[j] end
+  if out[1] == 0 then
+    local daily, monthly = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+    local rpm, tpm, slots = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+    local what = 0
+    if counts == 2 then
+      if slots >= 0 and c[3] >= slots then what = 5 end
+    elseif daily >= 0 and c[4] >= daily then what = 1
+    elseif monthly >= 0 and c[5] >= monthly then what = 2
+    elseif rpm >= 0 and c[1] >= rpm then what = 3
+    elseif tpm >= 0 and c[2] >= tpm then what = 4
+    elseif counts == 1 and slots >= 0 and c[3] >= slots then what = 5
+    end
+    if what > 0 then out[1] = what; out[2] = i end
+  end
+end
+if out[1] == 0 then
+  for i = 0, n - 1 do
+    local k = i * 5
+    if counts ~= 2 then
+      redis.call('INCR', KEYS[k + 1])
+      redis.call('EXPIRE', KEYS[k + 1], tonumber(ARGV[6]))
+    end
+    if lease ~= '' then
+      redis.call('ZADD', KEYS[k + 3], tonumber(ARGV[5]), lease)
+      redis.call('EXPIRE', KEYS[k + 3], SLOT_TTL)
+    end
+  end
+end
+return out
+""".replace("SLOT_TTL", str(SLOT_TTL))
+
+
+# KEYS as for _TAKE; ARGV: lease, tokens, micro-USD spent, window ttl. One command, whatever the quotas.
+_RELEASE = """
+local tokens, spend = tonumber(ARGV[2]), tonumber(ARGV[3])
+for k = 0, #KEYS - 1, 5 do
+  if ARGV[1] ~= '' then redis.call('ZREM', KEYS[k + 3], ARGV[1]) end
+  if tokens > 0 then
+    redis.call('INCRBY', KEYS[k + 2], tokens)
+    redis.call('EXPIRE', KEYS[k + 2], tonumber(ARGV[4]))
+  end
+  if spend > 0 then
+    redis.call('INCRBY', KEYS[k + 4], spend)
+    redis.call('EXPIRE', KEYS[k + 4], 172800)
+    redis.call('INCRBY', KEYS[k + 5], spend)
+    redis.call('EXPIRE', KEYS[k + 5], 2764800)
+  end
+end
+return 0
+"""
+
+
+def _limit(value: int | None) -> int:
+    return -1 if value is None else value
+
+
+class RedisStore:
+    """Counters in the Redis behind Django's cache: one script per admission, one per release."""
+
+    local = False
+
+    def __init__(self, cache: Any) -> None:
+        self.cache = cache
+        self.script: Any = None
+        self.give_back: Any = None
+        self.client: Any = None
+        self.pending: dict[str, concurrent.futures.Future] = {}  # scope -> its latest release
+
+    def _client(self) -> Any:
+        # One client object for the process: Django's backend builds a new one (with its table of response
+        # callbacks) on every call, which costs more CPU than the round trip itself. The client is
+        # thread-safe; its connection pool is Django's.
+        if self.client is None:
+            self.client = self.cache._cache.get_client(write=True)
+        return self.client
+
+    def keys(self, scope: str, counts: int, clock: Clock) -> list[str]:
+        make = self.cache.make_key
+        slots = "s" if counts == SOCKET else "c"
+        return [
+            make(f"sluice:rl:{scope}:r:{clock.window}"),
+            make(f"sluice:rl:{scope}:t:{clock.window}"),
+            make(f"sluice:rl:{scope}:{slots}"),
+            make(f"sluice:rl:{scope}:d:{clock.day}"),
+            make(f"sluice:rl:{scope}:m:{clock.month}"),
+        ]
+
+    def take(
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+    ) -> tuple[int, int, list[Usage]]:
+        client = self._client()
+        if self.script is None:
+            self.script = client.register_script(_TAKE)
+        keys: list[str] = []
+        args: list[Any] = [
+            len(quotas),
+            clock.now,
+            counts,
+            lease,
+            clock.now + SLOT_TTL,
+            math.ceil(2 * settings.SLUICE_RATE_WINDOW_SECONDS),
+        ]
+        for q in quotas:
+            keys += self.keys(q.scope, counts, clock)
+            slots = q.sockets if counts == SOCKET else q.concurrency
+            args += [_limit(q.daily), _limit(q.monthly), _limit(q.rpm), _limit(q.tpm), _limit(slots)]
+        out = [int(v) for v in self.script(keys=keys, args=args, client=client)]
+        usages = [Usage(*out[2 + 5 * i : 7 + 5 * i]) for i in range(len(quotas))]
+        return out[0], out[1], usages
+
+    def release(
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+    ) -> None:
+        future = executor.submit(self._release, quotas, counts, lease, tokens, spend, clock)
+        scopes = [q.scope for q in quotas]
+        for scope in scopes:
+            self.pending[scope] = future
+
+        def done(f: concurrent.futures.Future) -> None:
+            for scope in scopes:
+                if self.pending.get(scope) is f:
+                    self.pending.pop(scope, None)
+
+        future.add_done_callback(done)
+
+    def releasing(self, quotas: tuple[Quota, ...]) -> list[concurrent.futures.Future]:
+        """Releases of these quotas still on their way to Redis: a turn that follows another on the same
+        key must not be refused for the slot its predecessor is giving back."""
+        return [f for q in quotas if (f := self.pending.get(q.scope)) is not None and not f.done()]
+
+    def _release(
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+    ) -> None:
+        try:
+            client = self._client()
+            if self.give_back is None:
+                self.give_back = client.register_script(_RELEASE)
+            keys: list[str] = []
+            for q in quotas:
+                keys += self.keys(q.scope, counts, clock)
+            window = math.ceil(2 * settings.SLUICE_RATE_WINDOW_SECONDS)
+            self.give_back(keys=keys, args=[lease, tokens, spend, window], client=client)
+        except Exception:  # noqa: BLE001 - logged; a lease left behind expires on its own
+            log.warning("could not release a limit admission in Redis", exc_info=True)
+
+    def usage(self, scope: str, clock: Clock | None = None) -> Usage:
+        clock = clock or Clock.at(time.time())
+        keys = self.keys(scope, TURN, clock)
+        client = self._client()
+        pipe = client.pipeline(transaction=False)
+        pipe.get(keys[0])
+        pipe.get(keys[1])
+        pipe.zcount(keys[2], clock.now, "+inf")
+        pipe.get(keys[3])
+        pipe.get(keys[4])
+        values = [int(v or 0) for v in pipe.execute()]
+        return Usage(*values)
+
+    def sockets(self, scope: str) -> int:
+        clock = Clock.at(time.time())
+        return int(self._client().zcount(self.keys(scope, SOCKET, clock)[2], clock.now, "+inf"))
+
+    def seed(self, scope: str, day: int, month: int, clock: Clock) -> None:
+        # Only where the counter does not exist yet: Redis's own counters are the better record.
+        keys = self.keys(scope, TURN, clock)
+        pipe = self._client().pipeline(transaction=False)
+        pipe.set(keys[3], day, nx=True, ex=2 * 86400)
+        pipe.set(keys[4], month, nx=True, ex=32 * 86400)
+        pipe.execute()
+
+    def clear(self) -> None:
+        pass  # the cache's clear() empties Redis
+
+
+executor = concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sluice-limits")
+local_store = LocalStore()

@@ -1,0 +1,493 @@
+"""Limits, budgets and model access of keys and teams, checked before every turn.
+
+A key's policy is built once, when the key snapshot loads: the key's own limits and its team's, each a
+``Quota`` with its own counters, so the tighter one wins. ``admit`` takes one cache round trip (a Lua
+script on Redis, a lock on the process-local store of the embedded default) and returns an ``Admission``
+whose ``release`` gives back the turn's slot and adds its tokens and spend from the terminal event's
+usage. ``release`` is synchronous and idempotent, so any exit path can call it, and a forgotten admission
+still releases when it is garbage-collected.
+
+The counters live in ``proxy.limit_stores``. The decision itself is a pure function (``decide``) of the
+limits and the counters as they stand: fixed windows of ``SLUICE_RATE_WINDOW_SECONDS`` for requests and
+tokens, slots for turns in flight and open sockets (leases that expire, so a process that dies cannot hold
+them for ever), and spend per UTC day and month in micro-dollars. A budget never cuts a turn in flight:
+spend is counted when it ends.
+"""
+
+import asyncio
+import calendar
+import itertools
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.core.cache import caches
+from django.core.cache.backends.locmem import LocMemCache
+
+from proxy.wire import WireError
+
+log = logging.getLogger("sluice.limits")
+
+MICRO = 1_000_000
+TURN, REQUEST, SOCKET = 1, 0, 2  # what an admission counts: a turn (rate + slot), rate only, a socket
+SLOT_TTL = 6 * 3600  # a lease nobody released (a process killed mid-turn) frees itself after this
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """The limits of one key or one team, and the name of the counters they are checked against."""
+
+    scope: str  # "k12", "t3"
+    kind: str  # "key" or "team", for messages
+    name: str
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    sockets: int | None = None
+    daily: int | None = None  # micro-USD
+    monthly: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    quotas: tuple[Quota, ...]
+    models: frozenset[str] | None = None  # None: every model
+    team_disabled: bool = False
+    team_name: str = ""
+    budgets: bool = False
+
+    def allows(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+
+@dataclass(slots=True)
+class Usage:
+    """A quota's counters as they stand: this window's requests and tokens, slots held, this UTC day's and
+    month's spend in micro-USD."""
+
+    requests: int = 0
+    tokens: int = 0
+    slots: int = 0
+    day: int = 0
+    month: int = 0
+
+
+# What ran out, in the order it is checked: a spent budget first (retrying soon will not help).
+DAILY, MONTHLY, REQUESTS, TOKENS, SLOTS = 1, 2, 3, 4, 5
+
+
+def decide(quota: Quota, usage: Usage, counts: int) -> int:
+    """0 when ``quota`` admits one more of ``counts`` (TURN, REQUEST, SOCKET), else what ran out."""
+    if counts == SOCKET:
+        return SLOTS if quota.sockets is not None and usage.slots >= quota.sockets else 0
+    if quota.daily is not None and usage.day >= quota.daily:
+        return DAILY
+    if quota.monthly is not None and usage.month >= quota.monthly:
+        return MONTHLY
+    if quota.rpm is not None and usage.requests >= quota.rpm:
+        return REQUESTS
+    if quota.tpm is not None and usage.tokens >= quota.tpm:
+        return TOKENS
+    if counts == TURN and quota.concurrency is not None and usage.slots >= quota.concurrency:
+        return SLOTS
+    return 0
+
+
+def micro_usd(value: Decimal | None) -> int | None:
+    return None if value is None else int(value * MICRO)
+
+
+def quota_of(scope: str, kind: str, obj: Any) -> Quota | None:
+    """The quota of a key or team row; None when it sets no counted limit."""
+    quota = Quota(
+        scope,
+        kind,
+        obj.name,
+        obj.rpm,
+        obj.tpm,
+        obj.concurrency,
+        obj.sockets,
+        micro_usd(obj.daily_budget),
+        micro_usd(obj.monthly_budget),
+    )
+    limited = (quota.rpm, quota.tpm, quota.concurrency, quota.sockets, quota.daily, quota.monthly)
+    return quota if any(v is not None for v in limited) else None
+
+
+def policy_for(key: Any, team: Any | None) -> Policy | None:
+    """A key's policy, or None when neither it nor its team limits anything (then admission costs nothing)."""
+    quotas = [q for q in (quota_of(f"k{key.pk}", "key", key),) if q is not None]
+    allowed = [set(key.allowed_models)] if key.allowed_models else []
+    if team is not None:
+        team_quota = quota_of(f"t{team.pk}", "team", team)
+        if team_quota is not None:
+            quotas.append(team_quota)
+        if team.allowed_models:
+            allowed.append(set(team.allowed_models))
+    disabled = team is not None and not team.enabled
+    if not quotas and not allowed and not disabled:
+        return None
+    models = frozenset(set.intersection(*allowed)) if allowed else None
+    budgets = any(q.daily is not None or q.monthly is not None for q in quotas)
+    return Policy(tuple(quotas), models, disabled, team.name if team is not None else "", budgets)
+
+
+# ----- time -----
+
+
+@dataclass(frozen=True, slots=True)
+class Clock:
+    """The counters' periods at one instant: the rate window, the UTC day and month, and when each ends."""
+
+    now: float
+    window: int
+    window_ends: float
+    day: int  # 20261128
+    month: int  # 202611
+    day_ends: float
+    month_ends: float
+
+    @classmethod
+    def at(cls, now: float) -> "Clock":
+        length = settings.SLUICE_RATE_WINDOW_SECONDS
+        window = int(now // length)
+        day = _days.get(int(now // 86400))
+        if day is None:
+            day = _day_of(now)
+        return cls(now, window, (window + 1) * length, *day)
+
+
+_days: dict[int, tuple[int, int, float, float]] = {}
+
+
+def _day_of(now: float) -> tuple[int, int, float, float]:
+    """The UTC day and month of ``now`` and when each ends, computed once a day."""
+    t = time.gmtime(now)
+    midnight = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
+    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
+    day = (
+        t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday,
+        t.tm_year * 100 + t.tm_mon,
+        float(midnight),
+        float(calendar.timegm((year, month, 1, 0, 0, 0))),
+    )
+    if len(_days) > 4:
+        _days.clear()
+    _days[int(now // 86400)] = day
+    return day
+
+
+def duration(seconds: float) -> str:
+    """A reset time as OpenAI writes it: "6m0s", "12s", "0.5s"."""
+    if seconds < 1:
+        return f"{max(seconds, 0.001):.3g}s"
+    seconds = math.ceil(seconds)
+    return f"{seconds // 60}m{seconds % 60}s" if seconds >= 60 else f"{seconds}s"
+
+
+# ----- refusals and headers -----
+
+
+class LimitError(WireError):
+    """A refusal by a limit, with the headers that tell the client when to come back."""
+
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str]) -> None:
+        super().__init__(status, code, message, None, code if code == "insufficient_quota" else "requests")
+        self.headers = headers
+
+    def ws_frame(self) -> str:
+        import json
+
+        return json.dumps(
+            {"type": "error", "status": self.status, "error": self.error_object(), "headers": self.headers}
+        )
+
+
+def refusal(quota: Quota, what: int, usage: Usage, clock: Clock) -> LimitError:
+    who = f"{quota.kind} '{quota.name}'"
+    if what in (DAILY, MONTHLY):
+        daily = what == DAILY
+        budget = Decimal(quota.daily if daily else quota.monthly) / MICRO  # type: ignore[arg-type]
+        ends = clock.day_ends if daily else clock.month_ends
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ends))
+        message = (
+            f"The {'daily' if daily else 'monthly'} budget of {who} (USD {budget:.2f}) is spent; "
+            f"it resets at {when}."
+        )
+        headers = {"Retry-After": str(math.ceil(ends - clock.now)), "x-should-retry": "false"}
+        return LimitError(429, "insufficient_quota", message, headers)
+    if what == SLOTS:
+        message = f"Too many turns in flight for {who}: at most {quota.concurrency} at once."
+        headers = {"Retry-After": "1"}
+    else:
+        per = settings.SLUICE_RATE_WINDOW_SECONDS
+        limit, noun = (quota.rpm, "requests") if what == REQUESTS else (quota.tpm, "tokens")
+        period = "minute" if per == 60 else f"{per:g} seconds"
+        message = (
+            f"Rate limit reached for {who}: {limit} {noun} per {period}. "
+            f"Try again in {duration(clock.window_ends - clock.now)}."
+        )
+        headers = {"Retry-After": str(max(1, math.ceil(clock.window_ends - clock.now)))}
+    return LimitError(429, "rate_limit_exceeded", message, headers)
+
+
+def socket_refusal(quota: Quota) -> LimitError:
+    return LimitError(
+        429,
+        "rate_limit_exceeded",
+        f"Too many open WebSocket connections for {quota.kind} '{quota.name}': at most {quota.sockets}.",
+        {"Retry-After": "1"},
+    )
+
+
+def rate_headers(
+    quotas: tuple[Quota, ...], usages: list[Usage], clock: Clock, counted: bool
+) -> dict[str, str]:
+    """The x-ratelimit-* headers of the tightest request and token limits, after this request."""
+    headers: dict[str, str] = {}
+    reset = duration(clock.window_ends - clock.now)
+    best: tuple[int, int] | None = None
+    tokens: tuple[int, int] | None = None
+    for quota, usage in zip(quotas, usages, strict=True):
+        if quota.rpm is not None:
+            left = max(quota.rpm - usage.requests - counted, 0)
+            if best is None or left < best[1]:
+                best = (quota.rpm, left)
+        if quota.tpm is not None:
+            left = max(quota.tpm - usage.tokens, 0)
+            if tokens is None or left < tokens[1]:
+                tokens = (quota.tpm, left)
+    if best is not None:
+        headers["x-ratelimit-limit-requests"] = str(best[0])
+        headers["x-ratelimit-remaining-requests"] = str(best[1])
+        headers["x-ratelimit-reset-requests"] = reset
+    if tokens is not None:
+        headers["x-ratelimit-limit-tokens"] = str(tokens[0])
+        headers["x-ratelimit-remaining-tokens"] = str(tokens[1])
+        headers["x-ratelimit-reset-tokens"] = reset
+    return headers
+
+
+# ----- the admission -----
+
+_lease_ids = itertools.count(1)
+_process = f"{os.getpid()}-{os.urandom(3).hex()}"
+
+
+class Admission:
+    """What one turn (or socket) holds until ``release``: its slots, and how to account for its usage."""
+
+    __slots__ = ("quotas", "counts", "lease", "headers", "prices", "released", "store")
+
+    def __init__(
+        self,
+        quotas: tuple[Quota, ...],
+        counts: int,
+        lease: str,
+        headers: dict[str, str],
+        prices: dict | None,
+        store: Any = None,
+    ) -> None:
+        self.store = store  # the store that admitted it (the local one while Redis is unreachable)
+        self.quotas = quotas
+        self.counts = counts
+        self.lease = lease
+        self.headers = headers
+        self.prices = prices
+        self.released = not quotas
+
+    def release(self, record: Any = None) -> None:
+        """Give back the slot and add the turn's tokens and spend; safe to call more than once."""
+        if self.released:
+            return
+        self.released = True
+        tokens = spend = 0
+        if record is not None and self.counts == TURN:
+            o = record.outcome
+            tokens = o.input_tokens + o.output_tokens
+            if self.prices is not None and tokens:
+                spend = spend_of(self.prices, o.model or record.upstream_model, o)
+        try:
+            store = self.store or _store()
+            store.release(self.quotas, self.counts, self.lease, tokens, spend, Clock.at(time.time()))
+        except Exception:  # noqa: BLE001 - the cache being gone must not fail the turn
+            log.warning("could not release a limit admission", exc_info=True)
+
+    def __del__(self) -> None:
+        if not self.released:
+            log.warning("a limit admission was never released; releasing it now")
+            self.release()
+
+
+UNLIMITED = Admission((), TURN, "", {}, None)
+
+
+_rates: dict[tuple[int, str], tuple[float, float, float] | None] = {}
+
+
+def spend_of(prices: dict, model: str, outcome: Any) -> int:
+    """A turn's cost in micro-USD (0 when the model has no price: the request log says so)."""
+    from proxy.logwriter import price_for
+
+    key = (id(prices), model)
+    rates = _rates.get(key, False)
+    if rates is False:
+        price = price_for(prices, model)
+        rates = price.rates() if price is not None else None
+        if len(_rates) > 4096:
+            _rates.clear()
+        _rates[key] = rates
+    if rates is None:
+        return 0
+    cached = min(outcome.cached_input_tokens, outcome.input_tokens)
+    usd = (outcome.input_tokens - cached) * rates[0] + cached * rates[1] + outcome.output_tokens * rates[2]
+    return math.ceil(usd * MICRO)
+
+
+async def admit(client: Any, model: str | None, counts: int = TURN) -> Admission:
+    """Admit one turn (or, with REQUEST, one request that counts against the rate only) of ``client``;
+    raise a ``WireError`` when a limit, a budget, the model allow-list or a disabled team refuses it."""
+    policy: Policy | None = client.policy
+    if policy is None:
+        return UNLIMITED
+    if policy.team_disabled:
+        raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
+    if model is not None and not policy.allows(model):
+        raise WireError(
+            403, "model_not_allowed", f"The model '{model}' is not allowed for this API key.", "model"
+        )
+    if not policy.quotas:
+        return UNLIMITED
+    prices = None
+    if policy.budgets and counts == TURN:
+        from proxy.logwriter import model_prices
+
+        prices = await model_prices.aget()
+    return await _take(policy.quotas, counts, prices)
+
+
+async def admit_socket(client: Any) -> Admission:
+    """Admit one WebSocket connection of ``client`` (before the upgrade is accepted)."""
+    policy: Policy | None = client.policy
+    if policy is None:
+        return UNLIMITED
+    if policy.team_disabled:
+        raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
+    quotas = tuple(q for q in policy.quotas if q.sockets is not None)
+    return await _take(quotas, SOCKET, None) if quotas else UNLIMITED
+
+
+async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> Admission:
+    lease = "" if counts == REQUEST else f"{_process}-{next(_lease_ids)}"
+    clock = Clock.at(time.time())
+    store = _store()
+    if store.local:
+        what, index, usages = store.take(quotas, counts, lease, clock)
+    else:
+        from proxy.limit_stores import executor, local_store
+
+        for release in store.releasing(quotas):
+            await asyncio.wrap_future(release)
+        # The script may run to the end after this task is cancelled: give back what it took.
+        future = asyncio.get_running_loop().run_in_executor(
+            executor, store.take, quotas, counts, lease, clock
+        )
+        try:
+            what, index, usages = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            future.add_done_callback(lambda f: _abandoned(f, quotas, counts, lease, clock))
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis unreachable: limits hold per process meanwhile
+            log.warning("limit counters in Redis unreachable (%r); counting in this process", exc)
+            store = local_store
+            what, index, usages = store.take(quotas, counts, lease, clock)
+    if what:
+        quota = quotas[index]
+        error = socket_refusal(quota) if counts == SOCKET else refusal(quota, what, usages[index], clock)
+        error.headers.update(rate_headers(quotas, usages, clock, counted=False))
+        raise error
+    return Admission(quotas, counts, lease, rate_headers(quotas, usages, clock, counted=True), prices, store)
+
+
+def _abandoned(
+    future: "asyncio.Future[Any]", quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+) -> None:
+    if not future.cancelled() and future.exception() is None and not future.result()[0]:
+        Admission(quotas, counts, lease, {}, None).release()
+
+
+_chosen: Any = None
+
+
+def _store() -> Any:
+    """The store for Django's default cache (a LocalStore or a RedisStore), chosen once per process."""
+    global _chosen
+    if _chosen is None:
+        from proxy.limit_stores import RedisStore, local_store
+
+        cache = caches["default"]
+        _chosen = local_store if isinstance(cache, LocMemCache) else RedisStore(cache)
+    return _chosen
+
+
+def usage(scope: str) -> Usage:
+    """Current counters of a key ("k12") or team ("t3"), for the admin."""
+    return _store().usage(scope)
+
+
+def open_sockets(scope: str) -> int:
+    return _store().sockets(scope)
+
+
+async def ausage(scope: str) -> Usage:
+    return await sync_to_async(usage, thread_sensitive=False)(scope)
+
+
+_seeded: set[str] = set()
+
+
+def seed_spend(quotas: list[Quota]) -> None:
+    """Start the spend counters from the request log the first time this process sees a budget: a restart
+    (of the embedded default, or of a Redis without persistence) must not hand out a day's budget twice.
+    Called where the key snapshot loads, off the event loop."""
+    store = _store()
+    todo = [q for q in quotas if (q.daily is not None or q.monthly is not None) and q.scope not in _seeded]
+    if not todo:
+        return
+    import datetime as dt
+
+    from django.db.models import Q, Sum
+
+    from proxy.models import RequestLog
+
+    clock = Clock.at(time.time())
+    year, month = divmod(clock.month, 100)
+    month_start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
+    day_start = dt.datetime.fromtimestamp(clock.day_ends - 86400, dt.UTC)
+    for column, prefix in (("api_key_id", "k"), ("team_id", "t")):
+        ids = [int(q.scope[1:]) for q in todo if q.scope[0] == prefix]
+        if not ids:
+            continue
+        rows = (
+            RequestLog.objects.filter(created_at__gte=month_start, **{f"{column}__in": ids})
+            .values(column)
+            .annotate(month=Sum("cost"), day=Sum("cost", filter=Q(created_at__gte=day_start)))
+        )
+        for row in rows:
+            day, month_total = (micro_usd(row["day"]) or 0, micro_usd(row["month"]) or 0)
+            store.seed(f"{prefix}{row[column]}", day, month_total, clock)
+    _seeded.update(q.scope for q in todo)
+
+
+def reset_local() -> None:
+    """Forget this process's counters (tests: a cleared cache starts from nothing)."""
+    from proxy.limit_stores import local_store
+
+    local_store.clear()
+    _seeded.clear()

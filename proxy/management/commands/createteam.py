@@ -1,0 +1,32 @@
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils.translation import gettext as _
+
+from proxy.management.limit_options import add_limit_arguments, apply_limits
+from proxy.models import Team
+
+
+class Command(BaseCommand):
+    help = _("Create a team (or update its limits); its keys share the team's limits and budgets.")
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--name", required=True)
+        add_limit_arguments(parser)
+        parser.add_argument("--disabled", action="store_true", help=_("Create the team disabled."))
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        name = options["name"].strip()
+        if not name:
+            raise CommandError(_("A team needs a name."))
+        team = Team.objects.filter(name=name).first()
+        created = team is None
+        if team is None:
+            team = Team(name=name)
+        apply_limits(team, options)
+        if options["disabled"]:
+            team.enabled = False
+        team.full_clean()
+        team.save()
+        message = _("Created team “%(name)s”.") if created else _("Updated team “%(name)s”.")
+        self.stdout.write(message % {"name": team.name})

@@ -1,0 +1,203 @@
+"""The limit primitive on its own: the decision table, policies, clocks and the process-local store."""
+
+import calendar
+from types import SimpleNamespace
+
+import pytest
+
+from proxy import limits
+from proxy.limit_stores import LocalStore, RedisStore, local_store
+from proxy.limits import (
+    DAILY,
+    MONTHLY,
+    REQUEST,
+    REQUESTS,
+    SLOTS,
+    SOCKET,
+    TOKENS,
+    TURN,
+    Clock,
+    Quota,
+    Usage,
+    decide,
+)
+
+FULL = Quota("k1", "key", "ci", rpm=5, tpm=100, concurrency=2, sockets=1, daily=1000, monthly=5000)
+
+
+@pytest.mark.parametrize(
+    ("quota", "usage", "counts", "expected"),
+    [
+        (FULL, Usage(), TURN, 0),
+        (FULL, Usage(requests=4, tokens=99, slots=1, day=999, month=4999), TURN, 0),
+        (FULL, Usage(requests=5), TURN, REQUESTS),
+        (FULL, Usage(tokens=100), TURN, TOKENS),
+        (FULL, Usage(slots=2), TURN, SLOTS),
+        (FULL, Usage(slots=2), REQUEST, 0),  # counting tokens holds no slot
+        (FULL, Usage(requests=5), REQUEST, REQUESTS),
+        (FULL, Usage(day=1000), TURN, DAILY),
+        (FULL, Usage(month=5000), TURN, MONTHLY),
+        (FULL, Usage(requests=5, day=1000), TURN, DAILY),  # a spent budget is said first
+        (FULL, Usage(slots=1), SOCKET, SLOTS),
+        (FULL, Usage(requests=5, day=1000), SOCKET, 0),  # a socket is only counted against sockets
+        (Quota("t1", "team", "x"), Usage(requests=10**6, slots=10**6, day=10**9), TURN, 0),
+        (Quota("t1", "team", "x", rpm=0), Usage(), TURN, REQUESTS),
+    ],
+)
+def test_decide(quota, usage, counts, expected):
+    assert decide(quota, usage, counts) == expected
+
+
+def row(pk: int, name: str = "x", **fields):
+    base = dict.fromkeys(("rpm", "tpm", "concurrency", "sockets", "daily_budget", "monthly_budget"))
+    return SimpleNamespace(pk=pk, name=name, enabled=True, **{**base, "allowed_models": [], **fields})
+
+
+def test_policy_keeps_both_quotas_and_intersects_allow_lists():
+    from decimal import Decimal
+
+    key = row(3, "k", rpm=10, allowed_models=["gpt-5.5", "gpt-5-mini"])
+    team = row(7, "t", rpm=4, daily_budget=Decimal("0.05"), allowed_models=["gpt-5-mini", "o3"])
+    policy = limits.policy_for(key, team)
+    assert [(q.scope, q.rpm, q.daily) for q in policy.quotas] == [("k3", 10, None), ("t7", 4, 50_000)]
+    assert policy.models == {"gpt-5-mini"} and policy.allows("gpt-5-mini") and not policy.allows("gpt-5.5")
+    assert policy.budgets and not policy.team_disabled
+
+
+@pytest.mark.parametrize(
+    ("key", "team", "expected"),
+    [
+        (row(1), None, None),  # nothing limited: no policy, admission costs nothing
+        (row(1), row(2), None),
+        (row(1, tpm=0), None, ("k1",)),
+    ],
+)
+def test_policy_only_when_something_is_limited(key, team, expected):
+    policy = limits.policy_for(key, team)
+    assert (None if policy is None else tuple(q.scope for q in policy.quotas)) == expected
+
+
+def test_a_disabled_team_gives_its_keys_a_refusing_policy():
+    team = row(2, "ops")
+    team.enabled = False
+    policy = limits.policy_for(row(1), team)
+    assert policy is not None and policy.team_disabled and policy.team_name == "ops"
+
+
+@pytest.mark.parametrize(
+    ("when", "day", "month", "day_ends", "month_ends"),
+    [
+        ((2026, 11, 28, 23, 59, 59), 20261128, 202611, (2026, 11, 29), (2026, 12, 1)),
+        ((2026, 12, 31, 12, 0, 0), 20261231, 202612, (2027, 1, 1), (2027, 1, 1)),
+        ((2028, 2, 28, 0, 0, 0), 20280228, 202802, (2028, 2, 29), (2028, 3, 1)),
+    ],
+)
+def test_clock_knows_utc_days_and_months(settings, when, day, month, day_ends, month_ends):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    now = calendar.timegm(when) + 0.25
+    clock = Clock.at(now)
+    assert (clock.day, clock.month) == (day, month)
+    assert clock.day_ends == calendar.timegm((*day_ends, 0, 0, 0))
+    assert clock.month_ends == calendar.timegm((*month_ends, 0, 0, 0))
+    assert clock.window_ends - now == pytest.approx(60 - now % 60)
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0.5, "0.5s"), (12.2, "13s"), (60, "1m0s"), (361, "6m1s")])
+def test_reset_times_read_like_openai(seconds, text):
+    assert limits.duration(seconds) == text
+
+
+def test_local_store_counts_and_releases(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    store = LocalStore()
+    quota = Quota("k9", "key", "ci", rpm=3, concurrency=2)
+    now = 60 * 1_000_000 + 1.0
+    clock = Clock.at(now)
+    assert store.take((quota,), TURN, "a", clock)[0] == 0
+    assert store.take((quota,), TURN, "b", clock)[0] == 0
+    what, index, usages = store.take((quota,), TURN, "c", clock)
+    assert (what, index, usages[0].slots) == (SLOTS, 0, 2)
+    store.release((quota,), TURN, "a", 40, 7, clock)
+    store.release((quota,), TURN, "a", 0, 0, clock)  # a second release of the same lease changes nothing
+    assert store.take((quota,), TURN, "c", clock)[0] == 0
+    assert store.take((quota,), TURN, "d", clock)[0] == REQUESTS  # 3 requests this window
+    later = Clock.at(now + 60)  # the next window: requests and tokens start again, slots stay held
+    what, _, usages = store.take((quota,), TURN, "d", later)
+    assert what == SLOTS and (usages[0].requests, usages[0].tokens, usages[0].day) == (0, 0, 7)
+
+
+def test_a_lease_nobody_released_expires(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    store = LocalStore()
+    quota = Quota("k9", "key", "ci", concurrency=1)
+    now = 1_000_000.0
+    assert store.take((quota,), TURN, "lost", Clock.at(now))[0] == 0
+    assert store.take((quota,), TURN, "next", Clock.at(now + 1))[0] == SLOTS
+    assert store.take((quota,), TURN, "next", Clock.at(now + limits.SLOT_TTL + 1))[0] == 0
+
+
+def test_the_tighter_of_key_and_team_refuses(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    store = LocalStore()
+    key, team = Quota("k1", "key", "a", rpm=10), Quota("t1", "team", "T", rpm=2)
+    other = Quota("k2", "key", "b", rpm=10)
+    clock = Clock.at(1_000_000.0)
+    assert store.take((key, team), TURN, "1", clock)[0] == 0
+    assert store.take((other, team), TURN, "2", clock)[0] == 0
+    what, index, _ = store.take((key, team), TURN, "3", clock)
+    assert (what, index) == (REQUESTS, 1)  # the team's counter, shared by both keys
+    assert store.usage("k1", clock).requests == 1  # a refused request is not counted
+
+
+def test_spend_is_priced_per_token_and_rounded_up():
+    from decimal import Decimal
+
+    from proxy.models import ModelPrice
+    from proxy.outcome import Outcome
+
+    price = ModelPrice(
+        model="m",
+        input_per_million=Decimal(2),
+        cached_input_per_million=Decimal(1),
+        output_per_million=Decimal(8),
+    )
+    outcome = Outcome(input_tokens=1000, cached_input_tokens=400, output_tokens=100)
+    # 600 x 2 + 400 x 1 + 100 x 8 = 2400 USD per million tokens = 2400 micro-USD
+    assert limits.spend_of({"m": price}, "m-2026-01-01", outcome) == 2400
+    assert limits.spend_of({"m": price}, "other", outcome) == 0
+
+
+def test_refusals_say_which_budget_and_when_it_resets(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    quota = Quota("t1", "team", "research", daily=50_000)
+    clock = Clock.at(calendar.timegm((2026, 11, 28, 22, 0, 0)))
+    error = limits.refusal(quota, DAILY, Usage(day=60_000), clock)
+    assert (error.status, error.code) == (429, "insufficient_quota")
+    assert "daily budget of team 'research' (USD 0.05)" in error.message
+    assert "2026-11-29 00:00 UTC" in error.message
+    assert error.headers == {"Retry-After": "7200", "x-should-retry": "false"}
+
+
+def test_with_redis_unreachable_limits_hold_in_the_process(settings, monkeypatch, caplog):
+    """Shared state is an optimisation: without Redis a gateway keeps counting, per process."""
+    from asgiref.sync import async_to_sync
+    from django.core.cache.backends.redis import RedisCache
+
+    from proxy.auth import Client
+    from tests.conftest import free_port
+
+    settings.SLUICE_RATE_WINDOW_SECONDS = 3600
+    dead = RedisCache(f"redis://127.0.0.1:{free_port()}/0", {"OPTIONS": {"socket_connect_timeout": 0.5}})
+    monkeypatch.setattr(limits, "_chosen", RedisStore(dead))
+    local_store.clear()
+    client = Client(1, "k", 1, None, None, limits.policy_for(row(41, rpm=2, concurrency=5), None))
+    first = async_to_sync(limits.admit)(client, "gpt-5.5")
+    second = async_to_sync(limits.admit)(client, "gpt-5.5")
+    with pytest.raises(limits.LimitError):
+        async_to_sync(limits.admit)(client, "gpt-5.5")
+    assert local_store.usage("k41").slots == 2
+    first.release()
+    second.release()
+    assert local_store.usage("k41").slots == 0, "released where it was admitted"
+    assert any("unreachable" in r.getMessage() for r in caplog.records)
+    local_store.clear()
