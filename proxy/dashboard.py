@@ -63,6 +63,9 @@ def budget_field(model: Any) -> str | None:
     """The spending limit of a key or team: the first decimal field whose name says budget or limit."""
     if model is None:
         return None
+    names = {f.name for f in model._meta.get_fields()}
+    if "monthly_budget" in names:  # the budgets section compares spend since the first of the month
+        return "monthly_budget"
     for f in model._meta.get_fields():
         if f.get_internal_type() == "DecimalField" and ("budget" in f.name or "limit" in f.name):
             return f.name
