@@ -251,13 +251,25 @@ def test_silent_upstream_socket_times_out_and_fails_over(gateway, upstream, upst
 
 
 def test_upstream_socket_silent_mid_stream_gives_an_error_frame(gateway, upstream, api_key):
+    # The idle timeout is shorter than the first-byte timeout: after the first event, a gap of 0.6 s must
+    # end the turn 0.3 s after the last event, not at the first-byte limit (which a 10-event stream with
+    # 0.6 s gaps would outlast, relaying events the whole time).
     upstream.event_delay = 0.6
     make_provider(upstream, first_byte_timeout=5, idle_timeout=0.3)
-    events = _one_turn(gateway, api_key)
-    assert events[0]["type"] == "response.created"
-    assert events[-1]["type"] == "error" and events[-1]["error"]["code"] == "upstream_stream_error"
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {api_key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+        events, arrived = [], []
+        while not events or events[-1]["type"] not in TERMINAL:
+            events.append(json.loads(ws.recv(timeout=15)))
+            arrived.append(time.monotonic())
+    assert [e["type"] for e in events] == ["response.created", "error"]
+    assert events[-1]["error"]["code"] == "upstream_stream_error"
+    assert 0.25 < arrived[-1] - arrived[0] < 0.6 + 1.0, "the idle timeout was not enforced"
     (row,) = request_logs(1)
-    assert row.status == 502
+    assert (row.status, row.error_code) == (502, "upstream_stream_error")
 
 
 def test_disabling_the_live_provider_moves_the_next_turn(gateway, upstream, upstream_b, api_key):
