@@ -14,6 +14,11 @@ Failure switches are plain attributes, settable from the test thread while the s
   closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
   number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
 - `event_delay`: seconds slept between two events of a turn.
+- `fail_event`: `"response.failed"` or `"error"`: a turn stops after `response.in_progress` and ends with
+  that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
+  The failed response is neither stored nor cached on the socket.
+- `omit_terminal`: a turn's stream ends cleanly without its terminal event (HTTP: the body is terminated
+  properly; WebSocket: the turn just never ends).
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
 - `ws_controls`: off, the WebSocket answers interrupt, cancel and steer as an upstream without them
@@ -32,7 +37,8 @@ response not in flight gets the non-terminal `response.interrupt.failed`.
 Leak checks: `open_ws` counts open sockets, `open_http_streams` the `POST /v1/responses` still being
 answered; a paced stream notices a client that left and stops. Usage is deterministic, see `usage_for`.
 HTTP bodies are validated like the real service: `model` is required and the WebSocket-only fields
-`type`, `generate` and `stream_id` are unknown parameters.
+`type`, `generate` and `stream_id` are unknown parameters. Like the service, a `function_call_output`
+whose `call_id` names no `function_call` earlier in the conversation is a 400.
 """
 
 from __future__ import annotations
@@ -267,6 +273,14 @@ class PreviousNotFound(Exception):
     pass
 
 
+class NoToolCall(Exception):
+    """A function_call_output without its function_call: the service refuses the turn."""
+
+    def error(self) -> dict[str, Any]:
+        message = f"No tool call found for function call output with call_id {self}."
+        return openai_error(message, "invalid_request_error", None, "input")
+
+
 class DropConnection(Exception):
     """Raised inside the app so uvicorn closes the transport mid-response, like a crashed upstream."""
 
@@ -357,6 +371,9 @@ class FakeUpstream:
         self.handshake_headers: dict[str, str] = {}
         self.ws_lanes = False
         self.ws_controls = True
+        self.fail_event: str | None = None
+        self.fail_message = "The server had an error while processing your request."
+        self.omit_terminal = False
 
     # lifecycle
 
@@ -484,8 +501,12 @@ class FakeUpstream:
             raise PreviousNotFound(previous_id)
         return kept
 
-    def _turn(self, body: dict[str, Any], previous: Kept | None) -> Turn:
+    def _turn(self, body: dict[str, Any], previous: Kept | None, websocket: bool = False) -> Turn:
         full_input = (previous.full_input + previous.output if previous else []) + as_items(body.get("input"))
+        calls = {item.get("call_id") for item in full_input if item.get("type") == "function_call"}
+        for item in full_input:
+            if item.get("type") == "function_call_output" and item.get("call_id") not in calls:
+                raise NoToolCall(item.get("call_id"))
         response_id, created_at = new_id("resp"), int(time.time())
         started = response_object(body, response_id, created_at, "in_progress", [], None)
         if body.get("generate") is False:
@@ -507,11 +528,30 @@ class FakeUpstream:
             usage = usage_for(full_input, previous is not None, output_tokens)
             done = response_object(body, response_id, created_at, "completed", output, usage)
         events.append({"type": "response.completed", "response": done})
+        if self.fail_event is not None:
+            events = [*events[:2], self._failure(self.fail_event, started, websocket)]
+        if self.omit_terminal:
+            events.pop()
         for number, event in enumerate(events):
             event["sequence_number"] = number
         return Turn(Kept(done, full_input, done["output"]), events)
 
+    def _failure(self, kind: str, started: dict[str, Any], websocket: bool) -> dict[str, Any]:
+        error = {"type": "server_error", "code": "server_error", "message": self.fail_message, "param": None}
+        if kind == "response.failed":
+            failed = {
+                **started,
+                "status": "failed",
+                "error": {"code": "server_error", "message": self.fail_message},
+            }
+            return {"type": "response.failed", "response": failed}
+        if websocket:
+            return {"type": "error", "status": 500, "error": error}
+        return {"type": "error", "code": "server_error", "message": self.fail_message, "param": None}
+
     def _keep(self, body: dict[str, Any], kept: Kept) -> None:
+        if self.fail_event is not None or self.omit_terminal:
+            return
         if body.get("store") is not False:
             self._kept[kept.response["id"]] = kept
 
@@ -611,6 +651,8 @@ class FakeUpstream:
             turn = self._turn(body, self._previous(body, None))
         except PreviousNotFound as missing:
             return await _send_json(send, 400, previous_not_found(str(missing)))
+        except NoToolCall as missing:
+            return await _send_json(send, 400, missing.error())
         except Exception:
             log.exception("fake upstream responder failed")
             return await _send_json(send, 500, status_error(500))
@@ -829,9 +871,12 @@ class _WsSession:
             await self.fail(400, problem, lane)
             return
         try:
-            turn = fake._turn(frame, fake._previous(frame, self.continued(frame, lane)))
+            turn = fake._turn(frame, fake._previous(frame, self.continued(frame, lane)), websocket=True)
         except PreviousNotFound as missing:
             await self.fail(400, previous_not_found(str(missing)), lane)
+            return
+        except NoToolCall as missing:
+            await self.fail(400, missing.error(), lane)
             return
         except Exception:
             log.exception("fake upstream responder failed")
@@ -864,7 +909,10 @@ class _WsSession:
         finally:
             self.live.pop(lane, None)
         if finished:
-            self.cached[lane] = turn.kept
+            if self.fake.fail_event is None:
+                self.cached[lane] = turn.kept
+            else:  # a failed turn evicts, too
+                self.cached.pop(lane, None)
             self.fake._keep(frame, turn.kept)
             return
         kind, discard = stop.result()

@@ -143,6 +143,43 @@ def test_function_call_then_stored_continuation(fake: FakeUpstream, client: open
     assert echoed.output_text == "tool said: 12C"
 
 
+def test_a_tool_output_without_its_call_is_refused_like_the_service(
+    fake: FakeUpstream, client: openai.OpenAI
+) -> None:
+    orphan = [{"type": "function_call_output", "call_id": "call_nowhere", "output": "12C"}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.responses.create(model=MODEL, input=orphan)
+    assert caught.value.param == "input" and "call_nowhere" in caught.value.message
+    with client.responses.connect() as conn:
+        error = turn(conn, input=orphan)[-1]
+        assert error.type == "error" and error.status == 400 and "call_nowhere" in error.error.message
+
+
+@pytest.mark.parametrize("kind", ["response.failed", "error"])
+def test_fail_event_ends_the_turn_and_stores_nothing(fake: FakeUpstream, client: openai.OpenAI, kind) -> None:
+    fake.fail_event, fake.fail_message = kind, "planted failure"
+    events = list(client.responses.create(model=MODEL, input="x", stream=True))
+    assert [e.type for e in events] == ["response.created", "response.in_progress", kind]
+    assert "planted failure" in events[-1].model_dump_json()
+    with client.responses.connect() as conn:
+        events = turn(conn, input="y", store=False)
+        assert events[-1].type == kind
+        if kind == "error":
+            assert events[-1].status == 500
+        fake.fail_event = None
+        after = turn(conn, input="z", store=False, previous_response_id=events[0].response.id)[-1]
+        assert after.type == "error" and after.error.code == "previous_response_not_found"
+    assert fake._kept == {}
+
+
+def test_omit_terminal_ends_the_stream_cleanly_without_a_terminal_event(fake: FakeUpstream) -> None:
+    fake.omit_terminal = True
+    body = {"model": MODEL, "input": "x", "stream": True}
+    response = httpx.post(fake.url("/v1/responses"), json=body, headers=auth(fake), timeout=5)
+    assert response.status_code == 200 and "response.output_text.done" in response.text
+    assert "response.completed" not in response.text
+
+
 def test_store_false_is_not_continuable_over_http(client: openai.OpenAI) -> None:
     first = client.responses.create(model=MODEL, input="a", store=False)
     with pytest.raises(openai.BadRequestError) as caught:
