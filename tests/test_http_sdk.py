@@ -1,6 +1,7 @@
 """The OpenAI SDK through a running gateway over HTTP: turns, tools, affinity, failover, usage and cost."""
 
 import json
+import time
 from decimal import Decimal
 
 import openai
@@ -72,31 +73,45 @@ def test_tool_call_round_trip(gateway, upstream, api_key):
     assert second.output_text == "weather is sunny"
 
 
-def test_previous_response_id_goes_to_the_provider_that_produced_it(gateway, upstream, upstream_b, api_key):
+def preferred_and_other(upstream, upstream_b):
+    """Two providers where routing alone always picks ``alpha``: affinity is the only way to ``beta``."""
     make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+    make_provider(upstream_b, name="beta", priority=2)
+
+
+def on_beta(upstream, create):
+    """Run ``create`` while alpha fails, so that beta serves it; alpha is healthy again afterwards."""
+    upstream.http_fail_status = 500
+    try:
+        return create()
+    finally:
+        upstream.http_fail_status = None
+
+
+def test_previous_response_id_goes_to_the_provider_that_produced_it(gateway, upstream, upstream_b, api_key):
+    preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)
-    for i in range(6):
-        first = client.responses.create(model="gpt-5.5", input=f"turn {i}")
-        producer = (
-            upstream
-            if any(r.body and r.body.get("input") == f"turn {i}" for r in upstream.requests)
-            else upstream_b
-        )
-        before = len(producer.requests)
-        second = client.responses.create(model="gpt-5.5", input="and then?", previous_response_id=first.id)
-        assert second.output_text == "echo: and then?"
-        assert len(producer.requests) == before + 1, "the continuation went to the other provider"
+    first = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="turn one"))
+    alpha_before = upstream.http_requests
+    second = client.responses.create(model="gpt-5.5", input="and then?", previous_response_id=first.id)
+    assert second.output_text == "echo: and then?"
+    assert upstream.http_requests == alpha_before, "the continuation went to the preferred provider"
+    assert upstream_b.requests[-1].body["previous_response_id"] == first.id
+    # A new conversation still goes by priority.
+    client.responses.create(model="gpt-5.5", input="fresh")
+    assert upstream.http_requests == alpha_before + 1
 
 
 def test_session_sticks_to_one_provider(gateway, upstream, upstream_b, api_key):
-    make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+    preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)
-    for i in range(8):
-        client.responses.create(model="gpt-5.5", input=f"q{i}", prompt_cache_key="session-42")
-    counts = sorted([len(upstream.requests), len(upstream_b.requests)])
-    assert counts == [0, 8]
+    on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="q0", prompt_cache_key="s-42"))
+    alpha_before = upstream.http_requests
+    for i in range(1, 4):
+        client.responses.create(model="gpt-5.5", input=f"q{i}", prompt_cache_key="s-42")
+    assert upstream.http_requests == alpha_before and upstream_b.http_requests == 4
+    client.responses.create(model="gpt-5.5", input="other", prompt_cache_key="s-43")
+    assert upstream.http_requests == alpha_before + 1, "another session goes by priority"
 
 
 def test_failover_when_the_first_provider_is_down(gateway, upstream, api_key):
@@ -146,6 +161,33 @@ def test_disabled_and_expired_keys_get_401(gateway, upstream, transactional_db):
             sdk(gateway, key).responses.create(model="gpt-5.5", input="x")
 
 
+def test_a_key_that_expires_while_the_key_snapshot_is_cached_stops_at_its_expiry(
+    gateway, upstream, transactional_db, settings
+):
+    import datetime as dt
+
+    from django.utils import timezone
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect as ws_connect
+
+    settings.SLUICE_CONFIG_POLL_SECONDS = 3600  # the snapshot is not reloaded during the test
+    make_provider(upstream)
+    expires_at = timezone.now() + dt.timedelta(seconds=1.5)
+    _, key = make_key("short-lived", expires_at=expires_at)
+    client = sdk(gateway, key)
+    assert client.responses.create(model="gpt-5.5", input="x").output_text == "echo: x"
+    time.sleep(max(0.0, (expires_at - timezone.now()).total_seconds()) + 0.1)
+    with pytest.raises(openai.AuthenticationError):
+        client.responses.create(model="gpt-5.5", input="x")
+    with pytest.raises(InvalidStatus) as refused:
+        ws_connect(
+            gateway.url.replace("http", "ws") + "/v1/responses",
+            additional_headers={"authorization": f"Bearer {key}"},
+        )
+    assert refused.value.response.status_code == 401
+    assert upstream.http_requests == 1
+
+
 def test_unknown_model_is_a_clear_404(gateway, upstream, api_key):
     make_provider(upstream, allowed_models=["gpt-5.5"])
     with pytest.raises(openai.NotFoundError) as info:
@@ -169,12 +211,11 @@ def test_models_lists_what_the_caller_can_use(gateway, upstream, api_key):
 
 
 def test_retrieve_goes_to_the_producing_provider(gateway, upstream, upstream_b, api_key):
-    make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+    preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)
-    created = [client.responses.create(model="gpt-5.5", input=f"r{i}") for i in range(4)]
-    for response in created:
-        assert client.responses.retrieve(response.id).id == response.id
+    created = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="r"))
+    assert client.responses.retrieve(created.id).id == created.id
+    assert ("GET", f"/v1/responses/{created.id}") in [(r.method, r.path) for r in upstream_b.requests]
 
 
 def test_client_key_never_reaches_upstream(gateway, upstream, api_key):
@@ -196,13 +237,10 @@ def test_upstream_connections_are_kept_alive_across_turns(gateway, upstream, api
 
 
 def test_the_rest_of_the_responses_family_passes_through(gateway, upstream, upstream_b, api_key):
-    make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+    preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)
-    created = client.responses.create(model="gpt-5.5", input="family")
-    producer = (
-        upstream if any(r.body and r.body.get("input") == "family" for r in upstream.requests) else upstream_b
-    )
+    created = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="family"))
+    producer = upstream_b
     items = client.responses.input_items.list(created.id)
     assert items.data, "input items of the stored response"
     assert client.responses.cancel(created.id).id == created.id

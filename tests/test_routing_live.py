@@ -1,23 +1,55 @@
 """Routing behaviour through a running gateway: the circuit breaker, extra headers, upstream model lists,
 compaction, and the system switch for upstream WebSockets."""
 
+import time
+
 import httpx
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_provider, request_logs, sdk
 
 
-def test_a_failing_provider_is_skipped_after_the_threshold(gateway, upstream, upstream_b, api_key, settings):
-    settings.SLUICE_BREAKER_THRESHOLD = 3
-    settings.SLUICE_BREAKER_COOLDOWN = 60
-    upstream.http_fail_status = 500
-    make_provider(upstream, name="failing", priority=1)
+def test_the_breaker_opens_closes_after_a_success_and_reopens_after_the_cooldown(
+    gateway, upstream, upstream_b, api_key, settings
+):
+    from django.core.cache import caches
+
+    from providers.health import breaker_key
+
+    settings.SLUICE_BREAKER_THRESHOLD = 2
+    settings.SLUICE_BREAKER_COOLDOWN = 1
+    failing = make_provider(upstream, name="failing", priority=1)
     make_provider(upstream_b, name="healthy", priority=2)
     client = sdk(gateway, api_key)
-    for i in range(6):
-        assert client.responses.create(model="gpt-5.5", input=f"t{i}").output_text == f"echo: t{i}"
-    assert upstream.http_requests == 3, "the open breaker should keep turns off the failing provider"
-    assert upstream_b.http_requests == 6
+    tries = []
+
+    def turn() -> None:
+        assert client.responses.create(model="gpt-5.5", input="x").output_text == "echo: x"
+        tries.append(upstream.http_requests)
+
+    # One failure, then a success: the success clears the count, so the next failure is the first again.
+    upstream.http_fail_status = 500
+    turn()
+    upstream.http_fail_status = None
+    turn()
+    assert caches["default"].get(breaker_key(failing.pk)) is None, "a success must close the breaker"
+    upstream.http_fail_status = 500
+    turn()
+    turn()  # the second failure in a row: open
+    turn()
+    turn()  # skipped while open
+    assert tries == [1, 2, 3, 4, 4, 4]
+    time.sleep(1.1)
+    turn()  # the cooldown is over: tried again, and fails again
+    turn()  # the threshold is reached again: open again
+    turn()
+    assert tries[6:] == [5, 6, 6]
+    time.sleep(1.1)
+    upstream.http_fail_status = None
+    backup = upstream_b.http_requests
+    turn()
+    assert (tries[-1], upstream_b.http_requests) == (7, backup), "the recovered provider must serve again"
+    assert caches["default"].get(breaker_key(failing.pk)) is None
 
 
 def test_provider_extra_headers_reach_the_upstream(gateway, upstream, api_key):

@@ -1,0 +1,192 @@
+"""What an upstream's faults become for the client and in the request log: a client's own mistake is
+relayed as it is and costs the provider nothing; a provider's fault fails over or ends the stream clearly."""
+
+import json
+
+import httpx
+import pytest
+from django.core.cache import caches
+from websockets.sync.client import connect as ws_connect
+
+from providers.health import breaker_key
+from tests.conftest import TERMINAL, make_provider, request_logs
+
+CLIENT_FAULTS = [400, 404, 422]
+
+
+def post(gateway, key: str, **body) -> httpx.Response:
+    return httpx.post(
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x", **body},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=20,
+    )
+
+
+def sse_blocks(gateway, key: str) -> list[dict]:
+    """A streamed turn over HTTP: the data of each event, in order."""
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "x", "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=20,
+    ) as response:
+        assert response.status_code == 200
+        text = response.read().decode()
+    return [
+        json.loads(line[6:])
+        for block in text.split("\n\n")
+        for line in block.split("\n")
+        if line.startswith("data: ")
+    ]
+
+
+def ws_turn(gateway, key: str, **fields) -> list[dict]:
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x", **fields}))
+        events = []
+        while not events or events[-1]["type"] not in TERMINAL:
+            events.append(json.loads(ws.recv(timeout=15)))
+        return events
+
+
+# A client's fault: relayed with its own status, never a failover, never a breaker count.
+
+
+@pytest.mark.parametrize("status", CLIENT_FAULTS)
+@pytest.mark.parametrize("client", ["http", "websocket/upstream-http", "websocket/upstream-websocket"])
+def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothing(
+    gateway, upstream, upstream_b, api_key, status, client
+):
+    upstream.http_fail_status = upstream.ws_error_status = status
+    first = make_provider(
+        upstream, name="first", priority=1, websocket_mode="never" if client.endswith("http") else "auto"
+    )
+    make_provider(upstream_b, name="second", priority=2)
+    if client == "http":
+        response = post(gateway, api_key)
+        assert response.status_code == status
+        error = response.json()["error"]
+    else:
+        (event,) = ws_turn(gateway, api_key)
+        assert event["type"] == "error" and event["status"] == status
+        error = event["error"]
+    assert error["message"] == f"Upstream refused the request (status {status})."
+    assert error["type"] == "invalid_request_error"
+    assert (upstream_b.http_requests, upstream_b.ws_connections) == (0, 0), "a client fault failed over"
+    assert caches["default"].get(breaker_key(first.pk)) is None, "a client fault counted against the provider"
+    (row,) = request_logs(1)
+    assert (row.status, row.provider_id) == (status, first.pk)
+
+
+# A provider that hangs before its first byte.
+
+
+def test_an_http_upstream_that_hangs_before_its_first_byte_is_a_504(gateway, upstream, api_key):
+    upstream.hang = True
+    make_provider(upstream, connect_timeout=0.5, first_byte_timeout=0.5)
+    response = post(gateway, api_key)
+    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert upstream.wait_for(lambda: upstream.open_http_streams == 0), "the hung request was left open"
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (504, "upstream_timeout")
+
+
+@pytest.mark.parametrize("client", ["http", "websocket"])
+def test_an_http_upstream_that_hangs_before_its_first_byte_fails_over(
+    gateway, upstream, upstream_b, api_key, client
+):
+    upstream.hang = True
+    hung = make_provider(
+        upstream, name="hung", priority=1, connect_timeout=0.5, first_byte_timeout=0.5, websocket_mode="never"
+    )
+    make_provider(upstream_b, name="backup", priority=2, websocket_mode="never")
+    if client == "http":
+        response = post(gateway, api_key, input="anyone?")
+        assert response.status_code == 200 and response.json()["output"][0]["content"][0]["text"] == (
+            "echo: anyone?"
+        )
+    else:
+        assert ws_turn(gateway, api_key)[-1]["type"] == "response.completed"
+    assert (upstream.http_requests, upstream_b.http_requests) == (1, 1)
+    assert caches["default"].get(breaker_key(hung.pk))["failures"] == 1
+
+
+# Streams that end badly.
+
+
+def test_an_sse_stream_that_ends_without_a_terminal_event_is_incomplete(gateway, upstream, api_key):
+    upstream.omit_terminal = True
+    make_provider(upstream)
+    events = sse_blocks(gateway, api_key)
+    assert events[0]["type"] == "response.created"
+    assert events[-2]["type"] == "response.output_item.done"
+    assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_stream_incomplete"
+    assert events[-1]["sequence_number"] == len(events) - 1
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (502, "upstream_stream_incomplete")
+
+
+@pytest.mark.parametrize(("kind", "status"), [("response.failed", 200), ("error", 502)])
+def test_a_failed_sse_turn_is_relayed_and_logged_with_its_status_and_code(
+    gateway, upstream, api_key, kind, status
+):
+    upstream.fail_event = kind
+    provider = make_provider(upstream)
+    events = sse_blocks(gateway, api_key)
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", kind]
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (status, "server_error")
+    # A failed turn is the provider's answer, not a transport failure; a success is not recorded either.
+    assert caches["default"].get(breaker_key(provider.pk)) is None
+
+
+@pytest.mark.parametrize(("kind", "status"), [("response.failed", 200), ("error", 500)])
+def test_a_failed_websocket_turn_is_relayed_and_logged_with_its_status_and_code(
+    gateway, upstream, api_key, kind, status
+):
+    upstream.fail_event = kind
+    make_provider(upstream)
+    events = ws_turn(gateway, api_key)
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", kind]
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code, row.upstream_transport) == (status, "server_error", "websocket")
+
+
+# The body limit.
+
+
+def test_a_chunked_body_over_the_limit_is_refused_before_any_upstream_contact(
+    gateway, upstream, api_key, settings
+):
+    settings.SLUICE_MAX_BODY_BYTES = 1000
+    make_provider(upstream)
+
+    def chunks():
+        yield b'{"model": "gpt-5.5", "input": "'
+        for _ in range(20):
+            yield b"x" * 100
+        yield b'"}'
+
+    response = httpx.post(
+        gateway.url + "/v1/responses",
+        content=chunks(),  # no Content-Length: sent chunked
+        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+        timeout=20,
+    )
+    assert response.request.headers.get("transfer-encoding") == "chunked"
+    assert "content-length" not in response.request.headers
+    assert response.status_code == 413 and response.json()["error"]["code"] == "request_too_large"
+    assert upstream.requests == []
+    # Just under the limit, the same chunked body goes through.
+    small = httpx.post(
+        gateway.url + "/v1/responses",
+        content=iter([b'{"model": "gpt-5.5", ', b'"input": "' + b"y" * 900 + b'"}']),
+        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+        timeout=20,
+    )
+    assert small.status_code == 200, small.text
