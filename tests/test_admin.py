@@ -1,12 +1,13 @@
 """The admin: provider secrets stay secret, API keys are shown once, settings apply at once, logs filter,
 and the provider test stores and shows its verdict."""
 
+import asyncio
 import html
 import re
 from typing import Any
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 
 from providers.models import Provider, Verdict
@@ -230,6 +231,21 @@ def badge(text: str) -> str:
     return match.group(1)
 
 
+def under_a_running_loop(call: Any) -> Any:
+    """Run an admin request as the ASGI server runs a sync view: in a worker thread under a running event
+    loop, which the provider test's ``async_to_sync`` then uses (a bare test client would give it a new
+    loop per call, and leave that loop's upstream pool unclosed). The pool is closed with the loop."""
+    from proxy.upstream_http import close_session
+
+    async def run() -> Any:
+        try:
+            return await sync_to_async(call)()
+        finally:
+            await close_session()
+
+    return asyncio.run(run())
+
+
 @pytest.mark.parametrize("how", ["button", "action"])
 def test_provider_test_stores_and_shows_a_green_verdict(admin_client, transactional_db, upstream, how):
     provider = make_provider(upstream, allowed_models=["gpt-5.5"])
@@ -237,12 +253,16 @@ def test_provider_test_stores_and_shows_a_green_verdict(admin_client, transactio
     assert 'id="sluice-test-provider"' in page(admin_client, change_url)
 
     if how == "button":
-        response = admin_client.post(reverse("admin:providers_provider_test", args=[provider.pk]))
+        response = under_a_running_loop(
+            lambda: admin_client.post(reverse("admin:providers_provider_test", args=[provider.pk]))
+        )
         assert response.status_code == 302 and response["Location"] == change_url
     else:
-        response = admin_client.post(
-            reverse("admin:providers_provider_changelist"),
-            {"action": "test_selected", "_selected_action": [provider.pk], "index": "0"},
+        response = under_a_running_loop(
+            lambda: admin_client.post(
+                reverse("admin:providers_provider_changelist"),
+                {"action": "test_selected", "_selected_action": [provider.pk], "index": "0"},
+            )
         )
         assert response.status_code == 302
     provider.refresh_from_db()
@@ -260,7 +280,9 @@ def test_provider_test_stores_and_shows_a_green_verdict(admin_client, transactio
 
 def test_provider_test_of_an_unreachable_provider_is_red(admin_client, transactional_db):
     provider = make_provider(None, allowed_models=["gpt-5.5"], connect_timeout=2.0)
-    admin_client.post(reverse("admin:providers_provider_test", args=[provider.pk]))
+    under_a_running_loop(
+        lambda: admin_client.post(reverse("admin:providers_provider_test", args=[provider.pk]))
+    )
     provider.refresh_from_db()
     assert provider.last_test_verdict == Verdict.RED
     assert provider.last_test_report["error"]

@@ -140,25 +140,23 @@ def test_all_providers_rate_limited_gives_429(gateway, upstream, api_key):
         sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x")
 
 
-def test_bad_key_gets_401(gateway, upstream, transactional_db):
-    make_provider(upstream)
-    with pytest.raises(openai.AuthenticationError) as info:
-        sdk(gateway, "sk-sluice-not-a-key").responses.create(model="gpt-5.5", input="x")
-    assert info.value.body["code"] == "invalid_api_key"
-    assert upstream.http_requests == 0
-
-
-def test_disabled_and_expired_keys_get_401(gateway, upstream, transactional_db):
+@pytest.mark.parametrize("case", ["unknown", "disabled", "expired"])
+def test_refused_keys_get_401_and_never_reach_the_upstream(gateway, upstream, transactional_db, case):
     import datetime as dt
 
     from django.utils import timezone
 
     make_provider(upstream)
-    _, disabled = make_key("off", enabled=False)
-    _, expired = make_key("old", expires_at=timezone.now() - dt.timedelta(minutes=1))
-    for key in (disabled, expired):
-        with pytest.raises(openai.AuthenticationError):
-            sdk(gateway, key).responses.create(model="gpt-5.5", input="x")
+    if case == "unknown":
+        key = "sk-sluice-not-a-key"
+    elif case == "disabled":
+        key = make_key("off", enabled=False)[1]
+    else:
+        key = make_key("old", expires_at=timezone.now() - dt.timedelta(minutes=1))[1]
+    with pytest.raises(openai.AuthenticationError) as info:
+        sdk(gateway, key).responses.create(model="gpt-5.5", input="x")
+    assert info.value.body["code"] == "invalid_api_key"
+    assert upstream.http_requests == 0
 
 
 def test_a_key_that_expires_while_the_key_snapshot_is_cached_stops_at_its_expiry(

@@ -82,8 +82,7 @@ def test_upstream_errors_that_echo_the_provider_key_are_scrubbed(
 
 STREAMING_SCRUB = pytest.mark.xfail(
     strict=True,
-    reason="upstream events are relayed as received: scrubbing the provider key from streamed error and "
-    "response.failed events (SSE and WebSocket) is not in yet",
+    reason="missing fix: the provider key is not yet scrubbed from streamed error and response.failed events",
 )
 
 

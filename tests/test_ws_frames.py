@@ -4,14 +4,11 @@ import asyncio
 import json
 
 import pytest
-from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from tests.conftest import make_key, make_provider
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-EXT = {"websocket.http.response": {}}
 
 
 def communicator(key: str | None, **scope_extra) -> WebsocketCommunicator:
@@ -70,31 +67,10 @@ def http_provider(upstream, transactional_db):
     return make_provider(upstream, websocket_mode="never")
 
 
-async def test_bad_key_is_refused_with_401_before_accepting():
-    comm = communicator("sk-wrong", extensions=EXT)
-    await comm.send_input({"type": "websocket.connect"})
-    start = await comm.receive_output(5)
-    assert (start["type"], start["status"]) == ("websocket.http.response.start", 401)
-    body = await comm.receive_output(5)
-    assert json.loads(body["body"])["error"]["code"] == "invalid_api_key"
-
-
 async def test_without_the_denial_extension_a_refusal_is_a_close(key):
     comm = communicator("sk-wrong")
     ok, code = await comm.connect()
     assert not ok and code == 1008
-
-
-async def test_switch_off_refuses_with_426(key):
-    from settings_app.models import SystemSettings
-
-    row = await sync_to_async(SystemSettings.load)()
-    row.client_websockets = False
-    await sync_to_async(row.save)()
-    comm = communicator(key, extensions=EXT)
-    await comm.send_input({"type": "websocket.connect"})
-    start = await comm.receive_output(5)
-    assert start["status"] == 426
 
 
 async def test_invalid_json_gets_an_error_frame_and_the_socket_stays_open(key, http_provider):

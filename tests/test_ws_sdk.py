@@ -107,32 +107,40 @@ def test_client_drop_mid_turn_closes_the_upstream_socket(gateway, upstream, api_
     assert row.status == 499 and row.error_code == "client_disconnected"
 
 
-def test_handshake_with_a_bad_key_is_refused_with_401(gateway, upstream, transactional_db):
-    make_provider(upstream)
-    with pytest.raises(InvalidStatus) as info:
-        ws_connect(
-            gateway.url.replace("http", "ws") + "/v1/responses",
-            additional_headers={"authorization": "Bearer sk-wrong"},
-        )
-    assert info.value.response.status_code == 401
-    assert json.loads(info.value.response.body)["error"]["code"] == "invalid_api_key"
-
-
-def test_handshake_is_refused_with_426_when_the_switch_is_off(gateway, upstream, api_key):
+@pytest.mark.parametrize(
+    ("case", "status", "code"),
+    [
+        ("unknown key", 401, "invalid_api_key"),
+        ("no key", 401, "invalid_api_key"),
+        ("client websockets off", 426, "websockets_disabled"),
+        ("unknown path", 404, "not_found"),
+    ],
+)
+def test_refused_upgrades_answer_a_real_status_and_an_openai_error(
+    gateway, upstream, api_key, case, status, code
+):
     from settings_app.models import SystemSettings
 
     make_provider(upstream)
-    settings_row = SystemSettings.load()
-    settings_row.client_websockets = False
-    settings_row.save()
+    headers = {"authorization": f"Bearer {api_key}"}
+    path = "/v1/responses"
+    if case == "unknown key":
+        headers = {"authorization": "Bearer sk-wrong"}
+    elif case == "no key":
+        headers = {}
+    elif case == "unknown path":
+        path = "/v1/elsewhere"
+    else:
+        settings_row = SystemSettings.load()
+        settings_row.client_websockets = False
+        settings_row.save()
     with pytest.raises(InvalidStatus) as info:
-        ws_connect(
-            gateway.url.replace("http", "ws") + "/v1/responses",
-            additional_headers={"authorization": f"Bearer {api_key}"},
-        )
-    assert info.value.response.status_code == 426
-    # HTTP keeps working: this is where clients fall back to.
-    assert sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x").output_text == "echo: x"
+        ws_connect(gateway.url.replace("http", "ws") + path, additional_headers=headers)
+    assert info.value.response.status_code == status
+    assert json.loads(info.value.response.body)["error"]["code"] == code
+    assert upstream.requests == []
+    if status == 426:  # HTTP keeps working: this is where clients fall back to.
+        assert sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x").output_text == "echo: x"
 
 
 def test_subprotocol_key_is_accepted_and_never_echoed(gateway, upstream, api_key):
