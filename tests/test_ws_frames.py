@@ -128,8 +128,9 @@ async def test_frame_over_the_limit_is_closed_with_1009(key, settings):
 
 
 async def test_silent_connection_is_closed_after_the_first_frame_deadline(key, settings):
-    settings.SLUICE_WS_FIRST_FRAME_TIMEOUT = 0.2
+    settings.SLUICE_WS_FIRST_FRAME_TIMEOUT = 0.5
     comm = await connected(key)
+    assert await comm.receive_nothing(0.3), "closed before its deadline"
     closed = await comm.receive_output(3)
     assert (
         closed["type"] == "websocket.close"
@@ -174,6 +175,51 @@ async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(
     assert events[-1]["type"] == "response.completed"
     sent = upstream.requests[-1].body
     assert [i["content"] for i in sent["input"]] == ["hi", "again"] and "previous_response_id" not in sent
+    await comm.disconnect()
+
+
+WARMUP_USAGE = {
+    "input_tokens": 0,
+    "input_tokens_details": {"cached_tokens": 0},
+    "output_tokens": 0,
+    "output_tokens_details": {"reasoning_tokens": 0},
+    "total_tokens": 0,
+}
+TOOLS = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
+
+
+@pytest.mark.parametrize(
+    ("fields", "echoed"),
+    [
+        ({}, {"instructions": None, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True}),
+        (
+            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
+            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
+        ),
+    ],
+)
+async def test_a_local_warmup_answers_the_response_object_the_service_would(
+    key, http_provider, fields, echoed
+):
+    comm = await connected(key)
+    await create(comm, generate=False, input="hi", metadata={"k": "v"}, store=bool(fields), **fields)
+    created, completed = await next_json(comm), await next_json(comm)
+    assert (created["sequence_number"], completed["sequence_number"]) == (0, 1)
+    assert created["response"]["status"] == "in_progress" and created["response"]["usage"] is None
+    response = completed["response"]
+    assert response["id"] == created["response"]["id"] and isinstance(response["created_at"], int)
+    assert {k: v for k, v in response.items() if k not in ("id", "created_at")} == {
+        "object": "response",
+        "status": "completed",
+        "model": "gpt-5.5",
+        "output": [],
+        "store": bool(fields),
+        "error": None,
+        "incomplete_details": None,
+        "metadata": {"k": "v"},
+        "usage": WARMUP_USAGE,
+        **echoed,
+    }
     await comm.disconnect()
 
 
