@@ -103,6 +103,17 @@ def _close_other_connections() -> None:
             )
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None) -> None:
+    """Mutation testing runs several test sessions at once in one checkout: each needs a SQLite test
+    database of its own (the file named in the settings would be created and dropped under the others)."""
+    from django.conf import settings
+
+    test = settings.DATABASES["default"].get("TEST") or {}
+    if "MUTANT_UNDER_TEST" in os.environ and str(test.get("NAME", "")).endswith(".sqlite3"):
+        test["NAME"] = test["NAME"].removesuffix(".sqlite3") + f"-{os.getpid()}.sqlite3"
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _short_log_batches() -> None:
     """Tests read the request log right after a turn: batches of 20 ms instead of a second."""
