@@ -17,6 +17,7 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `fail_event`: `"response.failed"` or `"error"`: a turn stops after `response.in_progress` and ends with
   that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
   The failed response is neither stored nor cached on the socket.
+- `events_per_chunk`: HTTP SSE events written together in one body chunk, as a fast upstream's arrive.
 - `omit_terminal`: a turn's stream ends cleanly without its terminal event (HTTP: the body is terminated
   properly; WebSocket: the turn just never ends).
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
@@ -374,6 +375,7 @@ class FakeUpstream:
         self.fail_event: str | None = None
         self.fail_message = "The server had an error while processing your request."
         self.omit_terminal = False
+        self.events_per_chunk = 1
 
     # lifecycle
 
@@ -664,9 +666,13 @@ class FakeUpstream:
             ]
             await send({"type": "http.response.start", "status": 200, "headers": headers})
 
+            held: list[bytes] = []  # events sent together, `events_per_chunk` at a time
+
             async def emit(event: dict[str, Any]) -> None:
-                chunk = f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode()
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                held.append(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                if len(held) >= self.events_per_chunk or event is turn.events[-1]:
+                    await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
+                    held.clear()
 
             if not await self._pace(turn.events, emit, gone):
                 return

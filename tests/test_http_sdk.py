@@ -39,6 +39,33 @@ def test_streaming_turn_relays_events_and_logs_usage_and_cost(gateway, upstream,
     assert row.time_to_first_event_ms is not None and row.duration_ms >= row.time_to_first_event_ms
 
 
+@pytest.mark.parametrize("per_chunk", [2, 5])
+def test_events_that_arrive_together_are_all_relayed_untouched(gateway, upstream, api_key, per_chunk):
+    import httpx
+
+    upstream.events_per_chunk = per_chunk
+    upstream.event_delay = 0.02  # each chunk is read on its own
+    make_provider(upstream)
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/responses",
+        json={"model": "gpt-5.5", "input": "in bulk", "stream": True},
+        headers={"authorization": f"Bearer {api_key}"},
+        timeout=20,
+    ) as response:
+        text = response.read().decode()
+    blocks = text.removesuffix("\n\n").split("\n\n")
+    events = []
+    for block in blocks:
+        head, data = block.split("\n", 1)
+        event = json.loads(data.removeprefix("data: "))
+        assert head == f"event: {event['type']}", block
+        events.append(event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    assert events[0]["type"] == "response.created" and events[-1]["type"] == "response.completed"
+    assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "echo: in bulk"
+
+
 def test_non_streaming_turn(gateway, upstream, api_key):
     make_provider(upstream)
     response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="one shot")
@@ -88,10 +115,19 @@ def on_beta(upstream, create):
         upstream.http_fail_status = None
 
 
-def test_previous_response_id_goes_to_the_provider_that_produced_it(gateway, upstream, upstream_b, api_key):
+@pytest.mark.parametrize("stream", [False, True])
+def test_previous_response_id_goes_to_the_provider_that_produced_it(
+    gateway, upstream, upstream_b, api_key, stream
+):
     preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)
-    first = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="turn one"))
+    if stream:
+        events = on_beta(
+            upstream, lambda: list(client.responses.create(model="gpt-5.5", input="turn one", stream=True))
+        )
+        first = events[-1].response
+    else:
+        first = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="turn one"))
     alpha_before = upstream.http_requests
     second = client.responses.create(model="gpt-5.5", input="and then?", previous_response_id=first.id)
     assert second.output_text == "echo: and then?"
