@@ -1,6 +1,7 @@
 """Bad input and broken upstreams over HTTP: OpenAI-style errors, never a 500, streams that end cleanly."""
 
 import json
+import re
 import time
 
 import httpx
@@ -89,9 +90,12 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, ap
         text = response.read().decode()
     blocks = [b for b in text.split("\n\n") if b.strip()]
     assert blocks[0].startswith("event: response.created")
-    assert blocks[-1].startswith("event: error") and "upstream_stream" in blocks[-1]
+    assert blocks[-1].startswith("event: error\ndata: ")
+    error = json.loads(blocks[-1].split("data: ", 1)[1])
+    assert error["code"] == "upstream_stream_error" and error["sequence_number"] == len(blocks) - 1
+    assert re.fullmatch(r"The upstream stream broke: \w+Error\.", error["message"]), error["message"]
     (row,) = request_logs(1)
-    assert row.status == 502 and row.error_code.startswith("upstream_stream")
+    assert (row.status, row.error_code) == (502, "upstream_stream_error")
 
 
 def test_failover_does_not_happen_after_the_first_byte(gateway, upstream, upstream_b, api_key):
