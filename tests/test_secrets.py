@@ -122,3 +122,17 @@ def test_streamed_upstream_errors_that_echo_the_provider_key_are_scrubbed(
         rows = request_logs(1)
     assert "Something failed for the key" in body, "the failure should still reach the client"
     assert_nowhere(provider_key, body, caplog, rows)
+
+
+@pytest.mark.parametrize(
+    ("text", "provider_key", "scrubbed"),
+    [
+        ("bad key sk-proj-abcdef123456 here", "", "bad key sk-pr*** here"),
+        ("key prov_7Hq2ZpLm4Xw9 and sk-live_0123456789", "prov_7Hq2ZpLm4Xw9", "key *** and sk-li***"),
+        ("short sk-abc is no key", "", "short sk-abc is no key"),
+    ],
+)
+def test_scrub_removes_the_provider_key_and_anything_shaped_like_a_key(text, provider_key, scrubbed):
+    from proxy.pipeline import scrub
+
+    assert scrub(text, provider_key) == scrubbed

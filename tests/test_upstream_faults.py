@@ -83,6 +83,32 @@ def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothin
     assert (row.status, row.provider_id) == (status, first.pk)
 
 
+@pytest.mark.parametrize("client", ["http", "websocket"])
+def test_when_every_provider_fails_the_client_gets_a_502_with_the_last_error(
+    gateway, upstream, api_key, client
+):
+    make_provider(None, name="dead", priority=1, websocket_mode="never")
+    make_provider(upstream, name="refusing", priority=2, websocket_mode="never")
+    upstream.api_key = "sk-another-key-entirely"  # the stored provider key is now refused, and quoted
+    if client == "http":
+        response = post(gateway, api_key)
+        assert response.status_code == 502
+        error = response.json()["error"]
+    else:
+        (event,) = ws_turn(gateway, api_key)
+        assert event["type"] == "error" and event["status"] == 502
+        error = event["error"]
+    assert error == {
+        "type": "server_error",
+        "code": "upstream_unavailable",
+        "param": None,
+        "message": "No upstream provider could serve the request. Last error: Incorrect API key provided: "
+        "***. You can find your API key at https://platform.openai.com.",
+    }
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (502, "upstream_unavailable")
+
+
 # A provider that hangs before its first byte.
 
 
@@ -90,7 +116,13 @@ def test_an_http_upstream_that_hangs_before_its_first_byte_is_a_504(gateway, ups
     upstream.hang = True
     make_provider(upstream, connect_timeout=0.5, first_byte_timeout=0.5)
     response = post(gateway, api_key)
-    assert response.status_code == 504 and response.json()["error"]["code"] == "upstream_timeout"
+    assert response.status_code == 504
+    assert response.json()["error"] == {
+        "type": "server_error",
+        "code": "upstream_timeout",
+        "param": None,
+        "message": "Provider alpha did not answer in time.",
+    }
     assert upstream.wait_for(lambda: upstream.open_http_streams == 0), "the hung request was left open"
     (row,) = request_logs(1)
     assert (row.status, row.error_code) == (504, "upstream_timeout")
