@@ -109,6 +109,32 @@ def test_when_every_provider_fails_the_client_gets_a_502_with_the_last_error(
     assert (row.status, row.error_code) == (502, "upstream_unavailable")
 
 
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            502,
+            b"<html>502 Bad Gateway</html>",
+            ("upstream_error", "<html>502 Bad Gateway</html>", "server_error", None),
+        ),
+        (400, b'{"error": "plain words"}', ("upstream_error", "plain words", "invalid_request_error", None)),
+        (429, b"", ("rate_limit_exceeded", "Upstream error.", "invalid_request_error", None)),
+        (
+            401,
+            b'{"error": {"message": "bad k3y-123", "code": "invalid_api_key", "param": "p", "type": "t"}}',
+            ("invalid_api_key", "bad ***", "t", "p"),
+        ),
+    ],
+)
+def test_any_upstream_error_body_becomes_an_openai_error(status, body, expected):
+    """Upstream error bodies come in every shape (a proxy's HTML page, an error that is a bare string,
+    nothing at all); the client always gets an OpenAI error with the upstream's words, scrubbed."""
+    from proxy.pipeline import upstream_error
+
+    error = upstream_error(status, body, "k3y-123")
+    assert (error.status, error.code, error.message, error.type, error.param) == (status, *expected)
+
+
 # A provider that hangs before its first byte.
 
 
