@@ -148,7 +148,7 @@ def test_an_http_upstream_that_hangs_before_its_first_byte_is_a_504(gateway, ups
         "type": "server_error",
         "code": "upstream_timeout",
         "param": None,
-        "message": "Provider alpha did not answer in time.",
+        "message": "The upstream did not answer in time.",
     }
     assert upstream.wait_for(lambda: upstream.open_http_streams == 0), "the hung request was left open"
     (row,) = request_logs(1)
