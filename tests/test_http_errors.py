@@ -49,7 +49,15 @@ def test_large_bodies_within_the_default_limit_pass(gateway, upstream, api_key):
     big = "y" * (5 * 1024 * 1024)  # over Django's 2.5 MB default
     response = post(gateway, api_key, json.dumps({"model": "gpt-5.5", "input": big}).encode())
     assert response.status_code == 200, response.text
-    assert response.json()["output"][0]["content"][0]["text"].startswith("echo: yyy")
+    answer = response.json()
+    assert answer["output"][0]["content"][0]["text"].startswith("echo: yyy")
+    # Over a megabyte, the id and usage are read from the head and tail of the body, not from all of it.
+    (row,) = request_logs(1)
+    assert (row.response_id, row.input_tokens, row.output_tokens) == (
+        answer["id"],
+        answer["usage"]["input_tokens"],
+        answer["usage"]["output_tokens"],
+    )
 
 
 def test_missing_key_is_a_401_and_x_api_key_works(gateway, upstream, api_key):

@@ -38,12 +38,14 @@ def test_the_breaker_opens_closes_after_a_success_and_reopens_after_the_cooldown
     turn()  # the second failure in a row: open
     turn()
     turn()  # skipped while open
-    assert tries == [1, 2, 3, 4, 4, 4]
-    time.sleep(1.1)
+    time.sleep(0.5)
+    turn()  # still open halfway through the cooldown
+    assert tries == [1, 2, 3, 4, 4, 4, 4]
+    time.sleep(0.6)
     turn()  # the cooldown is over: tried again, and fails again
     turn()  # the threshold is reached again: open again
     turn()
-    assert tries[6:] == [5, 6, 6]
+    assert tries[7:] == [5, 6, 6]
     time.sleep(1.1)
     upstream.http_fail_status = None
     backup = upstream_b.http_requests

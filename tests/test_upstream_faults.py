@@ -118,6 +118,7 @@ def test_when_every_provider_fails_the_client_gets_a_502_with_the_last_error(
             ("upstream_error", "<html>502 Bad Gateway</html>", "server_error", None),
         ),
         (400, b'{"error": "plain words"}', ("upstream_error", "plain words", "invalid_request_error", None)),
+        (500, b'{"error": {"message": "boom"}}', ("upstream_error", "boom", "server_error", None)),
         (503, b"\xff" + b"x" * 600, ("upstream_error", "\ufffd" + "x" * 499, "server_error", None)),
         (429, b"", ("rate_limit_exceeded", "Upstream error.", "invalid_request_error", None)),
         (
