@@ -66,13 +66,16 @@ def test_events_that_arrive_together_are_all_relayed_untouched(gateway, upstream
     assert "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta") == "echo: in bulk"
 
 
-def test_non_streaming_turn(gateway, upstream, api_key):
+@pytest.mark.parametrize("size", [1, 300_000])  # a body in one read, and one in many
+def test_non_streaming_turn(gateway, upstream, api_key, size):
     make_provider(upstream)
-    response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="one shot")
-    assert response.output_text == "echo: one shot"
+    text = "one shot " * size
+    response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input=text)
+    assert response.output_text == f"echo: {text}"
     (row,) = request_logs(1)
-    assert row.response_id == response.id
+    assert (row.response_id, row.error_code) == (response.id, "")
     assert row.output_tokens == response.usage.output_tokens > 0
+    assert row.input_tokens == response.usage.input_tokens
 
 
 def test_tool_call_round_trip(gateway, upstream, api_key):
