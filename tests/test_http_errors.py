@@ -101,7 +101,21 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, ap
     assert blocks[-1].startswith("event: error\ndata: ")
     error = json.loads(blocks[-1].split("data: ", 1)[1])
     assert error["code"] == "upstream_stream_error" and error["sequence_number"] == len(blocks) - 1
+    assert error["param"] is None
     assert re.fullmatch(r"The upstream stream broke: \w+Error\.", error["message"]), error["message"]
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (502, "upstream_stream_error")
+
+
+def test_upstream_drop_mid_body_of_a_non_streamed_answer_is_logged(gateway, upstream, api_key):
+    upstream.drop_after_events = 1  # a non-streamed answer is cut half-way
+    make_provider(upstream)
+    try:
+        body = post(gateway, api_key, b'{"model": "gpt-5.5", "input": "x"}').content
+    except httpx.HTTPError:
+        body = b""
+    with pytest.raises(ValueError):
+        json.loads(body)  # never passed off as a whole answer
     (row,) = request_logs(1)
     assert (row.status, row.error_code) == (502, "upstream_stream_error")
 

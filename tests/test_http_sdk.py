@@ -4,6 +4,7 @@ import json
 import time
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 
@@ -162,7 +163,7 @@ def test_failover_when_the_first_provider_is_down(gateway, upstream, api_key):
     assert row.provider.name == "alive"
 
 
-@pytest.mark.parametrize("status", [500, 429])
+@pytest.mark.parametrize("status", [500, 503, 429, 408, 403, 401])
 def test_failover_on_upstream_status(gateway, upstream, upstream_b, api_key, status):
     upstream.http_fail_status = status
     make_provider(upstream, name="failing", priority=1)
@@ -253,6 +254,21 @@ def test_retrieve_goes_to_the_producing_provider(gateway, upstream, upstream_b, 
     created = on_beta(upstream, lambda: client.responses.create(model="gpt-5.5", input="r"))
     assert client.responses.retrieve(created.id).id == created.id
     assert ("GET", f"/v1/responses/{created.id}") in [(r.method, r.path) for r in upstream_b.requests]
+
+
+def test_the_body_reaches_the_upstream_byte_for_byte(gateway, upstream, api_key):
+    """Unless a redirect changes the model, the client's bytes are relayed untouched (key order, spacing
+    and all), never parsed and re-serialised."""
+    make_provider(upstream)
+    raw = b'{ "input" : "x",  "model":"gpt-5.5" , "metadata": {"b": "1", "a": "2"} }'
+    response = httpx.post(
+        gateway.url + "/v1/responses",
+        content=raw,
+        headers={"authorization": f"Bearer {api_key}", "content-type": "application/json"},
+        timeout=20,
+    )
+    assert response.status_code == 200
+    assert upstream.requests[-1].raw == raw.decode()
 
 
 def test_client_key_never_reaches_upstream(gateway, upstream, api_key):

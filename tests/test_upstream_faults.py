@@ -188,6 +188,7 @@ def test_an_sse_stream_that_ends_without_a_terminal_event_is_incomplete(gateway,
     assert events[-1]["type"] == "error" and events[-1]["code"] == "upstream_stream_incomplete"
     assert events[-1]["sequence_number"] == len(events) - 1
     assert events[-1]["message"] == "The upstream stream ended before the response finished."
+    assert events[-1]["param"] is None
     (row,) = request_logs(1)
     assert (row.status, row.error_code) == (502, "upstream_stream_incomplete")
 
