@@ -57,8 +57,15 @@ def ws_turn(gateway, key: str, **fields) -> list[dict]:
 # A client's fault: relayed with its own status, never a failover, never a breaker count.
 
 
-@pytest.mark.parametrize("status", CLIENT_FAULTS)
-@pytest.mark.parametrize("client", ["http", "websocket/upstream-http", "websocket/upstream-websocket"])
+# Every status over HTTP, where the status decides failover; one each through the WebSocket paths.
+@pytest.mark.parametrize(
+    ("client", "status"),
+    [
+        *[("http", status) for status in CLIENT_FAULTS],
+        ("websocket/upstream-http", 422),
+        ("websocket/upstream-websocket", 400),
+    ],
+)
 def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothing(
     gateway, upstream, upstream_b, api_key, status, client
 ):
