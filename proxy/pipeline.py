@@ -36,6 +36,25 @@ def scrub(text: str, provider_key: str = "") -> str:
     return _SECRET.sub(r"\1***", text)
 
 
+# Upstream events that may carry an upstream's own diagnostics (an echoed header, a key in a message).
+SCRUBBED_EVENTS = frozenset({"error", "response.failed"})
+
+
+def scrub_event(data: str, provider_key: str) -> str:
+    """An error or failed event's JSON text without secrets; other events are never passed here."""
+    if provider_key:
+        # Inside JSON text the key may appear escaped (quotes, backslashes, non-ASCII).
+        data = data.replace(json.dumps(provider_key)[1:-1], "***")
+    return scrub(data, provider_key)
+
+
+def scrubbed_sse(event: Event, provider_key: str) -> Event:
+    if event.type not in SCRUBBED_EVENTS:
+        return event
+    data = scrub_event(event.data, provider_key)
+    return event if data == event.data else Event(event.type, data)
+
+
 def upstream_error(status: int, body: bytes, provider_key: str) -> WireError:
     """The upstream's own error, as the client should see it, with secrets removed."""
     try:
@@ -199,6 +218,8 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
         while True:
             out = []
             for event in batch:
+                if event.type in SCRUBBED_EVENTS:
+                    event = scrubbed_sse(event, relay.route.provider.api_key)
                 out.append(event.as_sse())
                 if event.type in TERMINAL_TYPES:
                     terminal = True

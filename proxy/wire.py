@@ -52,6 +52,9 @@ def parse_body(raw: bytes | str) -> dict[str, Any]:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(400, "invalid_json", f"The body is not valid JSON: {exc}.") from None
+    except RecursionError:
+        # json's parser recurses per nesting level: a body nested deeper than the interpreter allows.
+        raise WireError(400, "invalid_json", "The body is nested too deeply.") from None
     if not isinstance(body, dict):
         raise WireError(400, "invalid_json", "The body must be a JSON object.")
     return body
@@ -97,7 +100,7 @@ def event_type(data: str) -> str:
             return data[9:end]
     try:
         kind = json.loads(data).get("type")
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         return ""
     return kind if isinstance(kind, str) else ""
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from providers.routing import Plan, Route
 from proxy import turn_runner
 from proxy.deadline import Deadline
-from proxy.pipeline import Relay
+from proxy.pipeline import SCRUBBED_EVENTS, Relay, scrub_event, scrubbed_sse
 from proxy.transport import Transport
 from proxy.turn_runner import HttpCall, SocketTurn
 from proxy.upstream_http import TransportError
@@ -57,6 +57,8 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
             while True:
                 for index, data in enumerate(batch):
                     kind = event_type(data)
+                    if kind in SCRUBBED_EVENTS:  # an upstream's diagnostics may hold its key
+                        data = batch[index] = scrub_event(data, route.provider.api_key)
                     if kind == "response.created" and not turn.response_id:
                         # Not always the first event: a late answer to an earlier control event
                         # (response.interrupt.failed) may come before it; it is relayed as is.
@@ -112,6 +114,8 @@ async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -
             out: list[str] = []
             for event in batch:
                 kind = event.type
+                if kind in SCRUBBED_EVENTS:
+                    event = scrubbed_sse(event, route.provider.api_key)
                 if kind in TERMINAL_TYPES:
                     await terminal(lane, turn, kind, event.data, route, plan, None)
                     out.append(event.data)

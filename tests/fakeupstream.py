@@ -34,6 +34,8 @@ WebSocket client events besides `response.create`, as the service answers them w
 `response.incomplete` with reason `interrupted`; the connection can continue from it), `response.cancel`
 (the same without acknowledgement), `response.steer` (`response.steer.accepted`); an interrupt for a
 response not in flight gets the non-terminal `response.interrupt.failed`.
+- `error_event`: a dict sent as the turn's second event (after `response.created`), ending the turn;
+  e.g. an `error` event whose message echoes the upstream's own key, as some proxies do.
 
 Leak checks: `open_ws` counts open sockets, `open_http_streams` the `POST /v1/responses` still being
 answered; a paced stream notices a client that left and stops. Usage is deterministic, see `usage_for`.
@@ -366,6 +368,7 @@ class FakeUpstream:
         self.hang = False
         self.drop_after_events: int | None = None
         self.event_delay = 0.0
+        self.error_event: dict[str, Any] | None = None
         self.text_deltas = 3
         self.responder: Responder | None = None
         self.ws_turn_limit: int | None = None
@@ -575,6 +578,9 @@ class FakeUpstream:
                     await asyncio.wait([gone], timeout=self.event_delay)
             if gone is not None and gone.done():
                 return False
+            if number == 1 and self.error_event is not None:
+                await emit({**self.error_event, "sequence_number": number})
+                return True
             await emit(event)
         return True
 
