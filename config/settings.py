@@ -161,6 +161,9 @@ FILE_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
 # LOG_LEVEL: DEBUG, INFO (default: one line per refusal and per provider failure), WARNING, ERROR.
 # SLUICE_LOG_FORMAT: "plain" (default) or "json" (one JSON object per line).
 LOG_FORMAT = env("SLUICE_LOG_FORMAT", default="plain")
+# Error reports (the DEBUG page, mailed reports) never show a key held in a frame variable.
+DEFAULT_EXCEPTION_REPORTER_FILTER = "config.reporting.SecretSafeFilter"
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
