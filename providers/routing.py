@@ -1,5 +1,6 @@
 """Which providers may serve a request, in the order to try them."""
 
+import hashlib
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from django.conf import settings
 
 from providers import health
 from providers.registry import ProviderInfo, enabled_providers
+from proxy.wire import storable
 from settings_app import shared
 
 
@@ -41,13 +43,19 @@ def session_of(body: Mapping[str, Any] | None, headers: Mapping[str, str]) -> st
     session = (
         (body or {}).get("prompt_cache_key") or headers.get("session-id") or headers.get("session_id") or ""
     )
-    return session if isinstance(session, str) else ""
+    return storable(session)
+
+
+def _key_part(text: object) -> str:
+    """A client's string as part of a cache key: storable, and hashed when long (keys stay small)."""
+    text = storable(text)
+    return text if len(text) <= 200 else "h:" + hashlib.sha256(text.encode()).hexdigest()
 
 
 def affinity_for(key_id: int | None, response_id: object, session: str) -> Affinity:
     return Affinity(
-        response_id=response_id if isinstance(response_id, str) and response_id else None,
-        session_key=session_key(key_id, session) if session else None,
+        response_id=_key_part(response_id) or None,
+        session_key=session_key(key_id, _key_part(session)) if session else None,
     )
 
 

@@ -15,6 +15,7 @@ from django.conf import settings
 
 from proxy import metrics
 from proxy.outcome import Outcome
+from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
 
 log = logging.getLogger(__name__)
@@ -129,16 +130,41 @@ def _run() -> None:
             except queue.Empty:
                 break
         try:
-            write(batch)
-        except Exception:
-            log.exception("could not write %d request log rows", len(batch))
-            metrics.log_dropped.labels("write_failed").inc(len(batch))
+            write_keeping_good_rows(batch)
         finally:
             metrics.log_queue.dec(len(batch))
             tidy_connections()
             with _idle:
                 _pending -= len(batch)
                 _idle.notify_all()
+
+
+def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
+    """Write a batch; when it fails, write its halves, down to the rows that fail alone, which are dropped
+    and logged once each: one bad row never costs the others theirs."""
+    from django.db import InterfaceError, OperationalError
+
+    try:
+        write(batch)
+    except (OperationalError, InterfaceError):
+        # The database itself failed (gone, locked past its timeout): no row would get through alone.
+        log.exception("could not write %d request log rows", len(batch))
+        metrics.log_dropped.labels("write_failed").inc(len(batch))
+    except Exception as exc:  # noqa: BLE001 - a row the database refuses must not cost the others theirs
+        if len(batch) == 1:
+            r = batch[0]
+            log.error(
+                "dropped a request log row that could not be stored (key %s, status %s): %r",
+                r.key_id,
+                r.status,
+                exc,
+            )
+            metrics.log_dropped.labels("write_failed").inc()
+            return
+        tidy_connections()
+        middle = len(batch) // 2
+        write_keeping_good_rows(batch[:middle])
+        write_keeping_good_rows(batch[middle:])
 
 
 def write(batch: list[TurnRecord]) -> None:
@@ -171,10 +197,10 @@ def write(batch: list[TurnRecord]) -> None:
                 r.key_id,
                 r.provider_id,
                 r.endpoint,
-                r.requested_model[:200],
-                model[:200],
+                storable(r.requested_model)[:200],
+                storable(model)[:200],
                 r.status,
-                (r.error_code or o.error_code)[:100],
+                storable(r.error_code or o.error_code)[:100],
                 o.input_tokens,
                 o.cached_input_tokens,
                 o.output_tokens,
@@ -187,18 +213,11 @@ def write(batch: list[TurnRecord]) -> None:
                 r.fallback_reason,
                 r.ws_handshake_ms,
                 r.upstream_ws_url[:500],
-                o.response_id[:200],
-                r.session_id[:200],
+                storable(o.response_id)[:200],
+                storable(r.session_id)[:200],
                 r.team_id,
             )
         )
-    try:
-        metrics.observe_batch(batch, costs)
-    except Exception:  # metrics must never cost a row
-        log.exception("could not update the metrics")
-    dropped = sum(1 for r in batch if r.dropped)
-    if dropped:
-        metrics.log_dropped.labels("rate_limited").inc(dropped)
     now = time.monotonic()
     used = {
         k: v
@@ -212,6 +231,14 @@ def write(batch: list[TurnRecord]) -> None:
         # A key or provider was deleted while its turns waited here: keep the rows, without the link.
         with transaction.atomic():
             _insert(_without_dangling_links(rows))
+    # Counted once the rows are in: a batch retried in halves is not counted twice.
+    try:
+        metrics.observe_batch(batch, costs)
+    except Exception:  # metrics must never cost a row
+        log.exception("could not update the metrics")
+    dropped = sum(1 for r in batch if r.dropped)
+    if dropped:
+        metrics.log_dropped.labels("rate_limited").inc(dropped)
     with transaction.atomic():
         for key_id, when in used.items():
             _last_used_written[key_id] = now
