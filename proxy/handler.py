@@ -15,12 +15,14 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
-from django.core.handlers.exception import convert_exception_to_response
+from django.http import HttpRequest, HttpResponse
 from django.urls import set_script_prefix
 
+from proxy import logwriter
 from proxy.labels import endpoint_of
 from proxy.refusals import refuse
 from proxy.views import close_response, error_response, max_body_error
+from proxy.wire import WireError
 
 log = logging.getLogger("sluice.http")
 
@@ -34,7 +36,19 @@ class ApiHandler(ASGIHandler):
         self._view_middleware = []
         self._template_response_middleware = []
         self._exception_middleware = []
-        self._middleware_chain = convert_exception_to_response(self._get_response_async)
+        self._middleware_chain = self._get_response_or_json_error
+
+    async def _get_response_or_json_error(self, request: HttpRequest) -> HttpResponse:
+        """Django answers an unexpected exception with an HTML page; /v1 clients get an OpenAI error."""
+        try:
+            return await self._get_response_async(request)
+        except Exception:
+            log.exception("unhandled error in %s %s", request.method, request.path)
+            return error_response(
+                WireError(
+                    500, "internal_error", "The gateway failed to serve this request.", None, "server_error"
+                )
+            )
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.handle(scope, receive, send)
@@ -92,7 +106,7 @@ class ApiHandler(ASGIHandler):
             try:
                 await self.send_response(response, send)
             except asyncio.CancelledError:
-                pass
+                await abandoned(request)
             finally:
                 # Whether the body was sent, failed or never started: a streaming body's generator may
                 # never have run, so what the view took (a turn's slot) is given back here.
@@ -118,3 +132,18 @@ class ApiHandler(ASGIHandler):
             if listener.done() and not listener.cancelled():
                 listener.exception()  # RequestAborted on disconnect: expected, retrieved so it is not logged
             body_file.close()
+            if worker.cancelled():  # the client left while the view was still deciding
+                await abandoned(request)
+
+
+async def abandoned(request: HttpRequest) -> None:
+    """A turn whose client left before its response started streaming (or before the view returned)
+    leaves no generator whose ``finally`` would log it: log it here, as 499, and free its upstream."""
+    record = getattr(request, "sluice_turn", None)
+    if record is None or record.submitted:
+        return
+    relay = getattr(request, "sluice_relay", None)
+    if relay is not None:
+        await relay.opened.close()
+    record.status, record.error_code = 499, "client_disconnected"
+    logwriter.submit(record)

@@ -45,6 +45,7 @@ class TurnRecord:
     first_event_at: float | None = None
     finished_at: float | None = None
     outcome: Outcome = field(default_factory=Outcome)
+    submitted: bool = False  # a turn has one row, whichever exit path submits it first
 
     def first_event(self) -> None:
         if self.first_event_at is None:
@@ -83,6 +84,9 @@ def _over_allowance(record: TurnRecord) -> bool:
 def submit(record: TurnRecord) -> None:
     """Queue a finished turn; never blocks, never touches the database in the caller's thread."""
     global _pending, _thread
+    if record.submitted:
+        return
+    record.submitted = True
     if record.finished_at is None:
         record.finished_at = time.perf_counter()
     if record.key_id is None and record.status >= 400 and _over_allowance(record):

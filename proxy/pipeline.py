@@ -179,6 +179,10 @@ async def open_route(route: Route, record: TurnRecord, call: Any) -> Relay:
             return Relay(route, opened, batches, first)
     except (WireError, ProviderFailure):
         raise
+    except asyncio.CancelledError:
+        if opened is not None:  # the client left while the first event was awaited
+            await opened.close()
+        raise
     except TimeoutError:
         last = timeout_error(route)
     except (*TransportError, StopAsyncIteration) as exc:

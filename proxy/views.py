@@ -136,6 +136,7 @@ async def _relay(
     record = TurnRecord(
         key_id=client.key_id, team_id=client.team_id, client_transport="http", endpoint=endpoint
     )
+    request.sluice_turn = record  # type: ignore[attr-defined] # the handler logs it if the client leaves
     if with_body:
         raw = request.body
         body = parse_body(raw)
@@ -207,6 +208,7 @@ async def _open(
         )
     except WireError as error:
         raise _reject(record, error) from None
+    request.sluice_relay = relay  # type: ignore[attr-defined]
     extra = returned_headers(relay.opened.response)
     upstream_token = relay.opened.response.headers.get(turn_state.HEADER)
     if upstream_token is not None or state.provider_id is not None:
