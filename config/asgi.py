@@ -27,8 +27,11 @@ async def http_application(scope: dict, receive: object, send: object) -> None:
 
 
 async def lifespan(scope: dict, receive: Any, send: Any) -> None:
-    """Close upstream connection pools when the server shuts down."""
-    from proxy import metrics
+    """At shutdown (after the server let turns in flight finish): close upstream connection pools and
+    write the request-log rows still queued."""
+    import asyncio
+
+    from proxy import logwriter, metrics
     from proxy.upstream_http import close_session
 
     while True:
@@ -37,6 +40,8 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             await close_session()
+            if not await asyncio.to_thread(logwriter.flush, 15):
+                logwriter.log.error("request log rows were still queued at shutdown")
             metrics.process_exited()
             await send({"type": "lifespan.shutdown.complete"})
             return

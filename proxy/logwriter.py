@@ -1,6 +1,7 @@
 """Request-log rows written off the hot path: turns are queued in memory and a thread inserts them in
 batches, pricing each from ``ModelPrice`` as it goes."""
 
+import atexit
 import datetime as dt
 import logging
 import os
@@ -94,6 +95,8 @@ def submit(record: TurnRecord) -> None:
     with _lock:
         _pending += 1
         if _thread is None or not _thread.is_alive():
+            if _thread is None:  # a process that exits without a server shutdown still writes its rows
+                atexit.register(flush)
             _thread = threading.Thread(target=_run, name="sluice-request-log", daemon=True)
             _thread.start()
     metrics.log_queue.inc()
@@ -103,13 +106,13 @@ def submit(record: TurnRecord) -> None:
 def flush(timeout: float = 10.0) -> bool:
     """Wait until every submitted record is written (tests, shutdown). Returns False on timeout."""
     deadline = time.monotonic() + timeout
-    _wake.set()
     with _idle:
         while _pending:
+            _wake.set()  # every batch until the queue is empty, not only the first
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
-            _idle.wait(remaining)
+            _idle.wait(min(remaining, 0.5))
     return True
 
 
