@@ -27,18 +27,23 @@ async def http_application(scope: dict, receive: object, send: object) -> None:
 
 
 async def lifespan(scope: dict, receive: Any, send: Any) -> None:
-    """At shutdown (after the server let turns in flight finish): close upstream connection pools and
-    write the request-log rows still queued."""
+    """At start-up: keep configuration snapshots fresh. At shutdown (after the server let turns in flight
+    finish): close upstream connection pools and write the request-log rows still queued."""
     import asyncio
 
     from proxy import logwriter, metrics
     from proxy.upstream_http import close_session
+    from settings_app.runtime import refresh_in_background
 
+    refresher = None
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            refresher = refresh_in_background()  # changes from other processes apply without a request
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            if refresher is not None:
+                refresher.cancel()
             await close_session()
             if not await asyncio.to_thread(logwriter.flush, 15):
                 logwriter.log.error("request log rows were still queued at shutdown")

@@ -111,10 +111,26 @@ else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
 
 REDIS_URL = env("REDIS_URL", default="")
+# Shared state must answer quickly or be treated as unavailable (settings_app/shared.py): a paused Redis
+# must not hold every request for seconds.
+SLUICE_CACHE_TIMEOUT = env.float("SLUICE_CACHE_TIMEOUT", default=0.5)
+SLUICE_CACHE_RETRY_SECONDS = env.float("SLUICE_CACHE_RETRY_SECONDS", default=2.0)
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "OPTIONS": {
+                "socket_connect_timeout": SLUICE_CACHE_TIMEOUT,
+                "socket_timeout": SLUICE_CACHE_TIMEOUT,
+            },
+        }
+    }
     CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
+        "default": {
+            "BACKEND": "settings_app.channel_layer.ResilientRedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_connect_timeout": SLUICE_CACHE_TIMEOUT}]},
+        }
     }
 else:
     CACHES = {"default": {"BACKEND": "settings_app.cache.LocalMemoryCache", "LOCATION": "sluice"}}

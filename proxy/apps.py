@@ -59,3 +59,22 @@ def _revoke(key_id: int) -> None:
             )
 
     transaction.on_commit(send)
+
+
+def revoke_here(key_id: int) -> None:
+    """Close this process's live sockets of a key (from the event loop; a no-op without one)."""
+    import asyncio
+
+    from channels.layers import get_channel_layer
+
+    from proxy.consumers import key_group
+
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    task = loop.create_task(layer.group_send(key_group(key_id), {"type": "sluice.revoke"}))
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures were logged by the layer

@@ -31,7 +31,19 @@ def _load() -> dict[str, Client]:
     return clients
 
 
-keys: Snapshot[dict[str, Client]] = Snapshot("api-keys", _load)
+def _close_sockets_of_vanished_keys(old: dict[str, Client], new: dict[str, Client]) -> None:
+    """A key disabled or deleted by another process (``manage.py``, another server) disappears from the
+    snapshot here: close its sockets in this process, whatever channel layer there is (the in-memory one
+    does not cross processes)."""
+    from proxy.apps import revoke_here
+
+    gone = {c.key_id for c in old.values()} - {c.key_id for c in new.values()}
+    for key_id in gone:
+        if key_id is not None:
+            revoke_here(key_id)
+
+
+keys: Snapshot[dict[str, Client]] = Snapshot("api-keys", _load, on_change=_close_sockets_of_vanished_keys)
 
 PROTOCOL_PREFIX = "openai-insecure-api-key."
 
