@@ -208,6 +208,11 @@ LOGGING = {
 # Gateway behaviour.
 SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=32 * 1024 * 1024)
 SLUICE_WS_MAX_FRAME_BYTES = env.int("SLUICE_WS_MAX_FRAME_BYTES", default=32 * 1024 * 1024)
+# Read deadlines and header limits of every connection (config/server.py).
+SLUICE_HEADER_TIMEOUT = env.float("SLUICE_HEADER_TIMEOUT", default=10.0)
+SLUICE_BODY_TIMEOUT = env.float("SLUICE_BODY_TIMEOUT", default=60.0)
+SLUICE_MAX_HEADER_BYTES = env.int("SLUICE_MAX_HEADER_BYTES", default=64 * 1024)
+SLUICE_MAX_HEADERS = env.int("SLUICE_MAX_HEADERS", default=100)
 SLUICE_WS_FIRST_FRAME_TIMEOUT = env.float("SLUICE_WS_FIRST_FRAME_TIMEOUT", default=60.0)
 SLUICE_WS_IDLE_TIMEOUT = env.float("SLUICE_WS_IDLE_TIMEOUT", default=15 * 60.0)
 SLUICE_WS_MAX_AGE = env.float("SLUICE_WS_MAX_AGE", default=60 * 60.0)

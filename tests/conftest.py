@@ -76,14 +76,11 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def gateway_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[ServerThread]:
-    from django.conf import settings
-
     with django_db_blocker.unblock():
         from config.asgi import application
+        from config.server import server_options
 
-        server = ServerThread(
-            application, ws="websockets-sansio", ws_max_size=settings.SLUICE_WS_MAX_FRAME_BYTES
-        ).start()
+        server = ServerThread(application, **server_options()).start()  # as manage.py serve has it
     yield server
     server.stop()
     with django_db_blocker.unblock():

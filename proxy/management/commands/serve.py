@@ -11,6 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils.translation import gettext as _
 
+from config.server import server_options
+
 
 class Command(BaseCommand):
     help = _("Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port).")
@@ -58,9 +60,7 @@ class Command(BaseCommand):
             port=int(port),  # type: ignore[arg-type]
             workers=int(options["workers"]),  # type: ignore[arg-type]
             lifespan="on",
-            ws="websockets-sansio",
-            ws_max_size=settings.SLUICE_WS_MAX_FRAME_BYTES,
-            ws_per_message_deflate=True,
+            **server_options(),  # read deadlines, header and WebSocket limits (as in the tests)
             access_log=bool(options["access_log"]),
             proxy_headers=True,
             forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
