@@ -19,6 +19,8 @@ import httptools
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from config.ws_protocol import BoundedWebSocketProtocol
+
 log = logging.getLogger("sluice.server")
 
 
@@ -125,7 +127,7 @@ def server_options() -> dict[str, Any]:
     """uvicorn options shared by ``manage.py serve`` and the tests' server."""
     return {
         "http": GuardedHttpToolsProtocol,
-        "ws": "websockets-sansio",
+        "ws": BoundedWebSocketProtocol,
         "ws_max_size": settings.SLUICE_WS_MAX_FRAME_BYTES,
         "ws_per_message_deflate": True,
     }
