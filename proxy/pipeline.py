@@ -251,8 +251,9 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
         log.warning("provider %s stream broke after %d events: %r", relay.route.provider.name, sequence, exc)
         yield error.sse_event(sequence)
         return
-    except asyncio.CancelledError:
-        record.status, record.error_code = 499, "client_disconnected"
+    except (asyncio.CancelledError, GeneratorExit):  # GeneratorExit: closed while the client was written to
+        if not terminal:
+            record.status, record.error_code = 499, "client_disconnected"
         raise
     finally:
         if terminal:
@@ -304,7 +305,7 @@ async def relay_bytes(
     except TransportError as exc:
         record.status, record.error_code = 502, "upstream_stream_error"
         log.warning("provider %s body broke: %r", relay.route.provider.name, exc)
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GeneratorExit):
         record.status, record.error_code = 499, "client_disconnected"
         raise
     finally:
