@@ -113,7 +113,7 @@ else:
 REDIS_URL = env("REDIS_URL", default="")
 # Shared state must answer quickly or be treated as unavailable (settings_app/shared.py): a paused Redis
 # must not hold every request for seconds.
-SLUICE_CACHE_TIMEOUT = env.float("SLUICE_CACHE_TIMEOUT", default=0.5)
+SLUICE_CACHE_TIMEOUT = env.float("SLUICE_CACHE_TIMEOUT", default=1.0)
 SLUICE_CACHE_RETRY_SECONDS = env.float("SLUICE_CACHE_RETRY_SECONDS", default=2.0)
 if REDIS_URL:
     CACHES = {
@@ -129,7 +129,17 @@ if REDIS_URL:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "settings_app.channel_layer.ResilientRedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_connect_timeout": SLUICE_CACHE_TIMEOUT}]},
+            # redis-py's asyncio pool allows 100 connections in use by default: a burst of upgrades
+            # (each joins its key's group) went over it.
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "socket_connect_timeout": SLUICE_CACHE_TIMEOUT,
+                        "max_connections": 1000,
+                    }
+                ]
+            },
         }
     }
 else:

@@ -23,6 +23,11 @@ class ResilientRedisChannelLayer(RedisChannelLayer):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure of Redis is the same outage
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # The consumer ended while the layer was reading, and the layer turned the
+                    # cancellation into another error: end as cancelled, and it is no outage.
+                    raise asyncio.CancelledError() from exc
                 shared.report_failure(exc)
                 await asyncio.sleep(settings.SLUICE_CACHE_RETRY_SECONDS)
 

@@ -43,10 +43,34 @@ def counters(gateway, upstream) -> dict[str, int]:
         "server loop tasks": loop_tasks,
         "upstream sockets": upstream.open_ws,
         "upstream streams": upstream.open_http_streams,
-        "file descriptors": len(os.listdir("/proc/self/fd")),
+        "sockets to the gateway or the upstream": sockets_on((gateway.port, upstream.port)),
         "websocket bytes waiting": waiting_total(),
         "request log queue": logwriter._pending,
     }
+
+
+def sockets_on(ports: tuple[int, ...]) -> int:
+    """This process's TCP sockets (either end, listeners aside) on these ports: the clients', the
+    gateway's and the upstream's. Pooled connections to Redis or the database are not counted."""
+    ours = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            ours.add(link[8:-1])
+    count = 0
+    for table in ("/proc/self/net/tcp", "/proc/self/net/tcp6"):
+        with open(table) as lines:
+            next(lines)
+            for line in lines:
+                fields = line.split()
+                local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+                ends = {int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)}
+                if inode in ours and state != "0A" and ends & set(ports):
+                    count += 1
+    return count
 
 
 def back_to(baseline: dict[str, int], gateway, upstream, timeout: float = 10.0) -> None:
