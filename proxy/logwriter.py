@@ -88,6 +88,7 @@ def submit(record: TurnRecord) -> None:
     if record.submitted:
         return
     record.submitted = True
+    _make_storable(record)
     if record.finished_at is None:
         record.finished_at = time.perf_counter()
     if record.key_id is None and record.status >= 400 and _over_allowance(record):
@@ -101,6 +102,16 @@ def submit(record: TurnRecord) -> None:
             _thread.start()
     metrics.log_queue.inc()
     _queue.put(record)
+
+
+def _make_storable(r: TurnRecord) -> None:
+    """The one point where a turn's client strings are made storable (log rows, metrics labels)."""
+    r.requested_model = storable(r.requested_model)
+    r.upstream_model = storable(r.upstream_model)
+    r.error_code = storable(r.error_code)
+    r.session_id = storable(r.session_id)
+    o = r.outcome
+    o.model, o.response_id, o.error_code = storable(o.model), storable(o.response_id), storable(o.error_code)
 
 
 def flush(timeout: float = 10.0) -> bool:
@@ -204,10 +215,10 @@ def write(batch: list[TurnRecord]) -> None:
                 r.key_id,
                 r.provider_id,
                 r.endpoint,
-                storable(r.requested_model)[:200],
-                storable(model)[:200],
+                r.requested_model[:200],
+                model[:200],
                 r.status,
-                storable(r.error_code or o.error_code)[:100],
+                (r.error_code or o.error_code)[:100],
                 o.input_tokens,
                 o.cached_input_tokens,
                 o.output_tokens,
@@ -220,8 +231,8 @@ def write(batch: list[TurnRecord]) -> None:
                 r.fallback_reason,
                 r.ws_handshake_ms,
                 r.upstream_ws_url[:500],
-                storable(o.response_id)[:200],
-                storable(r.session_id)[:200],
+                o.response_id[:200],
+                r.session_id[:200],
                 r.team_id,
             )
         )
