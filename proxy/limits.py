@@ -31,6 +31,7 @@ from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
 from proxy.wire import WireError
+from settings_app import shared
 
 log = logging.getLogger("sluice.limits")
 
@@ -387,6 +388,11 @@ async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> 
     lease = "" if counts == REQUEST else f"{_process}-{next(_lease_ids)}"
     clock = Clock.at(time.time())
     store = _store()
+    if not store.local and shared.degraded():
+        # Redis is known to be unavailable: count in this process at once, no wait on a dead cache.
+        from proxy.limit_stores import local_store
+
+        store = local_store
     if store.local:
         what, index, usages = store.take(quotas, counts, lease, clock)
     else:
@@ -404,7 +410,7 @@ async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> 
             future.add_done_callback(lambda f: _abandoned(f, quotas, counts, lease, clock))
             raise
         except Exception as exc:  # noqa: BLE001 - Redis unreachable: limits hold per process meanwhile
-            log.warning("limit counters in Redis unreachable (%r); counting in this process", exc)
+            shared.report_failure(exc)  # logged once per outage; later turns skip Redis until it is back
             store = local_store
             what, index, usages = store.take(quotas, counts, lease, clock)
     if what:
