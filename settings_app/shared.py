@@ -70,10 +70,16 @@ def report_failure(exc: BaseException) -> None:
     if _degraded_since is None:
         _degraded_since = time.time()
         log.error(
-            "shared state unavailable (%s): serving from this process's last configuration, without "
+            "shared state unreachable (%s): serving from this process's last configuration, without "
             "affinity or shared breakers, with limits counted in this process, until it is back",
             _last_error,
         )
+
+
+def reset() -> None:
+    """Forget a past failure (tests: each starts with shared state reachable)."""
+    global _down_until, _degraded_since, _last_error, _probing
+    _down_until, _degraded_since, _last_error, _probing = 0.0, None, "", False
 
 
 def _recovered() -> None:

@@ -124,12 +124,14 @@ def _fresh_state() -> Iterator[None]:
     """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots, and no
     request-log row of an earlier test still waiting to be written into this one's tables."""
     from proxy import limits, logwriter
+    from settings_app import shared
     from settings_app.runtime import invalidate_all
 
     logwriter.flush(10)
     caches["default"].clear()
     limits.reset_local()
     invalidate_all()
+    shared.reset()  # a test that made shared state unreachable leaves no outage behind
     yield
     invalidate_all()
 

@@ -118,7 +118,7 @@ def test_redis_stopped_then_paused_degrades_instead_of_failing(upstream):
     finally:
         redis.stop()
     assert sum(times) < 3.0 and max(times) < 1.5, times
-    assert output.count("shared state unavailable") == 2, output  # once per outage, not per request
+    assert output.count("shared state unreachable") == 2, output  # once per outage, not per request
     assert "shared state is back" in output
     assert "<html" not in output.lower()
     assert RequestLog.objects.filter(status=200).count() == 1 + 10 + 1 + 1 + 1 + 20 + 1
