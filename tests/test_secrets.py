@@ -80,13 +80,6 @@ def test_upstream_errors_that_echo_the_provider_key_are_scrubbed(
     assert api_key not in body
 
 
-STREAMING_SCRUB = pytest.mark.xfail(
-    strict=True,
-    reason="missing fix: the provider key is not yet scrubbed from streamed error and response.failed events",
-)
-
-
-@STREAMING_SCRUB
 @pytest.mark.parametrize(
     ("provider_key", "path", "kind"),
     [
