@@ -13,6 +13,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
 from proxy import lifecycle
+from settings_app import shared
 
 CHECK_TIMEOUT = 3.0
 
@@ -50,12 +51,19 @@ async def _check(check: object) -> str:
 
 
 async def readyz(request: HttpRequest) -> HttpResponse:
-    """200 when this process can serve: database and cache answer and it is not draining; else 503 with
-    what is down."""
-    checks = {"database": _database, "cache": _cache}
-    results = await asyncio.gather(*(_check(check) for check in checks.values()))
-    down = {name: result for name, result in zip(checks, results, strict=True) if result}
+    """200 when this process can serve, 503 with what is down when it cannot (no database, or draining).
+
+    The shared cache (Redis) is an optimisation, not a single point of failure: without it the process
+    serves from its last configuration snapshot with limits counted locally, so a failing cache makes it
+    "degraded" (200, named in the body) rather than unready. Taking every node out of the balancer at once
+    because Redis went away would turn a degraded fleet into a dead one."""
+    database, cache = await asyncio.gather(_check(_database), _check(_cache))
+    down = {"database": database} if database else {}
     if lifecycle.draining():
         down["lifecycle"] = "draining"
-    body = {"status": "down" if down else "ok", "down": down}
+    degraded = {"cache": cache} if cache else {}
+    if shared.degraded() and not cache:
+        degraded["cache"] = str(shared.status()["error"] or "recently unreachable")
+    status = "down" if down else "degraded" if degraded else "ok"
+    body = {"status": status, "down": down, "degraded": degraded}
     return HttpResponse(json.dumps(body) + "\n", status=503 if down else 200, content_type="application/json")

@@ -111,7 +111,7 @@ def test_healthz_answers_whatever_the_host(gateway):
 
 def test_readyz_checks_database_and_cache_and_says_draining(gateway):
     response = httpx.get(gateway.url + "/readyz", headers={"Host": "10.1.2.3:8000"})
-    assert response.status_code == 200 and response.json() == {"status": "ok", "down": {}}
+    assert response.status_code == 200 and response.json() == {"status": "ok", "down": {}, "degraded": {}}
     lifecycle.begin_drain()
     try:
         response = httpx.get(gateway.url + "/readyz")
