@@ -233,6 +233,8 @@ SLUICE_WS_QUEUE_LIMIT = env.int("SLUICE_WS_QUEUE_LIMIT", default=8)
 SLUICE_UPSTREAM_WS_MAX_AGE = env.float("SLUICE_UPSTREAM_WS_MAX_AGE", default=55 * 60.0)
 SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT = env.float("SLUICE_UPSTREAM_WS_HANDSHAKE_TIMEOUT", default=10.0)
 SLUICE_WS_UNSUPPORTED_TTL = env.int("SLUICE_WS_UNSUPPORTED_TTL", default=15 * 60)
+# On SIGTERM, how long turns in flight may take to finish before the process exits anyway.
+SLUICE_DRAIN_SECONDS = env.float("SLUICE_DRAIN_SECONDS", default=30.0)
 SLUICE_CONFIG_POLL_SECONDS = env.float("SLUICE_CONFIG_POLL_SECONDS", default=2.0)
 # The request log is written in batches gathered for this long (rows are never lost: flush() and the
 # queue keep them).

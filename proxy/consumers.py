@@ -7,7 +7,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
-from proxy import limits, metrics, turn_state
+from proxy import lifecycle, limits, metrics, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import refuse
 from proxy.wire import WireError
@@ -81,6 +81,12 @@ class ResponsesConsumer(AsyncConsumer):
     async def websocket_connect(self, message: dict[str, Any]) -> None:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
         offered = self.scope.get("subprotocols") or []
+        if lifecycle.draining():  # the client retries its handshake, through the balancer to another node
+            await self.deny(
+                503,
+                WireError(503, "server_restarting", "This node is restarting; retry.", None, "server_error"),
+            )
+            return
         if not (await system_settings.aget()).client_websockets:
             await self.deny(
                 426,
@@ -114,6 +120,7 @@ class ResponsesConsumer(AsyncConsumer):
             client, headers, self.send_text, self.close, turn_state=state, send_many=self.send_many
         )
         metrics.client_sockets.inc()  # paired with the dec in websocket_disconnect
+        lifecycle.opened(self)
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
@@ -149,6 +156,7 @@ class ResponsesConsumer(AsyncConsumer):
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
         self.closed = True
+        lifecycle.closed(self)
         try:
             if self.session is not None:
                 metrics.client_sockets.dec()
@@ -158,6 +166,13 @@ class ResponsesConsumer(AsyncConsumer):
         for group in getattr(self, "groups", []):
             await self.channel_layer.group_discard(group, self.channel_name)
         raise StopConsumer()
+
+    def idle(self) -> bool:
+        return self.session is None or not self.session.busy
+
+    async def go_away(self) -> None:
+        """The node is draining: the client reconnects, through the balancer, to another node."""
+        await self.close(1001, "going away")
 
     async def sluice_revoke(self, event: dict[str, Any]) -> None:
         """The key was disabled or deleted in another process: end this connection."""

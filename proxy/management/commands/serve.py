@@ -3,7 +3,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import uvicorn
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
@@ -12,6 +11,7 @@ from django.db import connection
 from django.utils.translation import gettext as _
 
 from config.server import server_options
+from proxy import drain
 
 
 class Command(BaseCommand):
@@ -54,7 +54,7 @@ class Command(BaseCommand):
         self.stdout.flush()
         if int(options["workers"]) > 1:  # type: ignore[arg-type]
             prepare_multiprocess_metrics()
-        uvicorn.run(
+        drain.run(
             "config.asgi:application",
             host=str(host),
             port=int(port),  # type: ignore[arg-type]
@@ -65,7 +65,6 @@ class Command(BaseCommand):
             proxy_headers=True,
             forwarded_allow_ips=settings.FORWARDED_ALLOW_IPS,
             server_header=False,
-            timeout_graceful_shutdown=10,
         )
 
 
