@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import signal
 import socket
@@ -204,6 +205,12 @@ class Node:
                 self.process.kill()
                 self.process.wait()
 
+    def drained_sockets(self) -> list[int]:
+        """Per worker, the client sockets open when its last drain began (from the node's log)."""
+        runs = self.log_path.read_text(errors="replace").split("==== start ")
+        last_finished = runs[-2] if self.process is not None and self.process.poll() is None else runs[-1]
+        return [int(n) for n in re.findall(r"draining: (\d+) client sockets open", last_finished)]
+
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
 
@@ -267,7 +274,9 @@ class Balancer:
         binary = nginx_binary()
         assert binary is not None
         main = render_nginx(self.directory, f"127.0.0.1:{self.port}", servers)
-        check = subprocess.run([binary, "-t", "-p", str(self.directory), "-c", str(main)], capture_output=True)
+        check = subprocess.run(
+            [binary, "-t", "-p", str(self.directory), "-c", str(main)], capture_output=True
+        )
         if check.returncode:
             raise RuntimeError(f"nginx -t failed:\n{check.stderr.decode()}")
         self.process = subprocess.Popen(
