@@ -370,6 +370,7 @@ def write_markdown(
     chart: str,
     baseline: dict[str, Any] | None = None,
     current: dict[str, Any] | None = None,
+    fleet: str = "",
 ) -> None:
     machine_rows = [
         ["CPUs (nproc)", machine["nproc"]],
@@ -398,5 +399,6 @@ def write_markdown(
         memory=memory_table(memory),
         chart=chart,
         comparison=comparison_table(baseline, current) if current else "",
+        fleet=fleet or "(not measured in this run)",
     )
     path.write_text(text)

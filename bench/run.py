@@ -25,6 +25,7 @@ import uvloop
 
 from bench import procstat, report
 from bench.client import SseConnection, WsConnection
+from bench.fleet import FleetSettings, fleet_table, measure_fleet
 from bench.idle import IdleSockets, idle_websockets
 from bench.load import CHAIN_TURNS, HOST, SCENARIOS, Target, http_request, run_scenario, ws_frame
 from bench.processes import REPO, Server, configure_gateway, running_gateway, start_upstream
@@ -62,6 +63,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, help="direct/gateway batch pairs per scenario")
     parser.add_argument("--batch-seconds", type=float, help="length of one batch")
     parser.add_argument("--no-idle", action="store_true", help="skip the idle WebSocket memory test")
+    parser.add_argument(
+        "--no-fleet", action="store_true", help="skip the throughput through nginx (1 and 2 nodes)"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the gateway's data directory and log")
     parser.add_argument(
         "--baseline",
@@ -166,8 +170,9 @@ async def measure_load(
 
 def run(
     args: argparse.Namespace, settings: Settings, data_dir: Path
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Start the upstream, then a fresh gateway for the idle-socket test and another for the load."""
+) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Start the upstream, then a fresh gateway for the idle-socket test and another for the load, then
+    nginx before one node and before two."""
     upstream = start_upstream()
     try:
         key = configure_gateway(data_dir, upstream.port)
@@ -179,7 +184,13 @@ def run(
         with running_gateway(data_dir) as gateway:
             summaries, memory = uvloop.run(measure_load(settings, args.only, upstream, gateway, key))
         memory.update(idle_sockets)
-        return summaries, memory
+        fleet: list[dict[str, Any]] = []
+        if not (args.no_fleet or args.only):  # alone: python -m bench.fleet
+            say("throughput through nginx, one node then two")
+            quick = settings.pairs < FULL.pairs
+            fleet_settings = FleetSettings(batches=1 if quick else 3, batch_seconds=settings.batch_seconds)
+            fleet = measure_fleet(upstream, data_dir, key, fleet_settings, say)
+        return summaries, memory, fleet
     finally:
         upstream.stop()
 
@@ -205,6 +216,7 @@ def write_docs(
         chart="performance.png",
         baseline=raw.get("baseline"),
         current=report.baseline_figures(raw),
+        fleet=fleet_table(raw.get("fleet") or []),
     )
     say("wrote docs/performance.md and docs/performance.png")
 
@@ -233,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         idle_connections=base.idle_connections,
         settle_seconds=base.settle_seconds,
     )
-    documented = not (args.quick or args.only or args.pairs or args.batch_seconds or args.no_idle)
+    documented = not (
+        args.quick or args.only or args.pairs or args.batch_seconds or args.no_idle or args.no_fleet
+    )
     # Terminated like interrupted (the event loop turns SIGINT into cancellation): unwind, so the upstream
     # and gateway processes are stopped too. A shell's background job starts with SIGINT ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -246,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     data_dir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     try:
-        summaries, memory = run(args, settings, data_dir)
+        summaries, memory, fleet = run(args, settings, data_dir)
     finally:
         if args.keep:
             say(f"gateway data directory kept in {data_dir}")
@@ -263,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": {k: v.as_dict() if isinstance(v, IdleSockets) else v for k, v in memory.items()},
         "budget": [{**c.__dict__, "passed": c.passed} for c in found],
         "scenarios": summaries,
+        "fleet": fleet,
     }
     if args.baseline:
         raw["baseline"] = report.baseline_figures(json.loads(args.baseline.read_text()))
@@ -273,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     say("")
     for line in report.budget_lines(found):
         say(line)
+    if fleet:
+        say("through nginx:\n" + fleet_table(fleet))
     say(f"raw results: {result_path.relative_to(REPO)}")
     if documented:
         write_docs(raw, summaries, memory, found)
