@@ -356,15 +356,21 @@ def _service_url(scheme: str, user: str, password: str, host: str, port: int, pa
 
 
 def start_fleet(
-    directory: Path, database: dict, redis_url: str, environment: dict[str, str], nodes: int = 2
+    directory: Path,
+    database: dict,
+    redis_url: str,
+    environment: dict[str, str],
+    nodes: int = 2,
+    namespaces: bool = True,
 ) -> Fleet:
     """Start ``nodes`` gateway nodes and nginx before them; namespaces where allowed, else loopback."""
-    network: Network | None = Network(nodes)
+    network: Network | None = Network(nodes) if namespaces else None
     try:
-        assert network is not None
-        network.create()
+        if network is not None:
+            network.create()
     except (OSError, subprocess.CalledProcessError) as error:
-        print(f"fleet: network namespaces unavailable ({error}); nodes run on 127.0.0.1", file=sys.stderr)
+        detail = getattr(error, "stderr", "") or error
+        print(f"fleet: network namespaces unavailable ({detail}); nodes run on 127.0.0.1", file=sys.stderr)
         network = None
     host = network.host_address if network is not None else "127.0.0.1"
     fleet = Fleet(

@@ -6,6 +6,7 @@ its own address) served as in production (`manage.py serve`, two workers); see t
 """
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -61,7 +62,10 @@ def fleet(django_db_setup: None, django_db_blocker: Any, tmp_path_factory: Any) 
     with django_db_blocker.unblock():
         database = dict(connection.settings_dict)
     started = time.monotonic()
-    fleet = start_fleet(tmp_path_factory.mktemp("fleet"), database, settings.REDIS_URL, environment)
+    # SLUICE_FLEET_NETWORK=loopback runs the fallback even where namespaces can be made.
+    namespaces = os.environ.get("SLUICE_FLEET_NETWORK", "namespaces") != "loopback"
+    directory = tmp_path_factory.mktemp("fleet")
+    fleet = start_fleet(directory, database, settings.REDIS_URL, environment, namespaces=namespaces)
     print(f"\nfleet: {len(fleet.nodes)} nodes ({fleet.mode}) up in {time.monotonic() - started:.1f} s")
     try:
         yield fleet
@@ -418,6 +422,8 @@ def test_a_codex_session_survives_a_rolling_restart_between_turns(fleet, alpha, 
         return [function_call_item("exec_command", json.dumps({"cmd": "sleep 6; echo fleet-ok"}), "call_1")]
 
     alpha.responder = responder
+    # nginx's idle connections to the nodes (kept 4 s) would hide which node holds Codex's socket.
+    assert wait_for(lambda: sum(n.established() for n in fleet.nodes) == 0, 10) is not None
     restarts: list[str] = []
     drained: list[int] = []
 
