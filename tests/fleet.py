@@ -146,6 +146,11 @@ class Node:
     log_path: Path
     process: subprocess.Popen | None = None
     starts: int = 0
+    terminated: bool = False  # told to stop since its last start
+
+    @property
+    def serving(self) -> bool:
+        return self.process is not None and self.process.poll() is None and not self.terminated
 
     @property
     def url(self) -> str:
@@ -162,6 +167,7 @@ class Node:
         )
         log.close()
         self.starts += 1
+        self.terminated = False
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -180,6 +186,7 @@ class Node:
         """SIGTERM: the node starts draining."""
         assert self.process is not None
         self.process.send_signal(signal.SIGTERM)
+        self.terminated = True
 
     def wait_exit(self, timeout: float = 60) -> int:
         assert self.process is not None

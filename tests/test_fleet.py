@@ -78,7 +78,9 @@ def _every_node_up(request: Any) -> None:
     """A test that failed half-way through a restart leaves no node down for the next one."""
     if "fleet" in request.fixturenames:
         for node in request.getfixturevalue("fleet").nodes:
-            if node.process is None or node.process.poll() is not None:
+            if not node.serving:
+                if node.process is not None and node.process.poll() is None:
+                    node.wait_exit(DRAIN_SECONDS + 10)
                 node.start()
                 node.wait_ready()
 
@@ -384,9 +386,18 @@ def test_turns_in_flight_during_sigterm_complete(fleet, alpha):
     sigterm_at = time.monotonic()
     node.terminate()
     # While it drains, the node takes no new connection, and the balancer serves everything elsewhere.
-    time.sleep(0.3)
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(node.url + "/readyz", timeout=2)
+    readiness: list[int | str] = []
+
+    def refused() -> bool:
+        try:
+            readiness.append(httpx.get(node.url + "/readyz", timeout=2).status_code)
+        except httpx.ConnectError:
+            readiness.append("refused")
+            return True
+        return False
+
+    # (uvicorn's supervisor passes SIGTERM on to its workers within half a second.)
+    assert wait_for(refused, 3) is not None, f"the draining node still accepts: {readiness}"
     through = [post_turn(fleet.url, raw, f"during drain {i}").status_code for i in range(4)]
     assert through == [200] * 4
     for t in threads:
