@@ -423,3 +423,35 @@ def start_fleet(
         fleet.stop()
         raise
     return fleet
+
+
+class Admin:
+    """The Django admin of one node, signed in: changes made the way an operator makes them."""
+
+    def __init__(self, node: Node, username: str, password: str) -> None:
+        self.client = httpx.Client(base_url=node.url, timeout=20)
+        page = self.client.get("/admin/login/")
+        response = self.client.post(
+            "/admin/login/",
+            data={"username": username, "password": password, "next": "/admin/", **self._token(page)},
+        )
+        if response.status_code != 302:
+            raise RuntimeError(f"admin sign-in on node {node.index} failed: {response.status_code}")
+
+    @staticmethod
+    def _token(page: httpx.Response) -> dict[str, str]:
+        found = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        if found is None:
+            raise RuntimeError(f"no CSRF token on {page.url} ({page.status_code})")
+        return {"csrfmiddlewaretoken": found.group(1)}
+
+    def change(self, path: str, fields: dict[str, str]) -> None:
+        """Submit an admin change form (unchecked boxes are simply left out, as a browser does)."""
+        page = self.client.get(path)
+        response = self.client.post(path, data={**fields, **self._token(page), "_save": "Save"})
+        if response.status_code != 302:
+            errors = re.findall(r'class="errorlist[^"]*">(.*?)</ul>', response.text, re.S)
+            raise RuntimeError(f"admin change of {path} refused ({response.status_code}): {errors}")
+
+    def close(self) -> None:
+        self.client.close()
