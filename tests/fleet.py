@@ -331,6 +331,7 @@ class Fleet:
     relay: Relay | None = None
     network: Network | None = None
     exposed: dict[int, int] = field(default_factory=dict)
+    content_types: dict | None = None  # Django's content type ids when the nodes last started
 
     def reachable(self, port: int) -> int:
         """The port on ``host_address`` that reaches the host's 127.0.0.1:``port``."""
