@@ -42,10 +42,13 @@ async def drain_sockets(deadline: float, poll: float = 0.05) -> None:
         connections = lifecycle.open_connections()
         busy = 0
         for connection in connections:
-            if connection.idle():
-                await connection.go_away()
-            else:
+            if not connection.idle():
                 busy += 1
+                continue
+            try:
+                await connection.go_away()
+            except Exception:  # noqa: BLE001 - e.g. the client left first; its disconnect is on its way
+                lifecycle.closed(connection)
         if not connections:
             return
         if busy == 0:

@@ -99,3 +99,24 @@ def test_a_turn_over_the_grace_is_cut_when_it_ends(draining_server, upstream, ap
     threading.Thread(target=read, daemon=True).start()
     assert done.wait(8), "the drain waited past its grace"
     assert time.monotonic() - started < 5
+
+
+async def test_a_socket_whose_client_left_first_does_not_stop_the_drain(not_draining):
+    """go_away() on a socket whose client is gone raises (uvicorn: ClientDisconnected); the drain goes on."""
+    import asyncio
+
+    from proxy.drain import drain_sockets
+
+    class Gone:
+        def idle(self) -> bool:
+            return True
+
+        async def go_away(self) -> None:
+            raise OSError("client disconnected")
+
+    lifecycle.opened(Gone())
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await drain_sockets(started + 5)
+    assert lifecycle.open_connections() == []
+    assert loop.time() - started < 1
