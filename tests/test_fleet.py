@@ -293,7 +293,12 @@ def test_a_previous_response_id_reaches_the_provider_that_produced_it_from_any_n
         created = post_turn(first_node.url, raw, f"round {round_}")
         assert created.status_code == 200, created.text
         response_id = created.json()["id"]
-        producer = next(name for name, fake in providers.items() if fake.stored(response_id))
+        producers = [name for name, fake in providers.items() if fake.stored(response_id)]
+        assert len(producers) == 1, (
+            f"round {round_}: {response_id} stored by {producers}; model {created.json().get('model')}, "
+            f"requests {[len(f.requests) for f in providers.values()]}"
+        )
+        producer = producers[0]
         before = {name: len(fake.requests) for name, fake in providers.items()}
         follow = post_turn(other_node.url, raw, "and then?", previous_response_id=response_id)
         assert follow.status_code == 200, follow.text
