@@ -26,7 +26,7 @@ def test_readyz_answers_503_once_draining_starts(gateway, not_draining):
     assert httpx.get(gateway.url + "/readyz").status_code == 200
     lifecycle.begin_drain()
     response = httpx.get(gateway.url + "/readyz")
-    assert response.status_code == 503 and response.text == "draining"
+    assert response.status_code == 503 and "draining" in response.text
     assert httpx.get(gateway.url + "/healthz").status_code == 200, "alive, only not ready"
 
 
