@@ -3,20 +3,12 @@
 import json
 import time
 
-import pytest
 from django.conf import settings
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_provider
 
 
-@pytest.mark.xfail(
-    bool(settings.REDIS_URL),
-    reason="redis-py 8 reads Redis with a 5 s socket timeout, as long as channels_redis's blocking read: "
-    "the channel layer's receive fails and takes the idle client socket with it (fix: a longer "
-    "socket_timeout in CHANNEL_LAYERS, which other tests' shared layer across event loops must allow first)",
-    strict=True,
-)
 def test_an_idle_socket_outlives_the_channel_layers_blocking_reads(gateway, upstream, api_key):
     make_provider(upstream)
     url = gateway.url.replace("http", "ws") + "/v1/responses"
