@@ -3,7 +3,6 @@
 import json
 import shutil
 import signal
-import subprocess
 import time
 
 import httpx
@@ -11,50 +10,9 @@ import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import free_port, make_key, make_provider, require
-from tests.serveproc import ServeProcess
+from tests.serveproc import RedisServer, ServeProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> "RedisServer":
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout
-            != b"PONG\n"
-        ):
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
 
 
 def turn(client: httpx.Client) -> tuple[float, httpx.Response]:

@@ -21,6 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import free_port, require
 from tests.fakeupstream import FakeUpstream
+from tests.serveproc import RedisServer
 
 BASE_DIR = Path(settings.BASE_DIR)
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"))), None)
@@ -70,45 +71,6 @@ class Postgres:
         return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
 
 
-class Redis:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while (
-            subprocess.run(["redis-cli", "-p", str(self.port), "ping"], capture_output=True).stdout
-            != b"PONG\n"
-        ):
-            assert time.monotonic() < deadline, "redis did not start"
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-
 def manage(env: dict[str, str], *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "manage.py", *args],
@@ -128,7 +90,7 @@ def served() -> Iterator[dict]:
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     root = Path(tempfile.mkdtemp(prefix="sluice-mp-"))
     root.chmod(0o755)
-    pg, redis, upstream = Postgres(root), Redis(), FakeUpstream(name="alpha").start()
+    pg, redis, upstream = Postgres(root), RedisServer(), FakeUpstream(name="alpha").start()
     process = None
     try:
         pg.start()
