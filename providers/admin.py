@@ -8,6 +8,7 @@ from django.http import HttpRequest, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -22,7 +23,7 @@ VERDICT_COLOURS = {Verdict.GREEN: "#2e7d32", Verdict.YELLOW: "#b58900", Verdict.
 
 class ProviderForm(forms.ModelForm):
     base_url = forms.URLField(
-        label=_("base URL"),
+        label=capfirst(_("base URL")),
         max_length=500,
         assume_scheme="https",
         help_text=_("The API root including /v1, e.g. https://api.openai.com/v1."),

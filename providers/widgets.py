@@ -8,6 +8,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
+from django.utils.text import capfirst
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
@@ -142,19 +143,19 @@ def check_header(name: str, value: str) -> None:
 def provider_fields() -> dict[str, forms.Field]:
     return {
         "allowed_models": ModelListField(
-            label=_("allowed models"),
+            label=capfirst(_("allowed models")),
             required=False,
             help_text=_("One model name per line. Empty: the provider serves every model."),
         ),
         "model_redirects": PairsField(
-            label=_("model redirects"),
+            label=capfirst(_("model redirects")),
             key_label=_("requested model"),
             value_label=_("upstream model"),
             kind="models",
             help_text=_("A client asking for the model on the left is served the model on the right."),
         ),
         "extra_headers": PairsField(
-            label=_("extra headers"),
+            label=capfirst(_("extra headers")),
             key_label=_("header"),
             value_label=_("value"),
             kind="headers",

@@ -97,6 +97,13 @@ def test_a_new_provider_without_a_key_is_refused(admin_client):
     assert not Provider.objects.exists()
 
 
+def test_provider_form_labels_start_with_a_capital_like_the_others(admin_client):
+    text = page(admin_client, reverse("admin:providers_provider_add"))
+    labels = re.findall(r'<label[^>]*for="id_[a-z_]+"[^>]*>([^<:]+):</label>', text)
+    assert {"Base URL", "Allowed models", "Model redirects", "Extra headers"} <= set(labels), labels
+    assert [label for label in labels if not label[0].isupper()] == []
+
+
 # API keys: the secret exists in clear once, on the page that answers the add form.
 
 
