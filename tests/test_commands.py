@@ -108,6 +108,16 @@ def test_createapikey_refuses_an_unknown_team_and_bad_limits():
         call_command("createteam", "--name", "x", "--rpm", "-1", stdout=StringIO())
 
 
+def test_a_budget_finer_than_a_cent_is_a_command_error_not_a_traceback():
+    from proxy.models import ApiKey, Team
+
+    with pytest.raises(CommandError, match="--daily-budget: "):
+        call_command("createapikey", "--name", "x", "--daily-budget", "0.001", stdout=StringIO())
+    with pytest.raises(CommandError, match="--monthly-budget: "):
+        call_command("createteam", "--name", "x", "--monthly-budget", "1.005", stdout=StringIO())
+    assert not ApiKey.objects.filter(name="x").exists() and not Team.objects.filter(name="x").exists()
+
+
 def test_loadprices_adds_and_replaces(tmp_path):
     import json
     from decimal import Decimal

@@ -3,6 +3,7 @@
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
@@ -47,3 +48,17 @@ def apply_limits(obj: Any, options: dict[str, Any]) -> None:
             setattr(obj, name, options[name])
     if options.get("models") is not None:
         obj.allowed_models = [m.strip() for m in options["models"].split(",") if m.strip()]
+
+
+def validated(obj: Any) -> None:
+    """Run the model's validation and report a failure as the command's error, not a traceback
+    (e.g. a budget with more decimal places than the column keeps)."""
+    try:
+        obj.full_clean()
+    except ValidationError as exc:
+        raise CommandError(
+            "; ".join(
+                f"--{field.replace('_', '-')}: {' '.join(messages)}"
+                for field, messages in exc.message_dict.items()
+            )
+        ) from None

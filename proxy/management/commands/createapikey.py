@@ -4,7 +4,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from proxy.management.limit_options import add_limit_arguments, apply_limits
+from proxy.management.limit_options import add_limit_arguments, apply_limits, validated
 from proxy.models import ApiKey, Team
 
 
@@ -49,7 +49,7 @@ class Command(BaseCommand):
         key = ApiKey(name=options["name"], owner=owner, team=team)
         apply_limits(key, options)
         raw = key.generate()
-        key.full_clean()
+        validated(key)
         key.save()
         self.stdout.write(
             _("Created API key “%(name)s” (%(prefix)s…) for %(user)s.")

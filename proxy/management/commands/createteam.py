@@ -3,7 +3,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from proxy.management.limit_options import add_limit_arguments, apply_limits
+from proxy.management.limit_options import add_limit_arguments, apply_limits, validated
 from proxy.models import Team
 
 
@@ -26,7 +26,7 @@ class Command(BaseCommand):
         apply_limits(team, options)
         if options["disabled"]:
             team.enabled = False
-        team.full_clean()
+        validated(team)
         team.save()
         message = _("Created team “%(name)s”.") if created else _("Updated team “%(name)s”.")
         self.stdout.write(message % {"name": team.name})
