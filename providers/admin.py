@@ -173,7 +173,7 @@ class ProviderAdmin(admin.ModelAdmin):
         except WireError as error:
             self.message_user(
                 request,
-                gettext("%(name)s: %(message)s") % {"name": provider.name, "message": error.message},
+                gettext("Test of %(name)s: %(message)s") % {"name": provider.name, "message": error.message},
                 messages.ERROR,
             )
             return

@@ -300,10 +300,29 @@ def test_provider_test_of_an_unreachable_provider_is_red(admin_client, transacti
 def test_provider_test_without_a_model_says_so_and_stores_nothing(admin_client, transactional_db, upstream):
     provider = make_provider(upstream)
     response = admin_client.post(reverse("admin:providers_provider_test", args=[provider.pk]), follow=True)
-    assert "The test needs a model" in response.content.decode()
+    assert "Test of alpha: The test needs a model" in response.content.decode()
     provider.refresh_from_db()
     assert provider.last_test_verdict == "" and provider.last_test_at is None
     assert upstream.http_requests == 0
+
+
+@pytest.mark.parametrize("language", ["ja", "zh-hans", "zh-hant", "ru", "en"])
+def test_the_provider_test_messages_keep_the_provider_name_as_written(
+    admin_client, transactional_db, upstream, language
+):
+    """The admin capitalises a message's first letter: a translation that starts with the name quotes it."""
+    tested = make_provider(upstream, allowed_models=["gpt-5.5"])  # a verdict
+    refused = make_provider(upstream, "beta")  # no model to test with: an error
+    for provider in (tested, refused):
+        response = under_a_running_loop(
+            lambda provider=provider: admin_client.post(
+                reverse("admin:providers_provider_test", args=[provider.pk]),
+                follow=True,
+                headers={"accept-language": language},
+            )
+        )
+        text = response.content.decode().split('class="messagelist"', 1)[1].split("</ul>", 1)[0]
+        assert provider.name in text and provider.name.capitalize() not in text, text
 
 
 def test_provider_test_needs_a_post(admin_client, upstream):
