@@ -18,11 +18,23 @@ class Command(BaseCommand):
     help = _("Migrate, then serve the gateway with uvicorn (HTTP and WebSocket on one port).")
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--host", default="127.0.0.1")
-        parser.add_argument("--port", type=int, default=settings.PORT)
-        parser.add_argument("--no-migrate", action="store_true")
+        parser.add_argument(
+            "--host", default="127.0.0.1", help=_("Address to listen on (default: %(default)s).")
+        )
+        parser.add_argument(
+            "--port",
+            type=int,
+            default=settings.PORT,
+            help=_("Port to listen on (default: %(default)s, from PORT)."),
+        )
+        parser.add_argument("--no-migrate", action="store_true", help=_("Do not migrate the database first."))
         parser.add_argument("--access-log", action="store_true", help=_("Log every HTTP request line."))
-        parser.add_argument("--workers", type=int, default=settings.WEB_CONCURRENCY)
+        parser.add_argument(
+            "--workers",
+            type=int,
+            default=settings.WEB_CONCURRENCY,
+            help=_("Worker processes (default: %(default)s, from WEB_CONCURRENCY; several need REDIS_URL)."),
+        )
 
     def handle(self, *args: object, **options: object) -> None:
         if int(options["workers"]) > 1 and not settings.REDIS_URL:  # type: ignore[arg-type]
