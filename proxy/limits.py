@@ -361,7 +361,10 @@ async def admit(client: Any, model: str | None, counts: int = TURN) -> Admission
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
     if model is not None and not policy.allows(model):
         raise WireError(
-            403, "model_not_allowed", f"The model '{model}' is not allowed for this API key.", "model"
+            403,
+            "model_not_allowed",
+            f"The model '{model}' is not allowed for this API key; GET /v1/models lists the ones it may use.",
+            "model",
         )
     if not policy.quotas:
         return UNLIMITED

@@ -228,6 +228,7 @@ def test_model_allow_list_and_models_listing(gateway, upstream):
     with pytest.raises(openai.PermissionDeniedError) as refused:
         client.responses.create(model="gpt-5.5", input="not for me")
     assert refused.value.code == "model_not_allowed" and refused.value.status_code == 403
+    assert "GET /v1/models" in refused.value.message  # where to find the models the key may use
     assert client.responses.create(model="gpt-5-mini", input="fine").output_text == "echo: fine"
     assert [m.id for m in client.models.list()] == ["gpt-5-mini"]
     (row,) = [r for r in request_logs(2) if r.status == 403]
