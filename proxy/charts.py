@@ -1,5 +1,6 @@
 """Bar charts as inline SVG, rendered on the server: no script, no CDN, readable without JavaScript."""
 
+import math
 from collections.abc import Callable, Sequence
 
 from django.utils.html import escape, format_html
@@ -11,13 +12,18 @@ COLOURS = ("#417690", "#79aec8", "#e0a030", "#b05050")
 
 
 def _nice_max(value: float) -> float:
-    if value <= 0:
+    """The top of the axis: four grid steps of a round size (whole numbers above 1, so that counts are
+    not labelled 6, 12, 19), the smallest that reaches ``value``. Up to 1 the axis ends at 1."""
+    if value <= 1:
         return 1.0
-    magnitude = 10 ** (len(str(int(value))) - 1) if value >= 1 else 1.0
-    for step in (1, 2, 2.5, 5, 10):
-        if value <= step * magnitude:
-            return step * magnitude
-    return 10 * magnitude
+    needed = value / 4
+    magnitude = max(1, 10 ** math.floor(math.log10(needed)))
+    for step in (1, 2, 2.5, 3, 4, 5, 6, 8, 10):
+        if magnitude == 1 and step != int(step):
+            continue
+        if step * magnitude >= needed:
+            return 4 * step * magnitude
+    return 40.0 * magnitude
 
 
 def bar_chart(
