@@ -136,6 +136,10 @@ class ApiKeyAdmin(LimitsAdmin):
     )
     readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
 
+    def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
+        """A new key belongs to whoever creates it unless another owner is chosen."""
+        return {"owner": request.user.pk, **super().get_changeform_initial_data(request)}
+
     def save_model(self, request: HttpRequest, obj: ApiKey, form: object, change: bool) -> None:
         if not change:
             request._sluice_new_key = obj.generate()  # type: ignore[attr-defined]

@@ -107,6 +107,12 @@ def test_provider_form_labels_start_with_a_capital_like_the_others(admin_client)
 # API keys: the secret exists in clear once, on the page that answers the add form.
 
 
+def test_a_new_key_is_owned_by_whoever_adds_it_unless_changed(admin_client, admin_user):
+    form = page(admin_client, reverse("admin:proxy_apikey_add"))
+    owner = form.split('name="owner"', 1)[1].split("</select>", 1)[0]
+    assert re.search(rf'<option value="{admin_user.pk}" selected>', owner), owner
+
+
 def test_api_key_secret_is_shown_once_and_authenticates(admin_client, admin_user):
     response = admin_client.post(
         reverse("admin:proxy_apikey_add"),
