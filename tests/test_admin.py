@@ -196,6 +196,27 @@ def test_turning_client_websockets_off_applies_without_a_restart(admin_client, t
 # Request log: read-only, filterable by everything an operator asks about.
 
 
+def test_a_request_log_row_shows_its_timings_to_a_tenth_of_a_millisecond(admin_client):
+    row = RequestLog.objects.create(
+        requested_model="gpt-5.5",
+        status=200,
+        client_transport="websocket",
+        duration_ms=4.992768999727559,
+        time_to_first_event_ms=1234.56,
+    )
+    text = page(admin_client, reverse("admin:proxy_requestlog_change", args=[row.pk]))
+
+    def shown(field: str) -> str:
+        return text.split(f'field-{field}"', 1)[1].split('class="readonly">', 1)[1].split("<", 1)[0]
+
+    assert (shown("duration_shown"), shown("first_event_shown"), shown("handshake_shown")) == (
+        "5.0",
+        "1,234.6",
+        "—",
+    )
+    assert "4.9927" not in text and "Duration (ms)" in text
+
+
 def test_request_log_list_has_the_filters(admin_client):
     alpha, beta = make_provider(None, "alpha"), make_provider(None, "beta")
     team, _raw = make_key("team")
