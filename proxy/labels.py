@@ -46,6 +46,7 @@ ERROR_LABELS = {
     "missing_event_type": _("WebSocket event without a type"),
     "unsupported_parameter": _("Unsupported parameter"),
     "websocket_stream_limit_reached": _("Too many streams on one WebSocket"),
+    "server_restarting": _("The node was restarting"),
     "upstream_timeout": _("The upstream did not answer in time"),
     "upstream_unavailable": _("No upstream could serve the request"),
     "upstream_error": _("The upstream answered with an error"),
