@@ -134,6 +134,11 @@ def _fresh_state() -> Iterator[None]:
     shared.reset()  # a test that made shared state unreachable leaves no outage behind
     yield
     invalidate_all()
+    # The test client's requests activate the language they asked for in this thread; the next test
+    # (a management command, a message) must not come out in Russian.
+    from django.utils import translation
+
+    translation.deactivate()
 
 
 @pytest.fixture
