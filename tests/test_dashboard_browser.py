@@ -71,7 +71,10 @@ def test_dashboard_in_a_browser(gateway, superuser, browser):
 
 def test_provider_test_with_a_chosen_model(gateway, upstream, superuser, browser):
     def setup() -> Provider:
-        ModelPrice.objects.create(model="gpt-5.5", input_per_million=1, output_per_million=2)
+        # The shipped list prices may be there already (a transactional test empties them).
+        ModelPrice.objects.update_or_create(
+            model="gpt-5.5", defaults={"input_per_million": 1, "output_per_million": 2}
+        )
         return make_provider(upstream)  # allows every model: the test needs one chosen
 
     provider = outside_the_browser_loop(setup)

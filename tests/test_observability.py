@@ -44,7 +44,10 @@ def value(samples: dict, name: str, **labels: str) -> float:
 
 def test_metrics_count_http_and_websocket_turns_and_refusals(gateway, upstream, api_key):
     make_provider(upstream, allowed_models=["gpt-5.5"])
-    ModelPrice.objects.create(model="gpt-5.5", input_per_million=Decimal(1), output_per_million=Decimal(2))
+    # The shipped list prices may be there already (a transactional test empties them).
+    ModelPrice.objects.update_or_create(
+        model="gpt-5.5", defaults={"input_per_million": Decimal(1), "output_per_million": Decimal(2)}
+    )
     before = scrape(gateway)
     sdk(gateway, api_key).responses.create(model="gpt-5.5", input="hello")
     with sdk(gateway, api_key).responses.connect(max_retries=0) as conn:
