@@ -95,23 +95,29 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
     assert [r.status for r in rows] == [200, 200]
 
 
-def test_interrupt_for_a_finished_response_gets_the_service_answer(gateway, upstream, api_key):
+@pytest.mark.parametrize(
+    ("which", "code"), [("finished", "response_already_completed"), ("unknown", "response_not_found")]
+)
+def test_interrupt_for_a_response_not_in_flight_gets_the_service_answer(
+    gateway, upstream, api_key, which, code
+):
     make_provider(upstream, websocket_mode="never")
     with open_socket(gateway, api_key) as ws:
         create(ws, "short")
         done = until_terminal(ws)[-1]
+        target = done["response"]["id"] if which == "finished" else "resp_nobody_made"
         ws.send(
-            json.dumps(
-                {
-                    "type": "response.interrupt",
-                    "response_id": done["response"]["id"],
-                    "mode": "discard_partial_items",
-                }
-            )
+            json.dumps({"type": "response.interrupt", "response_id": target, "mode": "discard_partial_items"})
         )
         answer = read(ws)
-        assert answer["type"] == "response.interrupt.failed"
-        assert answer["error"]["code"] == "response_already_completed"
+        # The whole frame: Codex matches the failure to its interrupt by response_id, and shows the message.
+        message = answer.get("error", {}).get("message")
+        assert isinstance(message, str) and message, answer
+        assert answer == {
+            "type": "response.interrupt.failed",
+            "response_id": target,
+            "error": {"type": "invalid_request_error", "code": code, "message": message},
+        }
         ws.send(json.dumps({"type": "response.processed", "response_id": done["response"]["id"]}))
         create(ws, "again")
         assert until_terminal(ws)[-1]["type"] == "response.completed", "the session goes on"
