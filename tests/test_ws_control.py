@@ -9,6 +9,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import TERMINAL, make_provider, request_logs
+from tests.fakeupstream import function_call_item, message_item
 
 
 def open_socket(gateway: Any, key: str, **headers: str) -> Any:
@@ -93,6 +94,65 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
         assert upstream.ws_connections == 1
     rows = request_logs(2)
     assert [r.status for r in rows] == [200, 200]
+
+
+GATEWAY_WRITTEN = {"response.interrupt.accepted", "response.output_item.interrupted", "response.incomplete"}
+
+
+@pytest.mark.parametrize("control", ["response.interrupt", "response.cancel"])
+def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, upstream, api_key, control):
+    """Over upstream HTTP the gateway writes the closing events itself: numbered on from the relayed ones,
+    the finished items kept in output order, the partial message dropped (an interrupt in Codex's
+    ``discard_partial_items`` mode) or finished as incomplete and kept (a cancel)."""
+    make_provider(upstream, websocket_mode="never")
+    upstream.responder = lambda body: [
+        {"type": "reasoning", "summary": []},
+        function_call_item("lookup", '{"q": 1}'),
+        message_item("a long answer " * 20),
+    ]
+    slow(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "long", store=False)
+        events = [read(ws)]
+        rid = events[0]["response"]["id"]
+        while events[-1]["type"] != "response.output_text.delta":
+            events.append(read(ws))
+        ws.send(json.dumps({"type": control, "response_id": rid, "mode": "discard_partial_items"}))
+        while events[-1]["type"] not in TERMINAL:
+            events.append(read(ws))
+    assert [e["sequence_number"] for e in events] == list(range(len(events))), "one sequence, no gap"
+    relayed = next(
+        i
+        for i, e in enumerate(events)
+        if e["type"] in GATEWAY_WRITTEN or e.get("item", {}).get("status") == "incomplete"
+    )
+    done = [e["item"] for e in events[:relayed] if e["type"] == "response.output_item.done"]
+    assert [item["type"] for item in done] == ["reasoning", "function_call"]
+    partial = next(
+        e["item"] for e in events if e["type"] == "response.output_item.added" and e["output_index"] == 2
+    )
+    expected: list[dict[str, Any]] = []
+    if control == "response.interrupt":
+        kept = done
+        expected.append(
+            {"type": "response.interrupt.accepted", "response_id": rid, "sequence_number": relayed}
+        )
+        interrupted = {
+            "type": "response.output_item.interrupted",
+            "response_id": rid,
+            "item_id": partial["id"],
+        }
+        expected.append({**interrupted, "output_index": 2, "sequence_number": relayed + 1})
+    else:
+        kept = [*done, {**partial, "status": "incomplete"}]
+        finished = {"type": "response.output_item.done", "output_index": 2, "item": kept[-1]}
+        expected.append({**finished, "sequence_number": relayed})
+    assert events[relayed:-1] == expected
+    response = events[-1]["response"]
+    reason = "interrupted" if control == "response.interrupt" else "cancelled"
+    assert (response["id"], response["object"], response["status"]) == (rid, "response", "incomplete")
+    assert response["incomplete_details"] == {"reason": reason}
+    assert response["output"] == kept, "the finished items, in output order"
 
 
 @pytest.mark.parametrize(
