@@ -431,6 +431,10 @@ def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, u
         kinds = [e["type"] for e in events]
         assert "error" not in kinds and "response.interrupt.accepted" in kinds
         assert events[-1]["type"] == "response.incomplete" and took < 0.1
+        response = events[-1]["response"]
+        # The gateway wrote this response itself: still a whole response object, usage and all.
+        assert (response["id"], response["object"]) == (events[0]["response"]["id"], "response")
+        assert response["output"] == [] and "usage" in response
         upstream.event_delay = 0
         upstream.text_deltas = 3
         create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])
