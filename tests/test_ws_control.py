@@ -218,6 +218,39 @@ def test_steer_over_http_is_refused_and_the_socket_stays_open(gateway, upstream,
         assert events[-1]["type"] == "response.completed"
 
 
+@pytest.mark.parametrize("kind", ["response.steer", "response.inject", "response.rewind"])
+def test_a_client_event_without_an_upstream_socket_is_refused_in_the_service_shape(
+    gateway, upstream, api_key, kind
+):
+    """Over upstream HTTP nothing can carry a steer, an injection or an event type the gateway does not
+    know: each gets the service's own refusal for it (naming what it refused), and the session goes on."""
+    make_provider(upstream, websocket_mode="never")
+    frame = {"type": kind, "previous_response_id": "resp_lineage", "response_id": "resp_target", "input": "x"}
+    with open_socket(gateway, api_key) as ws:
+        ws.send(json.dumps(frame))
+        answer = read(ws)
+        message = answer.get("error", {}).get("message")
+        assert isinstance(message, str) and message, answer
+        if kind == "response.steer":
+            error = {"type": "invalid_request_error", "code": "steering_unavailable", "message": message}
+            steer = {"previous_response_id": "resp_lineage", "input": "x"}
+            assert answer == {"type": "response.steer.failed", "steer": steer, "error": error}
+        elif kind == "response.inject":
+            error = {"code": "response_not_found", "message": message}
+            assert answer == {
+                "type": "response.inject.failed",
+                "response_id": "resp_target",
+                "input": "x",
+                "error": error,
+            }
+        else:
+            assert answer["type"] == "error" and answer["status"] == 400
+            assert (answer["error"]["code"], answer["error"]["param"]) == ("unsupported_event_type", "type")
+            assert kind in message
+        create(ws, "again")
+        assert until_terminal(ws)[-1]["type"] == "response.completed", "the session goes on"
+
+
 def test_two_lanes_finish_in_about_the_time_of_one(gateway, upstream, api_key):
     make_provider(upstream)
     upstream.text_deltas = 20
