@@ -46,3 +46,23 @@ async def test_a_cancelled_deadline_never_fires():
     deadline.cancel()
     await asyncio.sleep(0.2)
     assert not deadline.expired
+
+
+async def test_the_deadline_takes_back_only_its_own_cancellation():
+    """After it fired and was handled, the task is no longer "cancelling" (an ``asyncio.timeout`` later in
+    the same task would not turn into ``TimeoutError``); a cancellation by someone else (an interrupt, a
+    client that left) stays pending for its owner."""
+    task = asyncio.current_task()
+    assert task is not None
+    deadline = Deadline(0.01)
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(1)
+    deadline.cancel()
+    assert deadline.expired and task.cancelling() == 0
+    deadline = Deadline(5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.sleep(1)
+    deadline.cancel()
+    assert not deadline.expired and task.cancelling() == 1
+    task.uncancel()
