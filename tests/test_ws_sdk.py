@@ -74,6 +74,20 @@ def test_fallback_when_the_upstream_refuses_the_upgrade(gateway, upstream, api_k
     assert [r.fallback_reason for r in rows] == ["upgrade_refused", "known_unsupported", "known_unsupported"]
 
 
+def test_a_refused_upgrade_is_tried_again_once_its_memory_expires(gateway, upstream, api_key, settings):
+    """An upstream that refused the upgrade may enable WebSockets later: the refusal is remembered for
+    SLUICE_WS_UNSUPPORTED_TTL seconds, not forever."""
+    settings.SLUICE_WS_UNSUPPORTED_TTL = 1
+    upstream.ws_refuse_status = 426
+    make_provider(upstream)
+    chain_three_turns(gateway, api_key)
+    assert upstream.ws_handshakes_refused == 1
+    time.sleep(1.2)
+    upstream.ws_refuse_status = None
+    chain_three_turns(gateway, api_key)
+    assert upstream.ws_handshakes_refused == 1 and upstream.ws_connections == 1, "the upgrade was tried again"
+
+
 def test_upstream_drop_mid_stream_gives_an_error_frame_and_the_socket_lives_on(gateway, upstream, api_key):
     make_provider(upstream)
     upstream.drop_after_events = 3
