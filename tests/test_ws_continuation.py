@@ -89,25 +89,29 @@ def test_a_continuation_on_the_same_upstream_socket_sends_only_the_new_items(gat
 
 @pytest.mark.parametrize("kind", ["response.failed", "error"])
 @pytest.mark.parametrize("mode", ["never", "auto"])
-def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode):
+@pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "named-lane"])
+def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode, lane):
     make_provider(upstream, websocket_mode=mode)
+    on_lane = {"stream_id": lane} if lane else {}
     # Neither the response before the failure nor the failed one can be continued afterwards. Each is
     # tried after its own failure: any refused continuation empties the cache by itself.
     for continued in ("the one before", "the failed one"):
-        one = turn(socket, store=False, input="one")
+        one = turn(socket, **on_lane, store=False, input="one")
         assert one[-1]["type"] == "response.completed"
         upstream.fail_event = kind
-        failed = turn(socket, store=False, previous_response_id=one[-1]["response"]["id"], input="two")
+        failed = turn(
+            socket, **on_lane, store=False, previous_response_id=one[-1]["response"]["id"], input="two"
+        )
         assert failed[-1]["type"] == kind
         upstream.fail_event = None
         seen = len(upstream.requests)
         previous = (one if continued == "the one before" else failed)[0]["response"]["id"]
-        again = turn(socket, store=False, previous_response_id=previous, input="three")
+        again = turn(socket, **on_lane, store=False, previous_response_id=previous, input="three")
         assert [e["type"] for e in again] == ["error"], continued
         assert again[0]["error"]["code"] == "previous_response_not_found" and again[0]["status"] == 400
         assert len(upstream.requests) == seen, f"{continued}: the gateway should know the response is gone"
     # The socket still serves a fresh conversation.
-    assert turn(socket, store=False, input="four")[-1]["type"] == "response.completed"
+    assert turn(socket, **on_lane, store=False, input="four")[-1]["type"] == "response.completed"
 
 
 def test_model_redirects_apply_on_the_upstream_socket(gateway, upstream, socket):
