@@ -230,3 +230,12 @@ def request_logs(count: int, timeout: float = 10.0) -> list[Any]:
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how the fleet test ran (separate hosts in network namespaces, or the loopback fallback)."""
+    import sys
+
+    fleet = sys.modules.get("tests.fleet")
+    if fleet is not None and fleet.MODES_RAN:
+        terminalreporter.write_line(f"fleet test nodes ran in: {', '.join(sorted(fleet.MODES_RAN))}")

@@ -363,6 +363,10 @@ def _service_url(scheme: str, user: str, password: str, host: str, port: int, pa
     return f"{scheme}://{auth}{host}:{port}/{path}"
 
 
+# How the fleet ran in this session, for the summary line pytest prints (tests/conftest.py).
+MODES_RAN: set[str] = set()
+
+
 def start_fleet(
     directory: Path,
     database: dict,
@@ -381,6 +385,7 @@ def start_fleet(
         print(f"fleet: network namespaces unavailable ({detail}); nodes run on 127.0.0.1", file=sys.stderr)
         network = None
     host = network.host_address if network is not None else "127.0.0.1"
+    MODES_RAN.add("network namespaces" if network is not None else "loopback fallback (127.0.0.1)")
     fleet = Fleet(
         mode="namespaces" if network is not None else "loopback",
         nodes=[],
