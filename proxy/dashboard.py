@@ -18,6 +18,7 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from proxy import logwriter
 from proxy.labels import endpoint_label, error_label
 from proxy.models import ApiKey, RequestLog
 from proxy.transport import FallbackReason, Transport
@@ -436,28 +437,8 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
     return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
 
 
-LOG_COLUMNS = (
-    "created_at",
-    "api_key_id",
-    "provider_id",
-    "endpoint",
-    "requested_model",
-    "upstream_model",
-    "status",
-    "error_code",
-    "input_tokens",
-    "cached_input_tokens",
-    "output_tokens",
-    "reasoning_tokens",
-    "cost",
-    "time_to_first_event_ms",
-    "duration_ms",
-    "client_transport",
-    "upstream_transport",
-    "fallback_reason",
-    "response_id",
-    "session_id",
-)
+# The request log's own columns, less the upstream WebSocket details only the detail page needs.
+LOG_COLUMNS = tuple(c for c in logwriter.COLUMNS if c not in ("ws_handshake_ms", "upstream_ws_url"))
 
 
 def rows_csv(f: Filters) -> StreamingHttpResponse:
