@@ -232,10 +232,28 @@ def request_logs(count: int, timeout: float = 10.0) -> list[Any]:
         time.sleep(0.05)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """Say how the fleet test ran (separate hosts in network namespaces, or the loopback fallback)."""
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Carry how the fleet ran on the test's report: under pytest-xdist the summary is printed by another
+    process than the one that ran the fleet, and reports are what travels between them."""
     import sys
 
+    report = yield
     fleet = sys.modules.get("tests.fleet")
-    if fleet is not None and fleet.MODES_RAN:
-        terminalreporter.write_line(f"fleet test nodes ran in: {', '.join(sorted(fleet.MODES_RAN))}")
+    if fleet is not None and fleet.MODES_RAN and report.when == "teardown":
+        report.user_properties.append(("fleet_modes", sorted(fleet.MODES_RAN)))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Say how the fleet test ran (separate hosts in network namespaces, or the loopback fallback)."""
+    modes = {
+        mode
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        for name, value in getattr(report, "user_properties", ())
+        if name == "fleet_modes"
+        for mode in value
+    }
+    if modes:
+        terminalreporter.write_line(f"fleet test nodes ran in: {', '.join(sorted(modes))}")

@@ -73,6 +73,15 @@ def sockets_on(ports: tuple[int, ...]) -> int:
     return count
 
 
+def assert_all(outcomes: list[object], expected: object) -> None:
+    """Every turn had the expected outcome; if not, the failure says how many had which."""
+    assert Counter(outcomes) == {expected: len(outcomes)}, Counter(outcomes)
+
+
+def last_error(frames: list[dict]) -> tuple[str, str | None]:
+    return frames[-1]["type"], frames[-1].get("error", {}).get("code")
+
+
 def back_to(baseline: dict[str, int], gateway, upstream, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -162,13 +171,13 @@ def test_clients_that_leave_mid_turn(gateway, upstream, api_key, baseline):
     upstream.event_delay = 0.3
     frame = json.dumps(CREATE)
     got = run(TURNS, lambda i: ws_turn(gateway, api_key, frame, leave_after_first=True), TURNS)
-    assert all(frames and frames[0]["type"] == "response.created" for frames in got)
+    assert_all([frames[0]["type"] if frames else None for frames in got], "response.created")
 
     async def leave(i: int) -> object:
         async with http_client(gateway, api_key) as client:
             return await sse_turn(client, BODY, leave_after_first=True)
 
-    assert all(status == 200 for status, _ in run(TURNS, leave, TURNS))
+    assert_all([status for status, _ in run(TURNS, leave, TURNS)], 200)
     back_to(base, gateway, upstream)
     assert statuses_since(2, 2 * TURNS) == {499: 2 * TURNS}
 
@@ -178,13 +187,13 @@ def test_upstreams_that_drop_mid_turn(gateway, upstream, api_key, baseline):
     upstream.drop_after_events = 2
     frame = json.dumps(CREATE)
     got = run(TURNS, lambda i: ws_turn(gateway, api_key, frame))
-    assert all(f[-1]["type"] == "error" and f[-1]["error"]["code"] == "upstream_stream_error" for f in got)
+    assert_all([last_error(f) for f in got], ("error", "upstream_stream_error"))
 
     async def one(i: int) -> object:
         async with http_client(gateway, api_key) as client:
             return await sse_turn(client, BODY)
 
-    assert all("upstream_stream_error" in text for _, text in run(TURNS, one))
+    assert_all(["upstream_stream_error" in text for _, text in run(TURNS, one)], True)
     back_to(base, gateway, upstream)
     assert statuses_since(2, 2 * TURNS) == {502: 2 * TURNS}
 
@@ -194,13 +203,13 @@ def test_upstreams_that_hang(gateway, upstream, api_key, baseline):
     upstream.hang = True
     frame = json.dumps(CREATE)
     got = run(TURNS, lambda i: ws_turn(gateway, api_key, frame))
-    assert all(f[-1]["type"] == "error" and f[-1]["error"]["code"] == "upstream_timeout" for f in got)
+    assert_all([last_error(f) for f in got], ("error", "upstream_timeout"))
 
     async def one(i: int) -> object:
         async with http_client(gateway, api_key) as client:
             return await sse_turn(client, BODY)
 
-    assert all(status == 504 for status, _ in run(TURNS, one))
+    assert_all([status for status, _ in run(TURNS, one)], 504)
     back_to(base, gateway, upstream)
     assert statuses_since(2, 2 * TURNS) == {504: 2 * TURNS}
 
@@ -211,13 +220,13 @@ def test_upstreams_that_refuse(gateway, upstream, api_key, baseline):
     upstream.ws_refuse_status = 503
     frame = json.dumps(CREATE)
     got = run(TURNS, lambda i: ws_turn(gateway, api_key, frame))
-    assert all(f[-1]["type"] == "error" and f[-1]["status"] == 502 for f in got)
+    assert_all([(f[-1]["type"], f[-1].get("status")) for f in got], ("error", 502))
 
     async def one(i: int) -> object:
         async with http_client(gateway, api_key) as client:
             return await sse_turn(client, BODY)
 
-    assert all(status == 502 for status, _ in run(TURNS, one))
+    assert_all([status for status, _ in run(TURNS, one)], 502)
     back_to(base, gateway, upstream)
     assert statuses_since(2, 2 * TURNS) == {502: 2 * TURNS}
 
@@ -261,14 +270,14 @@ def test_malformed_frames_and_bodies(gateway, upstream, api_key, baseline):
             return codes, sock.close_code
 
     got = run(TURNS // len(MALFORMED) * 4, frames)
-    assert all(code == 1003 and "internal_error" not in codes for codes, code in got)
+    assert_all([(code, "internal_error" in codes) for codes, code in got], (1003, False))
 
     async def bodies(i: int) -> object:
         async with http_client(gateway, api_key) as client:
             response = await client.post("/v1/responses", content=MALFORMED_BODIES[i % len(MALFORMED_BODIES)])
             return response.status_code, response.headers.get("content-type")
 
-    assert all(status == 400 and kind == "application/json" for status, kind in run(TURNS, bodies))
+    assert_all(run(TURNS, bodies), (400, "application/json"))
     back_to(base, gateway, upstream)
     from proxy.models import RequestLog
 

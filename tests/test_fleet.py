@@ -41,6 +41,8 @@ def _applies() -> str | None:
 pytestmark = [
     pytest.mark.skipif(_applies() is not None, reason=_applies() or ""),
     pytest.mark.django_db(transaction=True),
+    # One fleet for the module: under pytest-xdist its tests all run in one worker (bin/test's loadgroup).
+    pytest.mark.xdist_group("fleet"),
 ]
 
 

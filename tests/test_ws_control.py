@@ -39,8 +39,9 @@ def create(ws: Any, text: str, **fields: Any) -> None:
     ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": text, **fields}))
 
 
-def slow(upstream: Any) -> None:
-    upstream.text_deltas = 200
+def slow(upstream: Any, deltas: int = 200) -> None:
+    """Turns of `deltas` text deltas 20 ms apart: long enough to act on a turn in flight."""
+    upstream.text_deltas = deltas
     upstream.event_delay = 0.02
 
 
@@ -185,7 +186,7 @@ def test_interrupt_for_a_response_not_in_flight_gets_the_service_answer(
 
 def test_steer_is_relayed_on_the_upstream_socket(gateway, upstream, api_key):
     make_provider(upstream)
-    slow(upstream)
+    slow(upstream, deltas=50)  # a second in flight: the steer is answered long before the end
     with open_socket(gateway, api_key) as ws:
         create(ws, "long")
         created = read(ws)
@@ -203,7 +204,7 @@ def test_steer_is_relayed_on_the_upstream_socket(gateway, upstream, api_key):
 
 def test_steer_over_http_is_refused_and_the_socket_stays_open(gateway, upstream, api_key):
     make_provider(upstream, websocket_mode="never")
-    slow(upstream)
+    slow(upstream, deltas=50)  # a second in flight: the steer is answered long before the end
     with open_socket(gateway, api_key) as ws:
         create(ws, "long")
         created = read(ws)
@@ -482,7 +483,7 @@ def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, u
 
 def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key):
     make_provider(upstream)
-    slow(upstream)
+    slow(upstream, deltas=50)  # a second in flight: the steer is answered long before the end
     upstream.ws_controls = False
     with open_socket(gateway, api_key) as ws:
         create(ws, "long")
