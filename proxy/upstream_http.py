@@ -160,11 +160,9 @@ async def open_request(
     headers = upstream_headers(provider, client_headers)
     if body is not None:
         headers["content-type"] = "application/json"
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=provider.connect_timeout,
-        sock_read=provider.idle_timeout,
-    )
+    # No sock_read here: aiohttp would bound the wait for the head by it too, cutting a slow first byte
+    # (a non-streamed answer's head comes when the whole response is made) at the idle deadline.
+    timeout = aiohttp.ClientTimeout(total=None, connect=provider.connect_timeout)
     url = provider.url(path) + (f"?{query}" if query else "")
     async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
         response = await session().request(
@@ -176,4 +174,14 @@ async def open_request(
             proxy=provider.proxy_url or None,
             allow_redirects=False,
         )
+    idle_between_reads(response, provider.idle_timeout)
     return Opened(response)
+
+
+def idle_between_reads(response: aiohttp.ClientResponse, seconds: float) -> None:
+    """From the head on, the upstream may stay silent at most ``seconds`` between two reads of the body."""
+    connection = response.connection
+    protocol = connection.protocol if connection is not None else None
+    if protocol is not None:  # None once the whole body came with the head
+        protocol.read_timeout = seconds
+        protocol.start_timeout()

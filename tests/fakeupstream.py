@@ -10,6 +10,8 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `ws_error_status`: every WebSocket `response.create` answers an `error` frame carrying that status.
 - `ws_refuse_status`: WebSocket upgrades are refused with that HTTP status.
 - `hang`: HTTP `POST /v1/responses` never answers; WebSocket turns never get an event.
+- `head_delay`: seconds HTTP `POST /v1/responses` waits before its status line (a non-streamed answer is
+  only sent once the whole response is made).
 - `drop_after_events`: after that many events the connection is cut abruptly. HTTP: the transport is
   closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
   number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
@@ -366,6 +368,7 @@ class FakeUpstream:
         self.ws_error_status: int | None = None
         self.ws_refuse_status: int | None = None
         self.hang = False
+        self.head_delay = 0.0
         self.drop_after_events: int | None = None
         self.event_delay = 0.0
         self.error_event: dict[str, Any] | None = None
@@ -647,6 +650,8 @@ class FakeUpstream:
             if gone.done():
                 return
             raise DropConnection("hung request released at shutdown")
+        if self.head_delay:
+            await asyncio.sleep(self.head_delay)
         if self.http_fail_status is not None:
             return await _send_json(send, self.http_fail_status, status_error(self.http_fail_status))
         if body is None:

@@ -2,6 +2,7 @@
 relayed as it is and costs the provider nothing; a provider's fault fails over or ends the stream clearly."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -181,6 +182,42 @@ def test_an_http_upstream_that_hangs_before_its_first_byte_fails_over(
         assert ws_turn(gateway, api_key)[-1]["type"] == "response.completed"
     assert (upstream.http_requests, upstream_b.http_requests) == (1, 1)
     assert caches["default"].get(breaker_key(hung.pk))["failures"] == 1
+
+
+# The first-byte deadline bounds the wait for the response head; the idle deadline, each silence after it.
+
+
+@pytest.mark.parametrize("client", ["json", "sse", "websocket"])
+def test_a_slow_first_byte_over_http_is_bounded_by_the_first_byte_deadline_not_the_idle_one(
+    gateway, upstream, api_key, client
+):
+    """A response head that takes longer than the idle deadline but less than the first-byte one (a
+    non-streamed answer comes only when it is whole) is a turn, not a timeout."""
+    upstream.head_delay = 0.8
+    make_provider(upstream, first_byte_timeout=5, idle_timeout=0.3, websocket_mode="never")
+    if client == "json":
+        response = post(gateway, api_key)
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "completed"
+    elif client == "sse":
+        assert sse_blocks(gateway, api_key)[-1]["type"] == "response.completed"
+    else:
+        assert ws_turn(gateway, api_key)[-1]["type"] == "response.completed"
+
+
+def test_a_silence_after_the_head_over_http_is_bounded_by_the_idle_deadline(gateway, upstream, api_key):
+    upstream.event_delay = 3.0
+    make_provider(upstream, first_byte_timeout=10, idle_timeout=0.3, websocket_mode="never")
+    started = time.monotonic()
+    events = sse_blocks(gateway, api_key)
+    took = time.monotonic() - started
+    # The event after response.created never comes (3 s later): the silence is cut 0.3 s in, as over
+    # WebSocket, with the stream's flat error event.
+    assert [e["type"] for e in events] == ["response.created", "error"], events
+    assert events[-1]["code"] == "upstream_stream_error", events[-1]
+    assert 0.3 <= took < 2.5, f"the silence was cut after {took:.2f} s"
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (502, "upstream_stream_error")
 
 
 # Streams that end badly.
