@@ -160,9 +160,11 @@ async def open_request(
     headers = upstream_headers(provider, client_headers)
     if body is not None:
         headers["content-type"] = "application/json"
-    # No sock_read here: aiohttp would bound the wait for the head by it too, cutting a slow first byte
-    # (a non-streamed answer's head comes when the whole response is made) at the idle deadline.
-    timeout = aiohttp.ClientTimeout(total=None, connect=provider.connect_timeout)
+    # Reads wait at most the first-byte deadline until the head is in (a non-streamed answer's head comes
+    # when the whole response is made), then the idle deadline: `idle_between_reads` below.
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=provider.connect_timeout, sock_read=provider.first_byte_timeout
+    )
     url = provider.url(path) + (f"?{query}" if query else "")
     async with asyncio.timeout(provider.connect_timeout + provider.first_byte_timeout):
         response = await session().request(

@@ -150,9 +150,12 @@ def test_any_upstream_error_body_becomes_an_openai_error(status, body, expected)
 
 def test_an_http_upstream_that_hangs_before_its_first_byte_is_a_504(gateway, upstream, api_key):
     upstream.hang = True
-    make_provider(upstream, connect_timeout=0.5, first_byte_timeout=0.5)
+    make_provider(upstream, connect_timeout=10, first_byte_timeout=0.5)
+    started = time.monotonic()
     response = post(gateway, api_key)
+    took = time.monotonic() - started
     assert response.status_code == 504
+    assert 0.5 <= took < 3, f"the first-byte deadline of 0.5 s took {took:.2f} s (connect + first byte?)"
     assert response.json()["error"] == {
         "type": "server_error",
         "code": "upstream_timeout",
