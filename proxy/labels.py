@@ -53,6 +53,7 @@ ERROR_LABELS = {
     "upstream_stream_error": _("The upstream stream broke"),
     "upstream_stream_incomplete": _("The upstream stream ended early"),
     "upstream_not_streaming": _("The upstream did not stream"),
+    "upstream_body_incomplete": _("The upstream body ended early"),
     "invalid_upstream_body": _("The upstream sent an unreadable body"),
     "invalid_upstream_event": _("The upstream sent an unreadable event"),
     "client_disconnected": _("The client went away"),
