@@ -8,6 +8,7 @@ from decimal import Decimal
 from io import StringIO
 
 import httpx
+import openai
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
@@ -81,6 +82,29 @@ def test_metrics_count_http_and_websocket_turns_and_refusals(gateway, upstream, 
     )
     assert value(after, "sluice_client_websockets_open") == value(before, "sluice_client_websockets_open")
     assert value(after, "sluice_request_log_queue") == 0
+
+
+def test_refused_turns_count_under_the_model_they_named(gateway, upstream, admin_client):
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    _, raw = make_key(allowed_models=["gpt-5-mini"])
+    before = scrape(gateway)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gateway, raw).responses.create(model="gpt-5.5", input="not for this key")
+    auth = {"Authorization": f"Bearer {raw}"}
+    assert httpx.post(gateway.url + "/v1/responses", content=b"{not json", headers=auth).status_code == 400
+    request_logs(2)
+    after = scrape(gateway)
+
+    def delta(**labels: str) -> float:
+        return value(after, "sluice_turns_total", **labels) - value(before, "sluice_turns_total", **labels)
+
+    assert (delta(model="gpt-5.5", status="403"), delta(model="", status="400")) == (1, 1)
+    # The dashboard's top models: the refused turn under its model; no row for a turn without one.
+    url = reverse("admin:proxy_usage_changelist")
+    usage = admin_client.get(url).context["usage"]
+    assert [(m["name"], m["turns"]) for m in usage.models] == [("gpt-5.5", 1)]
+    assert usage.totals["turns"] == 2
+    assert admin_client.get(url, {"model": "gpt-5.5"}).context["usage"].totals["turns"] == 1
 
 
 def test_metrics_ask_for_the_token_when_one_is_set(gateway, settings):
