@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from proxy import dashboard, limits
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
+from proxy.templatetags.sluice_money import money
 
 # Each limit on a row of its own, with what is used of it right now beside it.
 LIMIT_ROWS = (
@@ -51,7 +52,7 @@ class LimitsAdmin(admin.ModelAdmin):
 
     def _spend(self, obj: Any, attribute: str) -> str:
         usage = self._usage(obj)
-        return "—" if usage is None else f"${Decimal(getattr(usage, attribute)) / limits.MICRO:,.4f}"
+        return "—" if usage is None else money(Decimal(getattr(usage, attribute)) / limits.MICRO)
 
     @admin.display(description=_("requests this minute"))
     def requests_now(self, obj: Any) -> str:

@@ -461,9 +461,9 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     from providers.models import Provider
     from proxy.charts import bar_chart
+    from proxy.templatetags.sluice_money import money
 
     labels = [d["day"].strftime("%m-%d") for d in u.days]
-    money = lambda v: f"${v:,.2f}"  # noqa: E731
     count = lambda v: f"{v:,.0f}"  # noqa: E731
     charts = [
         (

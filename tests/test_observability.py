@@ -2,8 +2,10 @@
 
 import csv
 import datetime as dt
+import html
 import io
 import json
+import re
 from decimal import Decimal
 from io import StringIO
 
@@ -313,6 +315,27 @@ def test_dashboard_aggregates_filters_and_csv(admin_client):
     assert ["provider", "north", "6.75", "9"] in [row[:4] for row in table], table[-12:]
     requests = b"".join(admin_client.get(url, {"export": "rows"}).streaming_content).decode()
     assert len(list(csv.reader(io.StringIO(requests)))) == 16  # a header and 15 rows
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (Decimal("7.5"), "$7.50"),
+        (Decimal("0.0014"), "$0.0014"),
+        (Decimal("0.00143"), "$0.0014"),
+        (Decimal("0.001"), "$0.001"),
+        (Decimal("0.00003"), "<$0.0001"),  # not zero, and not shown as zero
+        (Decimal("1234.5"), "$1234.50"),
+    ],
+)
+def test_the_dashboard_shows_every_amount_in_one_format(admin_client, cost, shown):
+    key, _ = make_key(monthly_budget=Decimal(5000))
+    RequestLog.objects.create(api_key=key, upstream_model="gpt-5.5", cost=cost, input_tokens=10)
+    page = admin_client.get(reverse("admin:proxy_usage_changelist")).content.decode()
+    total = html.unescape(re.search(r'id="sluice-total-cost">([^<]*)<', page)[1])
+    # The spend of the key, team, model and provider rows, and the key's spend beside its budget.
+    cells = [html.unescape(c) for c in re.findall(r'<td class="num">([^<]*\$[^<]*)</td>', page)]
+    assert (total, cells) == (shown, [shown] * 5 + ["$5000.00"])
 
 
 def test_request_log_status_classes(admin_client):
