@@ -163,3 +163,17 @@ def test_admin_in_a_browser(gateway, upstream, superuser, provider, browser):
     stored = outside_the_browser_loop(lambda: (SystemSettings.load(), Provider.objects.get(pk=provider.pk)))
     assert stored[0].client_websockets is True
     assert stored[1].last_test_verdict == Verdict.GREEN
+
+
+def test_admin_pages_have_an_icon(gateway, superuser, browser):
+    import httpx
+
+    page = browser
+    page.goto(gateway.url + "/admin/login/")
+    assert page.locator('link[rel="icon"]').count() == 1
+    href = page.locator('link[rel="icon"]').get_attribute("href")
+    icon = httpx.get(gateway.url + href, timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/"), icon
+    # Browsers and tools that ask at the conventional address find it there too.
+    conventional = httpx.get(gateway.url + "/favicon.ico", follow_redirects=True, timeout=10)
+    assert (conventional.status_code, conventional.content) == (200, icon.content)
