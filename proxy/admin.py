@@ -39,6 +39,9 @@ class LimitsAdmin(admin.ModelAdmin):
 
     scope_prefix = ""
 
+    class Media:
+        css = {"all": ("sluice/limits.css",)}
+
     def _usage(self, obj: Any) -> limits.Usage | None:
         if obj is None or obj.pk is None or limits.quota_of("", "", obj) is None:
             return None  # nothing is counted for a key or team without a limit
@@ -98,7 +101,7 @@ class TeamAdmin(LimitsAdmin):
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
-        (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS}),
+        (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
     )
     readonly_fields = USAGE_FIELDS
 
@@ -133,7 +136,10 @@ class ApiKeyAdmin(LimitsAdmin):
                 )
             },
         ),
-        (_("Limits (blank: no limit; the team's limits apply too)"), {"fields": LIMIT_ROWS}),
+        (
+            _("Limits (blank: no limit; the team's limits apply too)"),
+            {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)},
+        ),
     )
     readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
 

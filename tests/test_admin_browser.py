@@ -165,6 +165,51 @@ def test_admin_in_a_browser(gateway, upstream, superuser, provider, browser):
     assert stored[1].last_test_verdict == Verdict.GREEN
 
 
+@pytest.mark.parametrize("language", ["en", "ru"])
+def test_usage_stands_in_one_column_beside_the_limits(gateway, superuser, browser, language):
+    from decimal import Decimal
+
+    from proxy.models import Team
+    from tests.conftest import make_key
+
+    def setup() -> tuple[Any, Any]:
+        team = Team.objects.create(name="research", rpm=100, daily_budget=Decimal("5"), concurrency=3)
+        return make_key(rpm=10, concurrency=2, monthly_budget=Decimal("20"), team=team)[0], team
+
+    key, team = outside_the_browser_loop(setup)
+    page = browser
+    page.goto(gateway.url + "/admin/")
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click('input[type="submit"]')
+    if language != "en":
+        with page.expect_navigation():
+            page.select_option("#sluice-language-select", language)
+    for kind, pk in (("apikey", key.pk), ("team", team.pk)):
+        page.goto(f"{gateway.url}/admin/proxy/{kind}/{pk}/change/")
+        # Every usage label starts at one x, and so does every usage value, whatever the limit beside it
+        # (a short number field, a wider budget, a help text under it) or the language's label lengths.
+        lefts = {
+            part: page.locator(f".fieldBox.field-{name} {selector}").evaluate(
+                "e => e.getBoundingClientRect().left"
+            )
+            for name in (
+                "requests_now",
+                "tokens_now",
+                "in_flight_now",
+                "sockets_now",
+                "spend_today",
+                "spend_this_month",
+            )
+            for part, selector in ((f"{name} label", "label"), (f"{name} value", ".readonly"))
+        }
+        labels = {round(x) for part, x in lefts.items() if part.endswith("label")}
+        values = {round(x) for part, x in lefts.items() if part.endswith("value")}
+        shot(page, f"{kind}-limits-{language}")
+        assert (len(labels), len(values)) == (1, 1), sorted(lefts.items())
+
+
 def test_admin_pages_have_an_icon(gateway, superuser, browser):
     import httpx
 
