@@ -1,6 +1,8 @@
 from django.contrib import admin
 from django.shortcuts import redirect
+from django.templatetags.static import static
 from django.urls import include, path
+from django.views.generic import RedirectView
 
 from proxy import metrics, probes
 
@@ -15,4 +17,6 @@ urlpatterns = [
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
     path("", lambda request: redirect("admin:index")),
+    # Where browsers look for an icon when a page names none; the admin's pages name this one.
+    path("favicon.ico", RedirectView.as_view(url=static("sluice/favicon.svg"), permanent=True)),
 ]

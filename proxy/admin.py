@@ -12,6 +12,7 @@ from django.utils.translation import gettext_lazy as _
 
 from proxy import dashboard, limits
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
+from proxy.templatetags.sluice_money import money
 
 # Each limit on a row of its own, with what is used of it right now beside it.
 LIMIT_ROWS = (
@@ -38,6 +39,9 @@ class LimitsAdmin(admin.ModelAdmin):
 
     scope_prefix = ""
 
+    class Media:
+        css = {"all": ("sluice/limits.css",)}
+
     def _usage(self, obj: Any) -> limits.Usage | None:
         if obj is None or obj.pk is None or limits.quota_of("", "", obj) is None:
             return None  # nothing is counted for a key or team without a limit
@@ -51,7 +55,7 @@ class LimitsAdmin(admin.ModelAdmin):
 
     def _spend(self, obj: Any, attribute: str) -> str:
         usage = self._usage(obj)
-        return "—" if usage is None else f"${Decimal(getattr(usage, attribute)) / limits.MICRO:,.4f}"
+        return "—" if usage is None else money(Decimal(getattr(usage, attribute)) / limits.MICRO)
 
     @admin.display(description=_("requests this minute"))
     def requests_now(self, obj: Any) -> str:
@@ -97,7 +101,7 @@ class TeamAdmin(LimitsAdmin):
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
-        (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS}),
+        (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
     )
     readonly_fields = USAGE_FIELDS
 
@@ -132,7 +136,10 @@ class ApiKeyAdmin(LimitsAdmin):
                 )
             },
         ),
-        (_("Limits (blank: no limit; the team's limits apply too)"), {"fields": LIMIT_ROWS}),
+        (
+            _("Limits (blank: no limit; the team's limits apply too)"),
+            {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)},
+        ),
     )
     readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
 

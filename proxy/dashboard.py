@@ -225,11 +225,16 @@ def daily(qs: QuerySet[RequestLog], f: Filters) -> tuple[list[dict[str, Any]], l
     return days, transports
 
 
-def tops(qs: QuerySet[RequestLog], columns: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """The top ``columns`` values by spend: one scan grouped by all of them, ranked here."""
+def tops(
+    qs: QuerySet[RequestLog], columns: list[str], named_only: tuple[str, ...] = ()
+) -> dict[str, list[dict[str, Any]]]:
+    """The top ``columns`` values by spend: one scan grouped by all of them, ranked here. Rows without a
+    value of a ``named_only`` column are left out of its table (a refused request that named no model)."""
     sums: dict[str, dict[Any, list]] = {c: {} for c in columns}
     for r in qs.values(*columns).annotate(cost=SUMS["cost"], turns=Count("pk")):
         for c in columns:
+            if not r[c] and c in named_only:
+                continue
             entry = sums[c].setdefault(r[c], [Decimal(0), 0])
             entry[0] += r["cost"]
             entry[1] += r["turns"]
@@ -324,7 +329,9 @@ def _usage(f: Filters) -> Usage:
     provider_names = dict(Provider.objects.values_list("pk", "name"))
     team_column = f"{team_field()}_id" if team_field() else None
     ranked = tops(
-        qs, ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])]
+        qs,
+        ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])],
+        named_only=("upstream_model",),
     )
     key_rows = ranked["api_key_id"]
     key_names = {k.pk: str(k) for k in ApiKey.objects.filter(pk__in=[r["id"] for r in key_rows if r["id"]])}
@@ -454,9 +461,9 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     from providers.models import Provider
     from proxy.charts import bar_chart
+    from proxy.templatetags.sluice_money import money
 
     labels = [d["day"].strftime("%m-%d") for d in u.days]
-    money = lambda v: f"${v:,.2f}"  # noqa: E731
     count = lambda v: f"{v:,.0f}"  # noqa: E731
     charts = [
         (

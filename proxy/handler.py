@@ -20,6 +20,7 @@ from django.urls import set_script_prefix
 
 from proxy import logwriter
 from proxy.labels import endpoint_of
+from proxy.pipeline import BodyBroken
 from proxy.refusals import refuse
 from proxy.views import close_response, error_response, max_body_error
 from proxy.wire import WireError
@@ -107,6 +108,10 @@ class ApiHandler(ASGIHandler):
                 await self.send_response(response, send)
             except asyncio.CancelledError:
                 await abandoned(request)
+            except BodyBroken:
+                # Logged by the relay. Returning before the body's end makes the server close the
+                # connection without it: the client cannot take what it got for a whole answer.
+                pass
             finally:
                 # Whether the body was sent, failed or never started: a streaming body's generator may
                 # never have run, so what the view took (a turn's slot) is given back here.

@@ -14,6 +14,7 @@ class Endpoint(models.TextChoices):
     CANCEL = "cancel", _("Cancel a response")
     INPUT_ITEMS = "input_items", _("List input items")
     MODELS = "models", _("List models")
+    MODEL = "model", _("Retrieve a model")
     PROVIDER_TEST = "provider_test", _("Provider test")
     UNKNOWN = "unknown", _("Unknown endpoint")
 
@@ -53,6 +54,7 @@ ERROR_LABELS = {
     "upstream_stream_error": _("The upstream stream broke"),
     "upstream_stream_incomplete": _("The upstream stream ended early"),
     "upstream_not_streaming": _("The upstream did not stream"),
+    "upstream_body_incomplete": _("The upstream body ended early"),
     "invalid_upstream_body": _("The upstream sent an unreadable body"),
     "invalid_upstream_event": _("The upstream sent an unreadable event"),
     "client_disconnected": _("The client went away"),
@@ -80,6 +82,8 @@ def endpoint_of(method: str, path: str) -> str:
     parts = path.removeprefix("/v1/").strip("/").split("/")
     if parts == ["models"]:
         return Endpoint.MODELS
+    if parts[0] == "models":
+        return Endpoint.MODEL
     if not parts or parts[0] != "responses":
         return Endpoint.UNKNOWN
     if len(parts) == 1:

@@ -52,6 +52,13 @@ class TurnRecord:
         if self.first_event_at is None:
             self.first_event_at = time.perf_counter()
 
+    @property
+    def model(self) -> str:
+        """The model the turn counts under (the request log's model column, the dashboard's top models,
+        the metrics' label): the one the upstream answered with, else the route's; a turn refused before
+        any route was chosen counts under the model it asked for ("" when it named none)."""
+        return self.outcome.model or self.upstream_model or self.requested_model
+
 
 _queue: "queue.SimpleQueue[TurnRecord | None]" = queue.SimpleQueue()
 _lock = threading.Lock()
@@ -198,7 +205,7 @@ def write(batch: list[TurnRecord]) -> None:
     costs = []
     for r in batch:
         o = r.outcome
-        model = o.model or r.upstream_model
+        model = r.model
         price = price_for(prices, model)
         # No price: no cost, which the admin shows as "price unknown" (a cost of 0 would be a lie).
         spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else None

@@ -111,7 +111,7 @@ def observe_batch(batch: Iterable["TurnRecord"], costs: Iterable[Decimal]) -> No
 
 def observe(record: "TurnRecord", spent: Decimal) -> None:
     o = record.outcome
-    model = (o.model or record.upstream_model)[:100]
+    model = record.model[:100]
     provider = provider_name(record.provider_id)
     turns.labels(
         record.client_transport, record.upstream_transport, provider, model, str(record.status)

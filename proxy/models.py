@@ -178,6 +178,8 @@ class RequestLog(models.Model):
     )
     endpoint = models.CharField(_("endpoint"), max_length=64, choices=Endpoint.choices, default="responses")
     requested_model = models.CharField(_("requested model"), max_length=200, blank=True)
+    # The model the turn counts under (``TurnRecord.model``): for a turn refused before any upstream, the
+    # one it asked for.
     upstream_model = models.CharField(_("upstream model"), max_length=200, blank=True)
     status = models.PositiveSmallIntegerField(_("status"), default=200)
     error_code = models.CharField(_("error code"), max_length=100, blank=True)

@@ -50,12 +50,20 @@ class Outcome:
             self.read_response(response)
 
 
-def scan_json_response(head: bytes, tail: bytes, complete: bytes | None, outcome: Outcome) -> None:
-    """Fill ``outcome`` from a non-streamed response body: parse it whole when it was small enough to keep,
-    else read the id from its head and the usage object from its tail."""
-    if complete is not None:
+# What ``scan_json_response`` is given instead of a parsed body: one too big to keep, one that is not JSON.
+NOT_KEPT = object()
+INVALID = object()
+
+
+def scan_json_response(head: bytes, tail: bytes, value: Any, outcome: Outcome) -> None:
+    """Fill ``outcome`` from a non-streamed response body: from its parsed ``value`` when it was small
+    enough to keep, else (``NOT_KEPT``) read the id from its head and the usage object from its tail."""
+    if value is INVALID:
+        outcome.error_code = "invalid_upstream_body"
+        return
+    if value is not NOT_KEPT:
         try:
-            outcome.read_response(json.loads(complete))
+            outcome.read_response(value)
         except (ValueError, AttributeError):
             outcome.error_code = "invalid_upstream_body"
         return

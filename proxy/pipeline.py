@@ -12,7 +12,7 @@ from providers import health, routing
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter
 from proxy.logwriter import TurnRecord
-from proxy.outcome import scan_json_response
+from proxy.outcome import INVALID, NOT_KEPT, scan_json_response
 from proxy.upstream_http import Opened, TransportError, open_request
 from proxy.wire import TERMINAL_TYPES, Event, WireError
 
@@ -273,23 +273,49 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
         yield error.sse_event(sequence)
 
 
+class BodyBroken(Exception):
+    """A relayed body broke after the client's response had started. The response must not end as if it
+    were whole: the server closes the connection without the body's end (no last chunk), and clients see
+    an incomplete message (httpx raises, the openai SDK retries) rather than half a JSON document."""
+
+
+def whole_json(head: bytes, tail: bytes, kept: bytes | None) -> tuple[bool, Any]:
+    """Whether a JSON body is whole, and its value when it was small enough to keep (else ``NOT_KEPT``).
+    A bigger body is judged by its two ends, its first bracket and a closing one last: an upstream that
+    ends a body cleanly but early (a wrong Content-Length) rarely cuts it just after a closing bracket."""
+    if kept is not None:
+        try:
+            return True, json.loads(kept)
+        except ValueError:
+            return False, None
+    ends = head.lstrip()[:1] + tail.rstrip()[-1:]
+    return ends in (b"{}", b"[]"), NOT_KEPT
+
+
 async def relay_bytes(
     relay: Relay, record: TurnRecord, affinity: Affinity, plan: Plan | None, scan: bool
 ) -> AsyncIterator[bytes]:
-    """Relay a body as it arrives. When ``scan``, the id and usage of a response object are read from
-    it with bounded memory, and the last chunk is held back until affinity is recorded."""
+    """Relay a body as it arrives. Its last chunk is held back until the body is known to be whole (a JSON
+    body parses, see ``whole_json``) and affinity is recorded; when ``scan``, the id and usage of a
+    response object are read from it, with bounded memory. A body that breaks or ends early raises
+    ``BodyBroken`` once the request log knows."""
     keep_limit = 1024 * 1024
+    is_json = "json" in relay.opened.content_type
+    check = scan or is_json
+    # Only a body scanned for usage is kept and parsed (up to 5 ms of CPU for a megabyte); the others
+    # (retrieved responses, input item lists) are judged by their ends, at no cost.
     kept: bytearray | None = bytearray() if scan else None
+    tail_limit = 65536 if scan else 1024
     head = b""
     tail = b""
     held: bytes | None = None
     try:
         async for chunk in relay.opened.chunks():
             record.first_event()
-            if scan:
+            if check:
                 if len(head) < 8192:
                     head += chunk[: 8192 - len(head)]
-                tail = (tail + chunk)[-65536:]
+                tail = (tail + chunk[-tail_limit:])[-tail_limit:]
                 if kept is not None:
                     kept += chunk
                     if len(kept) > keep_limit:
@@ -297,14 +323,21 @@ async def relay_bytes(
             if held is not None:
                 yield held
             held = chunk
-        if scan:
-            scan_json_response(head, tail, bytes(kept) if kept is not None else None, record.outcome)
+        if check and head:  # an empty body (a 204) has nothing to cut
+            whole, value = whole_json(head, tail, bytes(kept) if kept is not None else None)
+            if not whole and is_json:
+                record.status, record.error_code = 502, "upstream_body_incomplete"
+                log.warning("provider %s sent a JSON body that ends early", relay.route.provider.name)
+                raise BodyBroken(record.error_code)
+            if scan:
+                scan_json_response(head, tail, value if whole else INVALID, record.outcome)
         await finish(record, relay.route, affinity, plan)
         if held is not None:
             yield held
     except TransportError as exc:
         record.status, record.error_code = 502, "upstream_stream_error"
         log.warning("provider %s body broke: %r", relay.route.provider.name, exc)
+        raise BodyBroken(record.error_code) from exc
     except (asyncio.CancelledError, GeneratorExit):
         record.status, record.error_code = 499, "client_disconnected"
         raise

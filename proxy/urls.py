@@ -10,5 +10,6 @@ urlpatterns = [
     path("responses/<str:rid>/cancel", views.cancel),
     path("responses/<str:rid>/input_items", views.input_items),
     path("models", views.models),
+    path("models/<path:name>", views.model_detail),
     re_path(r"^(?P<rest>.*)$", views.not_found),
 ]

@@ -326,8 +326,9 @@ async def _provider_models(provider: Any) -> list[str]:
     return names
 
 
-@api_view(("GET",))
-async def models(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+async def visible_models(client: Client) -> dict[str, str]:
+    """The models the caller may use, with their owners: those of the enabled providers (their allow-lists,
+    or the upstream's own list), and redirect names, filtered by the key's and its team's allow-lists."""
     owners: dict[str, str] = {}
     for provider in await enabled_providers.aget():
         names = list(provider.allowed_models) or await _provider_models(provider)
@@ -336,11 +337,34 @@ async def models(request: HttpRequest, client: Client, headers: dict[str, str]) 
     policy = client.policy
     if policy is not None and policy.models is not None:  # the key's (and its team's) allow-list
         owners = {name: owner for name, owner in owners.items() if name in policy.models}
-    data = [
-        {"id": name, "object": "model", "created": 0, "owned_by": owner}
-        for name, owner in sorted(owners.items())
-    ]
+    return owners
+
+
+def model_object(name: str, owner: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": owner}
+
+
+@api_view(("GET",))
+async def models(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    owners = await visible_models(client)
+    data = [model_object(name, owner) for name, owner in sorted(owners.items())]
     return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")
+
+
+@api_view(("GET",))
+async def model_detail(
+    request: HttpRequest, client: Client, headers: dict[str, str], name: str
+) -> HttpResponse:
+    """One model as ``/models`` lists it; like the service, a model the caller may not use does not exist."""
+    owner = (await visible_models(client)).get(name)
+    if owner is None:
+        raise WireError(
+            404,
+            "model_not_found",
+            f"The model '{name[:200]}' does not exist or you do not have access to it.",
+            "model",
+        )
+    return HttpResponse(json.dumps(model_object(name, owner)), content_type="application/json")
 
 
 async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:

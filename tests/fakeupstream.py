@@ -15,6 +15,10 @@ Failure switches are plain attributes, settable from the test thread while the s
 - `drop_after_events`: after that many events the connection is cut abruptly. HTTP: the transport is
   closed mid-body (chunked body never terminated; a non-streaming answer is cut half-way whatever the
   number). WebSocket: the TCP connection is closed without a close frame (the client sees 1006).
+- `cut_json_body`: a non-streamed `POST /v1/responses` answer (and `GET /v1/responses/{id}`) stops half-way
+  through its JSON. `"drop"`: the Content-Length of the whole body, then the connection is closed;
+  `"chunked"`: a chunked body never terminated; `"short_length"`: a Content-Length of half the body, the
+  message ending properly (a well-formed HTTP answer whose JSON is cut).
 - `event_delay`: seconds slept between two events of a turn.
 - `fail_event`: `"response.failed"` or `"error"`: a turn stops after `response.in_progress` and ends with
   that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
@@ -329,15 +333,21 @@ async def _until_disconnect(receive: Receive) -> None:
         pass
 
 
-async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
+async def _send_json(send: Send, status: int, payload: dict[str, Any], cut: str | None = None) -> None:
+    """An answer with a JSON body; ``cut`` (see ``FakeUpstream.cut_json_body``) stops it half-way."""
     data = json.dumps(payload).encode()
-    headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(data)).encode()),
-        (b"x-request-id", new_id("req").encode()),
-    ]
+    length = {None: len(data), "drop": len(data), "short_length": len(data) // 2, "chunked": None}[cut]
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", new_id("req").encode())]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": data})
+    if cut is None:
+        return await send({"type": "http.response.body", "body": data})
+    await send(
+        {"type": "http.response.body", "body": data[: len(data) // 2], "more_body": cut != "short_length"}
+    )
+    if cut != "short_length":
+        raise DropConnection("cut_json_body")
 
 
 class FakeUpstream:
@@ -370,6 +380,7 @@ class FakeUpstream:
         self.hang = False
         self.head_delay = 0.0
         self.drop_after_events: int | None = None
+        self.cut_json_body: str | None = None
         self.event_delay = 0.0
         self.error_event: dict[str, Any] | None = None
         self.text_deltas = 3
@@ -695,7 +706,7 @@ class FakeUpstream:
             await send({"type": "http.response.body", "body": data[: len(data) // 2], "more_body": True})
             raise DropConnection("drop_after_events")
         else:
-            await _send_json(send, 200, turn.kept.response)
+            await _send_json(send, 200, turn.kept.response, self.cut_json_body)
         self._keep(body, turn.kept)
 
     def _compacted(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -716,7 +727,7 @@ class FakeUpstream:
             message = f"Response with id '{response_id}' not found."
             return await _send_json(send, 404, openai_error(message, "invalid_request_error", None))
         if method == "GET" and not rest:
-            return await _send_json(send, 200, kept.response)
+            return await _send_json(send, 200, kept.response, self.cut_json_body)
         if method == "DELETE" and not rest:
             del self._kept[response_id]
             return await _send_json(send, 200, {"id": response_id, "object": "response", "deleted": True})

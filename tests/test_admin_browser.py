@@ -163,3 +163,62 @@ def test_admin_in_a_browser(gateway, upstream, superuser, provider, browser):
     stored = outside_the_browser_loop(lambda: (SystemSettings.load(), Provider.objects.get(pk=provider.pk)))
     assert stored[0].client_websockets is True
     assert stored[1].last_test_verdict == Verdict.GREEN
+
+
+@pytest.mark.parametrize("language", ["en", "ru"])
+def test_usage_stands_in_one_column_beside_the_limits(gateway, superuser, browser, language):
+    from decimal import Decimal
+
+    from proxy.models import Team
+    from tests.conftest import make_key
+
+    def setup() -> tuple[Any, Any]:
+        team = Team.objects.create(name="research", rpm=100, daily_budget=Decimal("5"), concurrency=3)
+        return make_key(rpm=10, concurrency=2, monthly_budget=Decimal("20"), team=team)[0], team
+
+    key, team = outside_the_browser_loop(setup)
+    page = browser
+    page.goto(gateway.url + "/admin/")
+    page.fill("#id_username", USERNAME)
+    page.fill("#id_password", PASSWORD)
+    with page.expect_navigation():
+        page.click('input[type="submit"]')
+    if language != "en":
+        with page.expect_navigation():
+            page.select_option("#sluice-language-select", language)
+    for kind, pk in (("apikey", key.pk), ("team", team.pk)):
+        page.goto(f"{gateway.url}/admin/proxy/{kind}/{pk}/change/")
+        # Every usage label starts at one x, and so does every usage value, whatever the limit beside it
+        # (a short number field, a wider budget, a help text under it) or the language's label lengths.
+        lefts = {
+            part: page.locator(f".fieldBox.field-{name} {selector}").evaluate(
+                "e => e.getBoundingClientRect().left"
+            )
+            for name in (
+                "requests_now",
+                "tokens_now",
+                "in_flight_now",
+                "sockets_now",
+                "spend_today",
+                "spend_this_month",
+            )
+            for part, selector in ((f"{name} label", "label"), (f"{name} value", ".readonly"))
+        }
+        labels = {round(x) for part, x in lefts.items() if part.endswith("label")}
+        values = {round(x) for part, x in lefts.items() if part.endswith("value")}
+        shot(page, f"{kind}-limits-{language}")
+        assert (len(labels), len(values)) == (1, 1), sorted(lefts.items())
+
+
+def test_admin_pages_have_an_icon(gateway, superuser, browser):
+    import httpx
+
+    page = browser
+    page.goto(gateway.url + "/admin/login/")
+    assert page.locator('link[rel="icon"]').count() == 1
+    href = page.locator('link[rel="icon"]').get_attribute("href")
+    icon = httpx.get(gateway.url + href, timeout=10)
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/"), icon
+    # Browsers and tools that ask at the conventional address find it there too.
+    conventional = httpx.get(gateway.url + "/favicon.ico", follow_redirects=True, timeout=10)
+    assert (conventional.status_code, conventional.content) == (200, icon.content)

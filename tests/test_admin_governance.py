@@ -48,7 +48,7 @@ def test_key_and_team_pages_show_usage_beside_each_limit(admin_client, settings)
     assert readonly(text, "requests_now") == "2"
     assert readonly(text, "tokens_now") == "1,500"
     assert readonly(text, "in_flight_now") == "1"
-    assert readonly(text, "spend_today") == "$0.0000"  # no price for gpt-5.5 in this test: nothing spent
+    assert readonly(text, "spend_today") == "$0.00"  # no price for gpt-5.5 in this test: nothing spent
     assert 'name="rpm" value="10"' in text and 'name="concurrency" value="2"' in text
     team_page = page(admin_client, reverse("admin:proxy_team_change", args=[team.pk]))
     assert readonly(team_page, "requests_now") == "2" and readonly(team_page, "in_flight_now") == "1"

@@ -231,7 +231,10 @@ def test_model_allow_list_and_models_listing(gateway, upstream):
     assert "GET /v1/models" in refused.value.message  # where to find the models the key may use
     assert client.responses.create(model="gpt-5-mini", input="fine").output_text == "echo: fine"
     assert [m.id for m in client.models.list()] == ["gpt-5-mini"]
-    (row,) = [r for r in request_logs(2) if r.status == 403]
+    assert client.models.retrieve("gpt-5-mini").id == "gpt-5-mini"
+    with pytest.raises(openai.NotFoundError):  # allowed by the team, not by the key
+        client.models.retrieve("gpt-5.5")
+    (row,) = [r for r in request_logs(3) if r.status == 403]
     assert (row.error_code, row.api_key_id, row.team_id, row.requested_model) == (
         "model_not_allowed",
         key.pk,

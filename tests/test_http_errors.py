@@ -5,9 +5,10 @@ import re
 import time
 
 import httpx
+import openai
 import pytest
 
-from tests.conftest import make_provider, request_logs
+from tests.conftest import make_provider, request_logs, sdk
 
 
 def post(gateway, key: str, content: bytes, **headers: str) -> httpx.Response:
@@ -107,17 +108,42 @@ def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, ap
     assert (row.status, row.error_code) == (502, "upstream_stream_error")
 
 
-def test_upstream_drop_mid_body_of_a_non_streamed_answer_is_logged(gateway, upstream, api_key):
-    upstream.drop_after_events = 1  # a non-streamed answer is cut half-way
+@pytest.mark.parametrize(
+    ("cut", "code"),
+    [
+        ("drop", "upstream_stream_error"),  # the upstream closes before its Content-Length is reached
+        ("chunked", "upstream_stream_error"),  # a chunked body never terminated
+        ("short_length", "upstream_body_incomplete"),  # a Content-Length that ends the JSON half-way
+    ],
+)
+@pytest.mark.parametrize("call", ["create", "create_large", "retrieve"])
+def test_a_non_streamed_answer_cut_half_way_never_looks_complete(gateway, upstream, api_key, cut, code, call):
     make_provider(upstream)
-    try:
-        body = post(gateway, api_key, b'{"model": "gpt-5.5", "input": "x"}').content
-    except httpx.HTTPError:
-        body = b""
-    with pytest.raises(ValueError):
-        json.loads(body)  # never passed off as a whole answer
-    (row,) = request_logs(1)
-    assert (row.status, row.error_code) == (502, "upstream_stream_error")
+    client = sdk(gateway, api_key).with_options(max_retries=1)
+    stored = client.responses.create(model="gpt-5.5", input="x") if call == "retrieve" else None
+    # Over a megabyte the body is not kept whole: its ends say whether it is.
+    text = "y" * (3 * 1024 * 1024) if call == "create_large" else "x"
+    before = upstream.http_requests
+    upstream.cut_json_body = cut
+    path = "/v1/responses" + (f"/{stored.id}" if stored else "")
+    headers = {"authorization": f"Bearer {api_key}"}
+    # httpx: the gateway's chunked body ends without its last chunk, whatever part of the JSON came.
+    with pytest.raises(httpx.RemoteProtocolError, match="incomplete chunked read"):
+        if stored:
+            httpx.get(gateway.url + path, headers=headers, timeout=20)
+        else:
+            httpx.post(
+                gateway.url + path, json={"model": "gpt-5.5", "input": "x"}, headers=headers, timeout=20
+            )
+    # The SDK takes it for a broken connection: it tries again, then gives up, never parsing half a body.
+    with pytest.raises(openai.APIConnectionError):
+        if stored:
+            client.responses.retrieve(stored.id)
+        else:
+            client.responses.create(model="gpt-5.5", input=text)
+    assert upstream.http_requests - before == 3
+    rows = request_logs(before + 3)[before:]
+    assert [(row.status, row.error_code) for row in rows] == [(502, code)] * 3
 
 
 def test_failover_does_not_happen_after_the_first_byte(gateway, upstream, upstream_b, api_key):

@@ -248,6 +248,36 @@ def test_models_lists_what_the_caller_can_use(gateway, upstream, api_key):
     assert ids == ["fast", "gpt-5.5"]
 
 
+@pytest.mark.parametrize(
+    ("allowed", "name", "found"),
+    [
+        (["gpt-5.5"], "gpt-5.5", True),
+        (["gpt-5.5"], "fast", True),  # a redirect name
+        ([], "gpt-5-mini", True),  # a provider without an allow-list: the upstream's own list
+        (["gpt-5.5"], "gpt-5-mini", False),
+        (["gpt-5.5"], "gpt-5.5/extra", False),
+    ],
+)
+def test_a_model_is_retrieved_as_models_lists_it(gateway, upstream, api_key, allowed, name, found):
+    make_provider(upstream, allowed_models=allowed, model_redirects={"fast": "gpt-5-mini"})
+    client = sdk(gateway, api_key)
+    if found:
+        model = client.models.retrieve(name)
+        assert model.model_dump() == next(m for m in client.models.list() if m.id == name).model_dump()
+        assert (model.id, model.object, model.owned_by) == (name, "model", "sluice")
+        return
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve(name)
+    assert missing.value.body == {
+        "type": "invalid_request_error",
+        "code": "model_not_found",
+        "message": f"The model '{name}' does not exist or you do not have access to it.",
+        "param": "model",
+    }
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code, row.endpoint) == (404, "model_not_found", "model")
+
+
 def test_retrieve_goes_to_the_producing_provider(gateway, upstream, upstream_b, api_key):
     preferred_and_other(upstream, upstream_b)
     client = sdk(gateway, api_key)

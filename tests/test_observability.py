@@ -2,12 +2,15 @@
 
 import csv
 import datetime as dt
+import html
 import io
 import json
+import re
 from decimal import Decimal
 from io import StringIO
 
 import httpx
+import openai
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
@@ -81,6 +84,29 @@ def test_metrics_count_http_and_websocket_turns_and_refusals(gateway, upstream, 
     )
     assert value(after, "sluice_client_websockets_open") == value(before, "sluice_client_websockets_open")
     assert value(after, "sluice_request_log_queue") == 0
+
+
+def test_refused_turns_count_under_the_model_they_named(gateway, upstream, admin_client):
+    make_provider(upstream, allowed_models=["gpt-5.5"])
+    _, raw = make_key(allowed_models=["gpt-5-mini"])
+    before = scrape(gateway)
+    with pytest.raises(openai.PermissionDeniedError):
+        sdk(gateway, raw).responses.create(model="gpt-5.5", input="not for this key")
+    auth = {"Authorization": f"Bearer {raw}"}
+    assert httpx.post(gateway.url + "/v1/responses", content=b"{not json", headers=auth).status_code == 400
+    request_logs(2)
+    after = scrape(gateway)
+
+    def delta(**labels: str) -> float:
+        return value(after, "sluice_turns_total", **labels) - value(before, "sluice_turns_total", **labels)
+
+    assert (delta(model="gpt-5.5", status="403"), delta(model="", status="400")) == (1, 1)
+    # The dashboard's top models: the refused turn under its model; no row for a turn without one.
+    url = reverse("admin:proxy_usage_changelist")
+    usage = admin_client.get(url).context["usage"]
+    assert [(m["name"], m["turns"]) for m in usage.models] == [("gpt-5.5", 1)]
+    assert usage.totals["turns"] == 2
+    assert admin_client.get(url, {"model": "gpt-5.5"}).context["usage"].totals["turns"] == 1
 
 
 def test_metrics_ask_for_the_token_when_one_is_set(gateway, settings):
@@ -289,6 +315,27 @@ def test_dashboard_aggregates_filters_and_csv(admin_client):
     assert ["provider", "north", "6.75", "9"] in [row[:4] for row in table], table[-12:]
     requests = b"".join(admin_client.get(url, {"export": "rows"}).streaming_content).decode()
     assert len(list(csv.reader(io.StringIO(requests)))) == 16  # a header and 15 rows
+
+
+@pytest.mark.parametrize(
+    ("cost", "shown"),
+    [
+        (Decimal("7.5"), "$7.50"),
+        (Decimal("0.0014"), "$0.0014"),
+        (Decimal("0.00143"), "$0.0014"),
+        (Decimal("0.001"), "$0.001"),
+        (Decimal("0.00003"), "<$0.0001"),  # not zero, and not shown as zero
+        (Decimal("1234.5"), "$1234.50"),
+    ],
+)
+def test_the_dashboard_shows_every_amount_in_one_format(admin_client, cost, shown):
+    key, _ = make_key(monthly_budget=Decimal(5000))
+    RequestLog.objects.create(api_key=key, upstream_model="gpt-5.5", cost=cost, input_tokens=10)
+    page = admin_client.get(reverse("admin:proxy_usage_changelist")).content.decode()
+    total = html.unescape(re.search(r'id="sluice-total-cost">([^<]*)<', page)[1])
+    # The spend of the key, team, model and provider rows, and the key's spend beside its budget.
+    cells = [html.unescape(c) for c in re.findall(r'<td class="num">([^<]*\$[^<]*)</td>', page)]
+    assert (total, cells) == (shown, [shown] * 5 + ["$5000.00"])
 
 
 def test_request_log_status_classes(admin_client):
