@@ -14,6 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from providers.models import Provider, Verdict
+from proxy.admin import USAGE_FIELDS
 from settings_app.models import SystemSettings
 from tests.conftest import ServerThread, make_provider, require
 
@@ -194,14 +195,7 @@ def test_usage_stands_in_one_column_beside_the_limits(gateway, superuser, browse
             part: page.locator(f".fieldBox.field-{name} {selector}").evaluate(
                 "e => e.getBoundingClientRect().left"
             )
-            for name in (
-                "requests_now",
-                "tokens_now",
-                "in_flight_now",
-                "sockets_now",
-                "spend_today",
-                "spend_this_month",
-            )
+            for name in USAGE_FIELDS
             for part, selector in ((f"{name} label", "label"), (f"{name} value", ".readonly"))
         }
         labels = {round(x) for part, x in lefts.items() if part.endswith("label")}
