@@ -8,8 +8,10 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html
+from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
+from providers.widgets import ModelListField
 from proxy import dashboard, limits
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
@@ -41,6 +43,16 @@ class LimitsAdmin(admin.ModelAdmin):
 
     class Media:
         css = {"all": ("sluice/limits.css",)}
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """Allowed models as a list of names, one per line, like a provider's (not a JSON text)."""
+        if db_field.name == "allowed_models":
+            return ModelListField(
+                label=capfirst(db_field.verbose_name),
+                required=False,
+                help_text=_("One model name per line. Empty: every model the providers serve."),
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     def _usage(self, obj: Any) -> limits.Usage | None:
         if obj is None or obj.pk is None or limits.quota_of("", "", obj) is None:

@@ -103,17 +103,20 @@ def test_a_team_and_its_limits_saved_in_the_admin_reach_the_keys(admin_client):
         "sockets": "2",
         "daily_budget": "1.50",
         "monthly_budget": "",
-        "allowed_models": '["gpt-5.5"]',
+        "allowed_models": "gpt-5.5\n gpt-5-mini \n\ngpt-5.5",
         "_save": "Save",
     }
     response = admin_client.post(reverse("admin:proxy_team_add"), form)
     assert response.status_code == 302, response.content.decode()[:3000]
     team = Team.objects.get(name="ops")
     assert (team.rpm, team.tpm, team.sockets, team.daily_budget) == (30, None, 2, Decimal("1.50"))
+    assert team.allowed_models == ["gpt-5.5", "gpt-5-mini"]  # one per line, trimmed, once each
     key, _ = make_key(team=team)
     policy = _load()[key.hashed_key].policy
     assert [(q.scope, q.rpm, q.daily) for q in policy.quotas] == [(f"t{team.pk}", 30, 1_500_000)]
     listing = page(admin_client, reverse("admin:proxy_team_changelist"))
     assert "ops" in listing
-    bad = admin_client.post(reverse("admin:proxy_team_add"), {**form, "name": "x", "allowed_models": '"gpt"'})
-    assert bad.status_code == 200 and "JSON list of model names" in bad.content.decode()
+    bad = admin_client.post(reverse("admin:proxy_team_add"), {**form, "name": "x", "allowed_models": "gpt 5"})
+    assert bad.status_code == 200 and "is not a model name" in bad.content.decode()
+    edit = page(admin_client, reverse("admin:proxy_team_change", args=[team.pk]))
+    assert "\ngpt-5.5\ngpt-5-mini</textarea>" in edit, "the list is shown one name per line"
