@@ -19,6 +19,7 @@ import httptools
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from config import ended_early
 from config.ws_protocol import BoundedWebSocketProtocol
 
 log = logging.getLogger("sluice.server")
@@ -125,6 +126,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
 def server_options() -> dict[str, Any]:
     """uvicorn options shared by ``manage.py serve`` and the tests' server."""
+    ended_early.install()
     return {
         "http": GuardedHttpToolsProtocol,
         "ws": BoundedWebSocketProtocol,

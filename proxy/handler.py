@@ -18,6 +18,7 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponse
 from django.urls import set_script_prefix
 
+from config.ended_early import ended_early
 from proxy import logwriter
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
@@ -102,7 +103,8 @@ class ApiHandler(ASGIHandler):
             await self.send_response(error_response_, send)
             return
 
-        async def process() -> None:
+        async def process() -> bool:
+            """Whether the response was ended before its body's end."""
             response = await self.run_get_response(request)
             try:
                 await self.send_response(response, send)
@@ -111,11 +113,12 @@ class ApiHandler(ASGIHandler):
             except BodyBroken:
                 # Logged by the relay. Returning before the body's end makes the server close the
                 # connection without it: the client cannot take what it got for a whole answer.
-                pass
+                return True
             finally:
                 # Whether the body was sent, failed or never started: a streaming body's generator may
                 # never have run, so what the view took (a turn's slot) is given back here.
                 close_response(response)
+            return False
 
         # A client that goes away cancels the view, and with it the upstream request.
         listener = asyncio.ensure_future(self.listen_for_disconnect(receive))
@@ -134,6 +137,8 @@ class ApiHandler(ASGIHandler):
                 log.error(
                     "unhandled error in %s %s", scope["method"], scope["path"], exc_info=worker.exception()
                 )
+            elif worker.done() and not worker.cancelled() and worker.result():
+                ended_early.set(True)  # in the server's task: its "without completing" line is ours
             if listener.done() and not listener.cancelled():
                 listener.exception()  # RequestAborted on disconnect: expected, retrieved so it is not logged
             body_file.close()
