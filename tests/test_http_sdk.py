@@ -336,3 +336,19 @@ def test_the_rest_of_the_responses_family_passes_through(gateway, upstream, upst
     assert ("DELETE", f"/v1/responses/{created.id}") in paths
     endpoints = [row.endpoint for row in request_logs(5)]
     assert {"responses", "input_items", "cancel", "input_tokens", "delete"} <= set(endpoints)
+
+
+def test_a_response_is_pinned_to_its_provider_for_the_affinity_lifetime_only(
+    gateway, upstream, api_key, settings
+):
+    """`SLUICE_RESPONSE_AFFINITY_TTL` bounds how long (and so how many) response pins the cache holds."""
+    from django.core.cache import caches
+
+    from providers.routing import response_key
+
+    settings.SLUICE_RESPONSE_AFFINITY_TTL = 1
+    provider = make_provider(upstream)
+    response = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="x")
+    assert caches["default"].get(response_key(response.id)) == provider.pk
+    time.sleep(1.2)
+    assert caches["default"].get(response_key(response.id)) is None

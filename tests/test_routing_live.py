@@ -4,6 +4,9 @@ compaction, and the system switch for upstream WebSockets."""
 import time
 
 import httpx
+import openai
+import pytest
+from prometheus_client import REGISTRY
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_provider, request_logs, sdk
@@ -36,6 +39,8 @@ def test_the_breaker_opens_closes_after_a_success_and_reopens_after_the_cooldown
     upstream.http_fail_status = 500
     turn()
     turn()  # the second failure in a row: open
+    opened_until = REGISTRY.get_sample_value("sluice_breaker_open_until_seconds", {"provider": "failing"})
+    assert opened_until is not None and opened_until > time.time(), "the gauge names the opened breaker"
     turn()
     turn()  # skipped while open
     time.sleep(0.5)
@@ -52,6 +57,30 @@ def test_the_breaker_opens_closes_after_a_success_and_reopens_after_the_cooldown
     turn()
     assert (tries[-1], upstream_b.http_requests) == (7, backup), "the recovered provider must serve again"
     assert caches["default"].get(breaker_key(failing.pk)) is None
+    assert REGISTRY.get_sample_value("sluice_breaker_open_until_seconds", {"provider": "failing"}) == 0
+
+
+def test_failures_further_apart_than_ten_cooldowns_never_open_the_breaker(
+    gateway, upstream, api_key, settings
+):
+    """A failure count lives ten cooldowns: a provider failing now and then is not taken out of service."""
+    from django.core.cache import caches
+
+    from providers.health import breaker_key
+
+    settings.SLUICE_BREAKER_THRESHOLD = 2
+    settings.SLUICE_BREAKER_COOLDOWN = 0.1
+    failing = make_provider(upstream, name="failing")
+    upstream.http_fail_status = 500
+    client = sdk(gateway, api_key).with_options(max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="gpt-5.5", input="x")
+    assert caches["default"].get(breaker_key(failing.pk)) == {"failures": 1, "open_until": 0}
+    time.sleep(1.2)  # ten cooldowns and a bit
+    with pytest.raises(openai.InternalServerError):
+        client.responses.create(model="gpt-5.5", input="x")
+    assert caches["default"].get(breaker_key(failing.pk)) == {"failures": 1, "open_until": 0}, "not aged out"
+    assert upstream.http_requests == 2
 
 
 def test_provider_extra_headers_reach_the_upstream(gateway, upstream, api_key):
