@@ -2,6 +2,7 @@
 
 import calendar
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -149,22 +150,46 @@ def test_the_tighter_of_key_and_team_refuses(settings):
     assert store.usage("k1", clock).requests == 1  # a refused request is not counted
 
 
-def test_spend_is_priced_per_token_and_rounded_up():
+def price(model: str, per_million: int) -> Any:
     from decimal import Decimal
 
     from proxy.models import ModelPrice
+
+    return ModelPrice(
+        model=model,
+        input_per_million=Decimal(per_million),
+        cached_input_per_million=Decimal(per_million) / 2,
+        output_per_million=Decimal(per_million) * 4,
+    )
+
+
+def test_spend_is_priced_per_token_and_rounded_up():
     from proxy.outcome import Outcome
 
-    price = ModelPrice(
-        model="m",
-        input_per_million=Decimal(2),
-        cached_input_per_million=Decimal(1),
-        output_per_million=Decimal(8),
-    )
     outcome = Outcome(input_tokens=1000, cached_input_tokens=400, output_tokens=100)
     # 600 x 2 + 400 x 1 + 100 x 8 = 2400 USD per million tokens = 2400 micro-USD
-    assert limits.spend_of({"m": price}, "m-2026-01-01", outcome) == 2400
-    assert limits.spend_of({"m": price}, "other", outcome) == 0
+    assert limits.spend_of({"m": price("m", 2)}, "m-2026-01-01", outcome) == 2400
+    assert limits.spend_of({"m": price("m", 2)}, "other", outcome) == 0
+    assert limits.spend_of({"m": price("m", 2)}, "m", Outcome(input_tokens=1)) == 2  # never rounded to 0
+
+
+@pytest.mark.parametrize("reload", ["both-alive", "old-one-freed"])
+def test_spend_uses_the_price_table_it_is_given(reload):
+    """Rates are cached per price table: a reloaded table pricing a model differently is used at once,
+    even when the old table is gone and the new one took its place in memory."""
+    from proxy.outcome import Outcome
+
+    outcome = Outcome(input_tokens=1000, output_tokens=0)
+    old, dearer = {"m": price("m", 2)}, price("m", 3)
+    assert limits.spend_of(old, "m", outcome) == 2000
+    if reload == "old-one-freed":
+        # CPython hands a freed dict's memory to the next dict made: a cache keyed by id(prices) that let
+        # the old table go would find its rates under the new table's id.
+        del old
+    new = {"m": dearer}
+    assert limits.spend_of(new, "m", outcome) == 3000
+    if reload == "both-alive":  # an admission taken before the reload still prices with its own table
+        assert limits.spend_of(old, "m", outcome) == 2000
 
 
 def test_refusals_say_which_budget_and_when_it_resets(settings):
