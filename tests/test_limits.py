@@ -1,6 +1,8 @@
 """The limit primitive on its own: the decision table, policies, clocks and the process-local store."""
 
 import calendar
+import time
+from decimal import Decimal
 from types import SimpleNamespace
 from typing import Any
 
@@ -10,6 +12,7 @@ from proxy import limits
 from proxy.limit_stores import LocalStore, RedisStore, local_store
 from proxy.limits import (
     DAILY,
+    MICRO,
     MONTHLY,
     REQUEST,
     REQUESTS,
@@ -18,6 +21,7 @@ from proxy.limits import (
     TOKENS,
     TURN,
     Clock,
+    Policy,
     Quota,
     Usage,
     decide,
@@ -51,7 +55,7 @@ def test_decide(quota, usage, counts, expected):
 
 def row(pk: int, name: str = "x", **fields):
     base = dict.fromkeys(("rpm", "tpm", "concurrency", "sockets", "daily_budget", "monthly_budget"))
-    return SimpleNamespace(pk=pk, name=name, enabled=True, **{**base, "allowed_models": [], **fields})
+    return SimpleNamespace(pk=pk, name=name, **{**base, "allowed_models": [], "enabled": True, **fields})
 
 
 def test_policy_keeps_both_quotas_and_intersects_allow_lists():
@@ -66,23 +70,46 @@ def test_policy_keeps_both_quotas_and_intersects_allow_lists():
 
 
 @pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("rpm", 5, {"rpm": 5}),
+        ("tpm", 0, {"tpm": 0}),  # a limit of 0 is a limit
+        ("concurrency", 2, {"concurrency": 2}),
+        ("sockets", 1, {"sockets": 1}),
+        ("daily_budget", Decimal("0.05"), {"daily": 50_000}),
+        ("monthly_budget", Decimal("7"), {"monthly": 7_000_000}),
+    ],
+)
+def test_any_one_limit_of_a_row_makes_its_quota(field, value, expected):
+    assert limits.quota_of("t4", "team", row(4, "ops", **{field: value})) == Quota(
+        "t4", "team", "ops", **expected
+    )
+
+
+@pytest.mark.parametrize(
     ("key", "team", "expected"),
     [
         (row(1), None, None),  # nothing limited: no policy, admission costs nothing
         (row(1), row(2), None),
-        (row(1, tpm=0), None, ("k1",)),
+        (row(1, "a", tpm=0), None, Policy((Quota("k1", "key", "a", tpm=0),))),
+        (row(1, "a", rpm=5), row(2, "t"), Policy((Quota("k1", "key", "a", rpm=5),), team_name="t")),
+        (
+            row(1, "a", daily_budget=Decimal("1")),
+            None,
+            Policy((Quota("k1", "key", "a", daily=MICRO),), budgets=True),
+        ),
+        (
+            row(1, "a"),
+            row(2, "t", monthly_budget=Decimal("7")),
+            Policy((Quota("t2", "team", "t", monthly=7 * MICRO),), team_name="t", budgets=True),
+        ),
+        (row(1, allowed_models=["m", "n"]), None, Policy((), frozenset({"m", "n"}))),
+        (row(1), row(2, "t", allowed_models=["m"]), Policy((), frozenset({"m"}), team_name="t")),
+        (row(1), row(2, "ops", enabled=False), Policy((), None, team_disabled=True, team_name="ops")),
     ],
 )
-def test_policy_only_when_something_is_limited(key, team, expected):
-    policy = limits.policy_for(key, team)
-    assert (None if policy is None else tuple(q.scope for q in policy.quotas)) == expected
-
-
-def test_a_disabled_team_gives_its_keys_a_refusing_policy():
-    team = row(2, "ops")
-    team.enabled = False
-    policy = limits.policy_for(row(1), team)
-    assert policy is not None and policy.team_disabled and policy.team_name == "ops"
+def test_a_key_policy_is_its_limits_and_its_teams(key, team, expected):
+    assert limits.policy_for(key, team) == expected
 
 
 @pytest.mark.parametrize(
@@ -101,6 +128,19 @@ def test_clock_knows_utc_days_and_months(settings, when, day, month, day_ends, m
     assert clock.day_ends == calendar.timegm((*day_ends, 0, 0, 0))
     assert clock.month_ends == calendar.timegm((*month_ends, 0, 0, 0))
     assert clock.window_ends - now == pytest.approx(60 - now % 60)
+
+
+def test_each_instant_gets_its_own_utc_day_whatever_was_asked_before(settings):
+    """The day of an instant is computed once a day and kept: walking forward then back across a year's
+    end, each instant must get its own day, never a neighbour's kept under the wrong key."""
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    start = calendar.timegm((2026, 12, 30, 0, 0, 0))
+    instants = [start + hour * 3600 + 0.5 for hour in range(0, 72, 5)]
+    for now in instants + instants[::-1]:
+        t = time.gmtime(now)
+        clock = Clock.at(now)
+        assert (clock.day, clock.month) == (int(time.strftime("%Y%m%d", t)), int(time.strftime("%Y%m", t)))
+        assert clock.day_ends == calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(0.5, "0.5s"), (12.2, "13s"), (60, "1m0s"), (361, "6m1s")])
