@@ -91,6 +91,30 @@ def test_input_tokens_counts_against_the_request_rate_only(gateway, upstream, sh
     assert third.status_code == 429 and third.headers["Retry-After"]
 
 
+def test_the_token_limit_counts_each_turns_input_and_output(gateway, upstream, settings):
+    from proxy import limits
+
+    settings.SLUICE_RATE_WINDOW_SECONDS = 10**6  # one window for the whole test
+    make_provider(upstream)
+    key, raw = make_key(tpm=40)
+    client = sdk(gateway, raw)
+    spent = 0
+    for _ in range(4):
+        response = client.responses.with_raw_response.create(model="gpt-5.5", input="count my tokens")
+        assert response.headers["x-ratelimit-limit-tokens"] == "40"
+        assert response.headers["x-ratelimit-remaining-tokens"] == str(40 - spent)
+        usage = response.parse().usage
+        spent += usage.input_tokens + usage.output_tokens
+        assert wait_until(lambda n=spent: limits.usage(f"k{key.pk}").tokens == n)  # counted at the end
+        if spent >= 40:
+            break
+    assert 40 <= spent < 40 + usage.input_tokens + usage.output_tokens, "turns ran until the tokens passed"
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model="gpt-5.5", input="over the limit")
+    assert refused.value.code == "rate_limit_exceeded" and "tokens per" in refused.value.message
+    assert refused.value.response.headers["x-ratelimit-remaining-tokens"] == "0"
+
+
 def _hold_stream(gateway, raw: str, started: threading.Event, release: threading.Event, results: list):
     """A streaming turn that reads its first event, then holds the connection open until told."""
     with httpx.Client(timeout=20) as client:
