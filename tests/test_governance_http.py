@@ -297,18 +297,28 @@ def test_unknown_price_is_logged_as_no_cost(gateway, upstream, api_key):
     assert row.status == 200 and row.input_tokens > 0 and row.cost is None
 
 
-def test_spend_already_in_the_request_log_counts_after_a_restart(gateway, upstream):
+@pytest.mark.parametrize(
+    ("key_budget", "team_budget", "refusal"),
+    [
+        ({"daily_budget": Decimal("1")}, {"monthly_budget": Decimal("10")}, "daily budget of key"),
+        ({}, {"monthly_budget": Decimal("1")}, "monthly budget of team 'research'"),
+    ],
+    ids=["key-daily", "team-monthly"],
+)
+def test_spend_already_in_the_request_log_counts_after_a_restart(
+    gateway, upstream, key_budget, team_budget, refusal
+):
     """The embedded default keeps its counters in memory: a fresh process starts them from the log."""
     from django.utils import timezone
 
     from proxy.models import RequestLog
 
     make_provider(upstream)
-    team = make_team(monthly_budget=Decimal("10"))
-    key, raw = make_key(daily_budget=Decimal("1"), team=team)
+    team = make_team(**team_budget)
+    key, raw = make_key(team=team, **key_budget)
     RequestLog.objects.create(api_key=key, team=team, cost=Decimal("0.60"), created_at=timezone.now())
     RequestLog.objects.create(api_key=key, team=team, cost=Decimal("0.50"), created_at=timezone.now())
     with pytest.raises(openai.RateLimitError) as refused:
         sdk(gateway, raw).responses.create(model="gpt-5.5", input="already spent")
-    assert refused.value.code == "insufficient_quota" and "daily budget of key" in refused.value.message
+    assert refused.value.code == "insufficient_quota" and refusal in refused.value.message
     assert upstream.http_requests == 0
