@@ -1,5 +1,6 @@
 """Limits, budgets and model access over HTTP, through a running gateway and the OpenAI SDK."""
 
+import json
 import logging
 import threading
 import time
@@ -8,6 +9,8 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk
 
@@ -26,6 +29,10 @@ def make_team(name: str = "research", **fields):
     from proxy.models import Team
 
     return Team.objects.create(name=name, **fields)
+
+
+def bearer(raw: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {raw}"}
 
 
 def in_flight(scope: str) -> int:
@@ -252,6 +259,7 @@ def test_model_allow_list_and_models_listing(gateway, upstream):
     with pytest.raises(openai.PermissionDeniedError) as refused:
         client.responses.create(model="gpt-5.5", input="not for me")
     assert refused.value.code == "model_not_allowed" and refused.value.status_code == 403
+    assert refused.value.param == "model"
     assert "GET /v1/models" in refused.value.message  # where to find the models the key may use
     assert client.responses.create(model="gpt-5-mini", input="fine").output_text == "echo: fine"
     assert [m.id for m in client.models.list()] == ["gpt-5-mini"]
@@ -274,7 +282,11 @@ def test_a_disabled_team_refuses_its_keys(gateway, upstream):
     key, raw = make_key(team=team)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         sdk(gateway, raw).responses.create(model="gpt-5.5", input="hello")
-    assert refused.value.code == "team_disabled"
+    assert refused.value.code == "team_disabled" and "'research'" in refused.value.message
+    with pytest.raises(InvalidStatus) as upgrade:  # a WebSocket is refused at the upgrade, before any turn
+        ws_connect(gateway.url.replace("http", "ws") + "/v1/responses", additional_headers=bearer(raw))
+    assert upgrade.value.response.status_code == 403
+    assert json.loads(upgrade.value.response.body)["error"]["code"] == "team_disabled"
     team.enabled = True
     team.save()
     assert wait_until(lambda: _serves(gateway, raw))
