@@ -167,6 +167,43 @@ def test_local_store_counts_and_releases(settings):
     assert what == SLOTS and (usages[0].requests, usages[0].tokens, usages[0].day) == (0, 0, 7)
 
 
+def test_spend_starts_again_each_utc_day_and_month(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    store = LocalStore()
+    quota = Quota("k9", "key", "ci", daily=100, monthly=1000)
+    for when, day, month in [
+        ((2026, 11, 29, 23, 0, 0), 0, 0),
+        ((2026, 11, 30, 9, 0, 0), 0, 30),  # a new day, the same month
+        ((2026, 12, 1, 0, 0, 1), 0, 0),  # a new month
+    ]:
+        clock = Clock.at(calendar.timegm(when))
+        usage = store.usage("k9", clock)
+        assert (usage.day, usage.month) == (day, month)
+        assert store.take((quota,), TURN, "t", clock)[0] == 0
+        store.release((quota,), TURN, "t", 5, 30, clock)
+        spend = store.usage("k9", clock)
+        assert (spend.day, spend.month, spend.tokens) == (day + 30, month + 30, 5)
+
+
+def test_a_socket_holds_a_socket_and_counts_no_request(settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 60
+    store = LocalStore()
+    quota = Quota("k9", "key", "ci", rpm=1, concurrency=1, sockets=1)
+    clock = Clock.at(1_000_000.0)
+    assert store.take((quota,), SOCKET, "s1", clock)[0] == 0
+    assert (store.usage("k9", clock).requests, store.sockets("k9"), store.usage("k9", clock).slots) == (
+        0,
+        1,
+        0,
+    )
+    assert store.take((quota,), SOCKET, "s2", clock)[0] == SLOTS
+    assert store.take((quota,), TURN, "t1", clock)[0] == 0  # the socket took none of the turn's slots
+    store.release((quota,), SOCKET, "t1", 0, 0, clock)  # a socket's release gives back only sockets
+    assert (store.sockets("k9"), store.usage("k9", clock).slots) == (1, 1)
+    store.release((quota,), SOCKET, "s1", 0, 0, clock)
+    assert store.take((quota,), SOCKET, "s2", clock)[0] == 0
+
+
 def test_a_lease_nobody_released_expires(settings):
     settings.SLUICE_RATE_WINDOW_SECONDS = 60
     store = LocalStore()
