@@ -108,6 +108,31 @@ def test_an_open_upstream_socket_serves_on_after_another_connection_saw_the_upgr
     ]
 
 
+def test_a_provider_set_to_always_use_websockets_fails_the_turn_rather_than_fall_back(
+    gateway, upstream, api_key
+):
+    upstream.ws_refuse_status = 426
+    make_provider(upstream, websocket_mode="always")
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {api_key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+        frame = json.loads(ws.recv(timeout=10))
+    assert frame == {
+        "type": "error",
+        "status": 502,
+        "error": {
+            "type": "server_error",
+            "code": "upstream_unavailable",
+            "message": "No upstream provider could serve the request. "
+            "Last error: The upstream WebSocket failed.",
+            "param": None,
+        },
+    }
+    assert upstream.http_requests == 0 and upstream.ws_handshakes_refused == 1
+
+
 def test_upstream_drop_mid_stream_gives_an_error_frame_and_the_socket_lives_on(gateway, upstream, api_key):
     make_provider(upstream)
     upstream.drop_after_events = 3
