@@ -286,7 +286,8 @@ def test_a_disabled_team_refuses_its_keys(gateway, upstream):
     with pytest.raises(InvalidStatus) as upgrade:  # a WebSocket is refused at the upgrade, before any turn
         ws_connect(gateway.url.replace("http", "ws") + "/v1/responses", additional_headers=bearer(raw))
     assert upgrade.value.response.status_code == 403
-    assert json.loads(upgrade.value.response.body)["error"]["code"] == "team_disabled"
+    error = json.loads(upgrade.value.response.body)["error"]
+    assert error["code"] == "team_disabled" and "'research'" in error["message"]
     team.enabled = True
     team.save()
     assert wait_until(lambda: _serves(gateway, raw))
