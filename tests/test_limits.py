@@ -143,7 +143,10 @@ def test_each_instant_gets_its_own_utc_day_whatever_was_asked_before(settings):
         assert clock.day_ends == calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
 
 
-@pytest.mark.parametrize(("seconds", "text"), [(0.5, "0.5s"), (12.2, "13s"), (60, "1m0s"), (361, "6m1s")])
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0.5, "0.5s"), (0, "0.001s"), (1.5, "2s"), (12.2, "13s"), (60, "1m0s"), (361, "6m1s")],
+)
 def test_reset_times_read_like_openai(seconds, text):
     assert limits.duration(seconds) == text
 
