@@ -283,6 +283,24 @@ def test_refusals_say_which_budget_and_when_it_resets(settings):
     assert error.headers == {"Retry-After": "7200", "x-should-retry": "false"}
 
 
+def test_a_token_count_holds_no_turn_slot(settings):
+    """Counting input tokens counts against the request rate only: one in flight leaves the turn's slot
+    free (on whichever store the settings choose)."""
+    from asgiref.sync import async_to_sync
+
+    from proxy.auth import Client
+
+    settings.SLUICE_RATE_WINDOW_SECONDS = 10**6
+    client = Client(1, "k", 1, None, None, limits.policy_for(row(42, concurrency=1), None))
+    admit = async_to_sync(limits.admit)
+    counting = admit(client, "gpt-5.5", REQUEST)
+    turn = admit(client, "gpt-5.5")
+    with pytest.raises(limits.LimitError):
+        admit(client, "gpt-5.5")  # the one slot is the turn's
+    counting.release()
+    turn.release()
+
+
 def test_with_redis_unreachable_limits_hold_in_the_process(settings, monkeypatch, caplog):
     """Shared state is an optimisation: without Redis a gateway keeps counting, per process."""
     from asgiref.sync import async_to_sync
