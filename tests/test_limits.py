@@ -307,20 +307,26 @@ def test_with_redis_unreachable_limits_hold_in_the_process(settings, monkeypatch
     from django.core.cache.backends.redis import RedisCache
 
     from proxy.auth import Client
+    from settings_app import shared
     from tests.conftest import free_port
 
     settings.SLUICE_RATE_WINDOW_SECONDS = 3600
     dead = RedisCache(f"redis://127.0.0.1:{free_port()}/0", {"OPTIONS": {"socket_connect_timeout": 0.5}})
     monkeypatch.setattr(limits, "_chosen", RedisStore(dead))
     local_store.clear()
-    client = Client(1, "k", 1, None, None, limits.policy_for(row(41, rpm=2, concurrency=5), None))
+    client = Client(1, "k", 1, None, None, limits.policy_for(row(41, rpm=3, concurrency=2), None))
     first = async_to_sync(limits.admit)(client, "gpt-5.5")
     second = async_to_sync(limits.admit)(client, "gpt-5.5")
-    with pytest.raises(limits.LimitError):
+    with pytest.raises(limits.LimitError) as refused:
         async_to_sync(limits.admit)(client, "gpt-5.5")
+    assert "turns in flight" in refused.value.message  # the process counts turns, not only requests
+    shared.reset()  # as if Redis had come back: the next admission tries it, fails, and counts here again
+    with pytest.raises(limits.LimitError) as again:
+        async_to_sync(limits.admit)(client, "gpt-5.5")
+    assert "turns in flight" in again.value.message
     assert local_store.usage("k41").slots == 2
     first.release()
     second.release()
     assert local_store.usage("k41").slots == 0, "released where it was admitted"
-    assert any("unreachable" in r.getMessage() for r in caplog.records)
+    assert any("unreachable (ConnectionError" in r.getMessage() for r in caplog.records)
     local_store.clear()
