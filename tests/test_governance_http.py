@@ -91,6 +91,7 @@ def test_input_tokens_counts_against_the_request_rate_only(gateway, upstream, sh
     assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1"
     turn = httpx.post(url, json={"model": "gpt-5.5", "input": "a turn"}, headers=headers)
     assert turn.status_code == 429 and turn.json()["error"]["code"] == "rate_limit_exceeded"
+    assert turn.headers["x-ratelimit-remaining-requests"] == "1", "a refused turn is not counted"
     assert "turns in flight" in turn.json()["error"]["message"]
     second = httpx.post(url + "/input_tokens", json={"model": "gpt-5.5", "input": "me too"}, headers=headers)
     assert second.status_code == 200
