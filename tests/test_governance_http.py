@@ -1,5 +1,6 @@
 """Limits, budgets and model access over HTTP, through a running gateway and the OpenAI SDK."""
 
+import json
 import logging
 import threading
 import time
@@ -8,6 +9,8 @@ from decimal import Decimal
 import httpx
 import openai
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk
 
@@ -26,6 +29,10 @@ def make_team(name: str = "research", **fields):
     from proxy.models import Team
 
     return Team.objects.create(name=name, **fields)
+
+
+def bearer(raw: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {raw}"}
 
 
 def in_flight(scope: str) -> int:
@@ -84,11 +91,36 @@ def test_input_tokens_counts_against_the_request_rate_only(gateway, upstream, sh
     assert first.status_code == 200 and first.headers["x-ratelimit-remaining-requests"] == "1"
     turn = httpx.post(url, json={"model": "gpt-5.5", "input": "a turn"}, headers=headers)
     assert turn.status_code == 429 and turn.json()["error"]["code"] == "rate_limit_exceeded"
+    assert turn.headers["x-ratelimit-remaining-requests"] == "1", "a refused turn is not counted"
     assert "turns in flight" in turn.json()["error"]["message"]
     second = httpx.post(url + "/input_tokens", json={"model": "gpt-5.5", "input": "me too"}, headers=headers)
     assert second.status_code == 200
     third = httpx.post(url + "/input_tokens", json={"model": "gpt-5.5", "input": "and me"}, headers=headers)
     assert third.status_code == 429 and third.headers["Retry-After"]
+
+
+def test_the_token_limit_counts_each_turns_input_and_output(gateway, upstream, settings):
+    from proxy import limits
+
+    settings.SLUICE_RATE_WINDOW_SECONDS = 10**6  # one window for the whole test
+    make_provider(upstream)
+    key, raw = make_key(tpm=40)
+    client = sdk(gateway, raw)
+    spent = 0
+    for _ in range(4):
+        response = client.responses.with_raw_response.create(model="gpt-5.5", input="count my tokens")
+        assert response.headers["x-ratelimit-limit-tokens"] == "40"
+        assert response.headers["x-ratelimit-remaining-tokens"] == str(40 - spent)
+        usage = response.parse().usage
+        spent += usage.input_tokens + usage.output_tokens
+        assert wait_until(lambda n=spent: limits.usage(f"k{key.pk}").tokens == n)  # counted at the end
+        if spent >= 40:
+            break
+    assert 40 <= spent < 40 + usage.input_tokens + usage.output_tokens, "turns ran until the tokens passed"
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(model="gpt-5.5", input="over the limit")
+    assert refused.value.code == "rate_limit_exceeded" and "tokens per" in refused.value.message
+    assert refused.value.response.headers["x-ratelimit-remaining-tokens"] == "0"
 
 
 def _hold_stream(gateway, raw: str, started: threading.Event, release: threading.Event, results: list):
@@ -108,8 +140,10 @@ def _hold_stream(gateway, raw: str, started: threading.Event, release: threading
 
 
 def released_explicitly(caplog) -> bool:
-    """No admission was left to the garbage collector's backstop: every exit path released its own."""
-    return not [r for r in caplog.records if "never released" in r.getMessage()]
+    """No admission was left to the garbage collector's backstop (every exit path released its own), and
+    every release went through."""
+    failures = ("never released", "could not release")
+    return not [r for r in caplog.records if any(f in r.getMessage() for f in failures)]
 
 
 def test_concurrency_limit_and_every_faulted_turn_gives_its_slot_back(gateway, upstream, caplog):
@@ -228,6 +262,7 @@ def test_model_allow_list_and_models_listing(gateway, upstream):
     with pytest.raises(openai.PermissionDeniedError) as refused:
         client.responses.create(model="gpt-5.5", input="not for me")
     assert refused.value.code == "model_not_allowed" and refused.value.status_code == 403
+    assert refused.value.param == "model"
     assert "GET /v1/models" in refused.value.message  # where to find the models the key may use
     assert client.responses.create(model="gpt-5-mini", input="fine").output_text == "echo: fine"
     assert [m.id for m in client.models.list()] == ["gpt-5-mini"]
@@ -250,7 +285,12 @@ def test_a_disabled_team_refuses_its_keys(gateway, upstream):
     key, raw = make_key(team=team)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         sdk(gateway, raw).responses.create(model="gpt-5.5", input="hello")
-    assert refused.value.code == "team_disabled"
+    assert refused.value.code == "team_disabled" and "'research'" in refused.value.message
+    with pytest.raises(InvalidStatus) as upgrade:  # a WebSocket is refused at the upgrade, before any turn
+        ws_connect(gateway.url.replace("http", "ws") + "/v1/responses", additional_headers=bearer(raw))
+    assert upgrade.value.response.status_code == 403
+    error = json.loads(upgrade.value.response.body)["error"]
+    assert error["code"] == "team_disabled" and "'research'" in error["message"]
     team.enabled = True
     team.save()
     assert wait_until(lambda: _serves(gateway, raw))
@@ -273,18 +313,28 @@ def test_unknown_price_is_logged_as_no_cost(gateway, upstream, api_key):
     assert row.status == 200 and row.input_tokens > 0 and row.cost is None
 
 
-def test_spend_already_in_the_request_log_counts_after_a_restart(gateway, upstream):
+@pytest.mark.parametrize(
+    ("key_budget", "team_budget", "refusal"),
+    [
+        ({"daily_budget": Decimal("1")}, {"monthly_budget": Decimal("10")}, "daily budget of key"),
+        ({}, {"monthly_budget": Decimal("1")}, "monthly budget of team 'research'"),
+    ],
+    ids=["key-daily", "team-monthly"],
+)
+def test_spend_already_in_the_request_log_counts_after_a_restart(
+    gateway, upstream, key_budget, team_budget, refusal
+):
     """The embedded default keeps its counters in memory: a fresh process starts them from the log."""
     from django.utils import timezone
 
     from proxy.models import RequestLog
 
     make_provider(upstream)
-    team = make_team(monthly_budget=Decimal("10"))
-    key, raw = make_key(daily_budget=Decimal("1"), team=team)
+    team = make_team(**team_budget)
+    key, raw = make_key(team=team, **key_budget)
     RequestLog.objects.create(api_key=key, team=team, cost=Decimal("0.60"), created_at=timezone.now())
     RequestLog.objects.create(api_key=key, team=team, cost=Decimal("0.50"), created_at=timezone.now())
     with pytest.raises(openai.RateLimitError) as refused:
         sdk(gateway, raw).responses.create(model="gpt-5.5", input="already spent")
-    assert refused.value.code == "insufficient_quota" and "daily budget of key" in refused.value.message
+    assert refused.value.code == "insufficient_quota" and refusal in refused.value.message
     assert upstream.http_requests == 0

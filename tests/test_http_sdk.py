@@ -233,11 +233,18 @@ def test_unknown_model_is_a_clear_404(gateway, upstream, api_key):
     assert info.value.body["code"] == "model_not_found"
 
 
-def test_model_redirect_reaches_upstream(gateway, upstream, api_key):
+@pytest.mark.parametrize("answered", [True, False], ids=["answered", "failed"])
+def test_model_redirect_reaches_upstream(gateway, upstream, api_key, answered):
+    """The request log names the model the upstream was asked for, even when no answer named it."""
     make_provider(upstream, allowed_models=["fast"], model_redirects={"fast": "gpt-5-mini"})
-    response = sdk(gateway, api_key).responses.create(model="fast", input="x")
+    if answered:
+        response = sdk(gateway, api_key).responses.create(model="fast", input="x")
+        assert response.model == "gpt-5-mini"
+    else:
+        upstream.http_fail_status = 500
+        with pytest.raises(openai.APIStatusError):
+            sdk(gateway, api_key).responses.create(model="fast", input="x")
     assert upstream.requests[-1].body["model"] == "gpt-5-mini"
-    assert response.model == "gpt-5-mini"
     (row,) = request_logs(1)
     assert (row.requested_model, row.upstream_model) == ("fast", "gpt-5-mini")
 

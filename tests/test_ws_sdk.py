@@ -88,6 +88,51 @@ def test_a_refused_upgrade_is_tried_again_once_its_memory_expires(gateway, upstr
     assert upstream.ws_handshakes_refused == 1 and upstream.ws_connections == 1, "the upgrade was tried again"
 
 
+def test_an_open_upstream_socket_serves_on_after_another_connection_saw_the_upgrade_refused(
+    gateway, upstream, api_key
+):
+    """A refused upgrade remembered for a provider stops new upstream sockets, not the one already open."""
+    make_provider(upstream)
+    client = sdk(gateway, api_key)
+    with client.responses.connect(max_retries=0) as first:
+        assert run_turn(first, model="gpt-5.5", store=False, input="one")[-1].type == "response.completed"
+        upstream.ws_refuse_status = 426
+        with client.responses.connect(max_retries=0) as second:
+            assert run_turn(second, model="gpt-5.5", input="two")[-1].type == "response.completed"
+        assert upstream.ws_handshakes_refused == 1
+        assert run_turn(first, model="gpt-5.5", store=False, input="three")[-1].type == "response.completed"
+    assert [(r.transport, r.body["input"]) for r in upstream.requests if r.body] == [
+        ("websocket", "one"),
+        ("http", "two"),
+        ("websocket", "three"),
+    ]
+
+
+def test_a_provider_set_to_always_use_websockets_fails_the_turn_rather_than_fall_back(
+    gateway, upstream, api_key
+):
+    upstream.ws_refuse_status = 426
+    make_provider(upstream, websocket_mode="always")
+    with ws_connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {api_key}"},
+    ) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
+        frame = json.loads(ws.recv(timeout=10))
+    assert frame == {
+        "type": "error",
+        "status": 502,
+        "error": {
+            "type": "server_error",
+            "code": "upstream_unavailable",
+            "message": "No upstream provider could serve the request. "
+            "Last error: The upstream WebSocket failed.",
+            "param": None,
+        },
+    }
+    assert upstream.http_requests == 0 and upstream.ws_handshakes_refused == 1
+
+
 def test_upstream_drop_mid_stream_gives_an_error_frame_and_the_socket_lives_on(gateway, upstream, api_key):
     make_provider(upstream)
     upstream.drop_after_events = 3
@@ -313,13 +358,16 @@ def test_disabling_the_live_provider_moves_the_next_turn(gateway, upstream, upst
     assert [r.body["input"] for r in upstream_b.requests if r.transport == "websocket"] == ["two"]
 
 
-def test_store_false_responses_are_not_pinned(gateway, upstream, api_key):
+def test_only_stored_responses_are_pinned(gateway, upstream, api_key):
     from django.core.cache import cache
 
     from providers.routing import response_key
 
-    make_provider(upstream)
+    provider = make_provider(upstream)
     turns = chain_three_turns(gateway, api_key)
     assert all(cache.get(response_key(t[-1].response.id)) is None for t in turns)
-    stored = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="keep me")
-    assert cache.get(response_key(stored.id)) is not None
+    over_http = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="keep me")
+    with sdk(gateway, api_key).responses.connect(max_retries=0) as conn:
+        over_socket = run_turn(conn, model="gpt-5.5", input="and me")[-1].response
+    assert upstream.requests[-1].transport == "websocket"
+    assert [cache.get(response_key(r.id)) for r in (over_http, over_socket)] == [provider.id, provider.id]
