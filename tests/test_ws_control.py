@@ -6,8 +6,10 @@ import time
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from websockets.sync.client import connect as ws_connect
 
+from providers.routing import response_key
 from tests.conftest import TERMINAL, make_provider, request_logs
 from tests.fakeupstream import function_call_item, message_item
 
@@ -45,20 +47,18 @@ def slow(upstream: Any, deltas: int = 200) -> None:
     upstream.event_delay = 0.02
 
 
-def interrupt_mid_stream(ws: Any) -> tuple[list[dict[str, Any]], float]:
-    """Start a long turn, interrupt it after its first text delta; the events and the time the
-    interrupt took to end the turn."""
-    create(ws, "long", store=False)
+def interrupt_mid_stream(
+    ws: Any, control: str = "response.interrupt", store: bool = False
+) -> tuple[list[dict[str, Any]], float]:
+    """Start a long turn, interrupt (or cancel) it after its first text delta; the events and the time
+    the interrupt took to end the turn."""
+    create(ws, "long", store=store)
     events = [read(ws)]
     response_id = events[0]["response"]["id"]
     while events[-1]["type"] != "response.output_text.delta":
         events.append(read(ws))
     sent = time.monotonic()
-    ws.send(
-        json.dumps(
-            {"type": "response.interrupt", "response_id": response_id, "mode": "discard_partial_items"}
-        )
-    )
+    ws.send(json.dumps({"type": control, "response_id": response_id, "mode": "discard_partial_items"}))
     while events[-1]["type"] not in TERMINAL:
         events.append(read(ws))
     return events, time.monotonic() - sent
@@ -105,7 +105,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     """Over upstream HTTP the gateway writes the closing events itself: numbered on from the relayed ones,
     the finished items kept in output order, the partial message dropped (an interrupt in Codex's
     ``discard_partial_items`` mode) or finished as incomplete and kept (a cancel)."""
-    make_provider(upstream, websocket_mode="never")
+    provider = make_provider(upstream, websocket_mode="never")
     upstream.responder = lambda body: [
         {"type": "reasoning", "summary": []},
         function_call_item("lookup", '{"q": 1}'),
@@ -113,7 +113,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     ]
     slow(upstream)
     with open_socket(gateway, api_key) as ws:
-        create(ws, "long", store=False)
+        create(ws, "long")
         events = [read(ws)]
         rid = events[0]["response"]["id"]
         while events[-1]["type"] != "response.output_text.delta":
@@ -154,6 +154,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     assert (response["id"], response["object"], response["status"]) == (rid, "response", "incomplete")
     assert response["incomplete_details"] == {"reason": reason}
     assert response["output"] == kept, "the finished items, in output order"
+    assert cache.get(response_key(rid)) == provider.id, "stored: it is continued on its provider"
 
 
 @pytest.mark.parametrize(
@@ -289,14 +290,19 @@ def test_lane_limits_and_bad_stream_ids(gateway, upstream, api_key):
         assert error["error"]["code"] == "websocket_stream_limit_reached" and error["stream_id"] == "lane-16"
 
 
-def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key):
+@pytest.mark.parametrize("lanes", [False, True], ids=["own-socket", "shared-lanes-socket"])
+def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key, lanes):
+    """Also for a lane on the socket the lanes share: that socket is retired, the lane gets a fresh one."""
     make_provider(upstream)
     upstream.ws_turn_limit = 1
+    upstream.ws_lanes = lanes
+    lane = "a" if lanes else None
+    on_lane = {"stream_id": lane} if lanes else {}
     with open_socket(gateway, api_key) as ws:
-        create(ws, "one", store=False)
-        first = until_terminal(ws)
-        create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"])
-        second = until_terminal(ws)
+        create(ws, "one", store=False, **on_lane)
+        first = until_terminal(ws, lane)
+        create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"], **on_lane)
+        second = until_terminal(ws, lane)
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert second[-1]["type"] == "response.completed"
     assert upstream.ws_connections == 2 and upstream.http_requests == 0
@@ -456,19 +462,27 @@ def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
     assert [r.body for r in upstream.requests][1] == interrupt, "relayed untouched, stream_id and all"
 
 
-def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key):
-    make_provider(upstream)
+@pytest.mark.parametrize("control", ["response.interrupt", "response.cancel"])
+def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key, control):
+    provider = make_provider(upstream)
     slow(upstream)
     upstream.ws_controls = False
     with open_socket(gateway, api_key) as ws:
-        events, took = interrupt_mid_stream(ws)
+        events, took = interrupt_mid_stream(ws, control, store=True)
         kinds = [e["type"] for e in events]
-        assert "error" not in kinds and "response.interrupt.accepted" in kinds
+        assert "error" not in kinds
+        # Only an interrupt is acknowledged; a cancel goes straight to the end of the response.
+        assert ("response.interrupt.accepted" in kinds) == (control == "response.interrupt")
         assert events[-1]["type"] == "response.incomplete" and took < 0.1
         response = events[-1]["response"]
         # The gateway wrote this response itself: still a whole response object, usage and all.
-        assert (response["id"], response["object"]) == (events[0]["response"]["id"], "response")
+        rid = events[0]["response"]["id"]
+        assert (response["id"], response["object"], response["model"]) == (rid, "response", "gpt-5.5")
+        reason = "interrupted" if control == "response.interrupt" else "cancelled"
+        assert response["incomplete_details"] == {"reason": reason}
         assert response["output"] == [] and "usage" in response
+        # Stored, it can be continued later (over HTTP, or from another connection) on its provider.
+        assert cache.get(response_key(rid)) == provider.id
         upstream.event_delay = 0
         upstream.text_deltas = 3
         create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])

@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import re
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from tests.conftest import make_key, make_provider
+from tests.conftest import make_key, make_provider, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -158,18 +160,26 @@ async def test_old_connection_answers_connection_limit_reached(key, http_provide
     await comm.disconnect()
 
 
-async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(key, http_provider, upstream):
+@pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "named-lane"])
+async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(
+    key, http_provider, upstream, lane
+):
+    on_lane = {"stream_id": lane} if lane else {}
     comm = await connected(key)
-    await create(comm, generate=False, store=False, input=[{"role": "user", "content": "hi"}])
+    await create(comm, generate=False, store=False, input=[{"role": "user", "content": "hi"}], **on_lane)
     created, completed = await next_json(comm), await next_json(comm)
     assert created["type"] == "response.created" and completed["type"] == "response.completed"
     assert completed["response"]["output"] == [] and completed["response"]["id"].startswith("resp_")
     assert upstream.http_requests == 0, "a warm-up never needs the upstream over HTTP"
+    if lane is not None:  # a turn on another lane in between leaves this lane's response alone
+        await create(comm, store=False, input="elsewhere")
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed"
     await create(
         comm,
         store=False,
         previous_response_id=completed["response"]["id"],
         input=[{"role": "user", "content": "again"}],
+        **on_lane,
     )
     events = await until_terminal(comm)
     assert events[-1]["type"] == "response.completed"
@@ -188,32 +198,48 @@ WARMUP_USAGE = {
 TOOLS = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
 
 
+SET_FIELDS = {
+    "instructions": "be brief",
+    "tools": TOOLS,
+    "tool_choice": "none",
+    "parallel_tool_calls": False,
+    "store": False,
+}
+
+
 @pytest.mark.parametrize(
     ("fields", "echoed"),
     [
-        ({}, {"instructions": None, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True}),
         (
-            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
-            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
+            {},
+            {
+                "instructions": None,
+                "tools": [],
+                "tool_choice": "auto",
+                "parallel_tool_calls": True,
+                "store": True,
+            },
         ),
+        (SET_FIELDS, SET_FIELDS),
     ],
+    ids=["defaults", "set"],
 )
 async def test_a_local_warmup_answers_the_response_object_the_service_would(
     key, http_provider, fields, echoed
 ):
     comm = await connected(key)
-    await create(comm, generate=False, input="hi", metadata={"k": "v"}, store=bool(fields), **fields)
+    await create(comm, generate=False, input="hi", metadata={"k": "v"}, **fields)
     created, completed = await next_json(comm), await next_json(comm)
     assert (created["sequence_number"], completed["sequence_number"]) == (0, 1)
     assert created["response"]["status"] == "in_progress" and created["response"]["usage"] is None
     response = completed["response"]
     assert response["id"] == created["response"]["id"] and isinstance(response["created_at"], int)
+    assert re.fullmatch(r"resp_[0-9a-f]{48}", response["id"]), "an id shaped like the service's"
     assert {k: v for k, v in response.items() if k not in ("id", "created_at")} == {
         "object": "response",
         "status": "completed",
         "model": "gpt-5.5",
         "output": [],
-        "store": bool(fields),
         "error": None,
         "incomplete_details": None,
         "metadata": {"k": "v"},
@@ -221,6 +247,9 @@ async def test_a_local_warmup_answers_the_response_object_the_service_would(
         **echoed,
     }
     await comm.disconnect()
+    # Its request-log row: answered here, nothing upstream, under the id the client got.
+    (row,) = await sync_to_async(request_logs)(1)
+    assert (row.status, row.upstream_transport, row.response_id) == (200, "", response["id"])
 
 
 async def test_unknown_previous_response_with_store_false_is_not_found(key, http_provider, upstream):
