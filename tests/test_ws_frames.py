@@ -131,23 +131,29 @@ async def test_frame_over_the_limit_is_closed_with_1009(key, settings):
 
 async def test_silent_connection_is_closed_after_the_first_frame_deadline(key, settings):
     settings.SLUICE_WS_FIRST_FRAME_TIMEOUT = 0.5
+    settings.SLUICE_WS_IDLE_TIMEOUT = 0.1  # the deadline is checked earlier than it falls: nothing yet
     comm = await connected(key)
     assert await comm.receive_nothing(0.3), "closed before its deadline"
     closed = await comm.receive_output(3)
-    assert (
-        closed["type"] == "websocket.close"
-        and closed["code"] == 1000
-        and "response.create" in closed["reason"]
-    )
+    assert closed == {
+        "type": "websocket.close",
+        "code": 1000,
+        "reason": "no response.create received in time",
+    }
 
 
-async def test_idle_connection_is_closed(key, http_provider, settings):
+async def test_idle_connection_is_closed(key, http_provider, upstream, settings):
+    """Closed once idle for SLUICE_WS_IDLE_TIMEOUT after its last frame; never during a turn, however long."""
     settings.SLUICE_WS_IDLE_TIMEOUT = 0.3
+    upstream.event_delay = 0.05  # a turn of about half a second: the deadline is checked while it runs
     comm = await connected(key)
     await create(comm, input="x")
-    await until_terminal(comm)
-    closed = await comm.receive_output(10)
-    assert closed["type"] == "websocket.close" and closed["reason"] == "idle timeout"
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    await asyncio.sleep(0.2)
+    await comm.send_to(text_data=json.dumps({"type": "response.processed", "response_id": "resp_x"}))
+    assert await comm.receive_nothing(0.2), "closed before it was idle for the whole timeout"
+    closed = await comm.receive_output(3)
+    assert closed == {"type": "websocket.close", "code": 1000, "reason": "idle timeout"}
 
 
 async def test_old_connection_answers_connection_limit_reached(key, http_provider, settings):
