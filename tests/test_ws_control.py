@@ -375,10 +375,13 @@ def test_a_lane_continues_another_lanes_response(gateway, upstream, api_key):
     frames = [r for r in upstream.requests if r.transport == "websocket"]
     assert frames[0].connection_id != frames[1].connection_id, "each lane has its own upstream socket"
     assert "stream_id" not in frames[1].body and "previous_response_id" not in frames[1].body
-    assert [item.get("content") for item in frames[1].body["input"] if item.get("role") == "user"] == [
-        "first",
-        "second",
-    ], "the other lane's socket never saw the conversation: it gets all of it"
+    # The other lane's socket never saw the conversation: it gets all of it, each bare string input as
+    # the user message it stands for.
+    assert frames[1].body["input"] == [
+        {"type": "message", "role": "user", "content": "first"},
+        *first["response"]["output"],
+        {"type": "message", "role": "user", "content": "second"},
+    ]
 
 
 def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(

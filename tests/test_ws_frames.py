@@ -294,3 +294,33 @@ async def test_turns_run_in_order_with_a_bounded_queue(key, http_provider, upstr
     # The worker may or may not have taken "a" off the queue before "c" arrived.
     assert refused in (1, 2) and seen == ["echo: a", "echo: b", "echo: c"][: 4 - refused]
     await comm.disconnect()
+
+
+async def test_a_connection_remembers_which_of_its_last_256_responses_finished(key, http_provider, upstream):
+    """An interrupt for a response that finished on this connection gets ``response_already_completed``;
+    the connection remembers the last 256 of them (bounded memory) and keeps serving after that."""
+    comm = await connected(key)
+    ids = []
+    for _ in range(257):  # local warm-ups: finished responses without an upstream
+        await create(comm, generate=False, store=False, input="hi")
+        await next_json(comm)  # response.created
+        completed = await next_json(comm)
+        assert completed["type"] == "response.completed", completed
+        ids.append(completed["response"]["id"])
+    for response_id, code in [
+        (ids[0], "response_not_found"),  # the oldest was forgotten
+        (ids[1], "response_already_completed"),
+        (ids[-1], "response_already_completed"),
+    ]:
+        interrupt = {"type": "response.interrupt", "response_id": response_id}
+        await comm.send_to(text_data=json.dumps(interrupt))
+        failed = await next_json(comm)
+        assert (failed["type"], failed["response_id"], failed["error"]["code"]) == (
+            "response.interrupt.failed",
+            response_id,
+            code,
+        )
+    await create(comm, store=False, previous_response_id=ids[-1], input="go on")
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    assert upstream.http_requests == 1
+    await comm.disconnect()
