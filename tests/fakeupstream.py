@@ -30,6 +30,9 @@ Failure switches are plain attributes, settable from the test thread while the s
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
 - `ws_controls`: off, the WebSocket answers interrupt, cancel and steer as an upstream without them
   does: an `error` frame refusing the event type (the turn in flight goes on).
+- `ws_unknown_event_error`: the `error` object of that refusal (and of any event type the fake does not
+  know). Upstreams word it differently: by default `param: "type"`; some say only its code
+  (`unsupported_event_type`, `unknown_event_type`).
 - `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
   connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
 - `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
@@ -389,6 +392,7 @@ class FakeUpstream:
         self.handshake_headers: dict[str, str] = {}
         self.ws_lanes = False
         self.ws_controls = True
+        self.ws_unknown_event_error: dict[str, Any] | None = None
         self.fail_event: str | None = None
         self.fail_message = "The server had an error while processing your request."
         self.omit_terminal = False
@@ -873,9 +877,10 @@ class _WsSession:
             return
         if kind != "response.create":
             message_text = f"Unsupported event type '{frame.get('type')}'."
-            await self.fail(
-                400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"), lane
-            )
+            refusal = openai_error(message_text, "invalid_request_error", "invalid_value", "type")
+            if fake.ws_unknown_event_error is not None:
+                refusal = {"error": fake.ws_unknown_event_error}
+            await self.fail(400, refusal, lane)
             return
         earlier = self.running if lane is None else self.lane_tasks.get(lane)
         if earlier is not None and not earlier.done():  # turns of one lane run in order

@@ -498,10 +498,20 @@ def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, u
     ]
 
 
-def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key):
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        None,  # the fake's default: param "type"
+        {"type": "invalid_request_error", "code": "unsupported_event_type", "message": "No.", "param": None},
+        {"type": "invalid_request_error", "code": "unknown_event_type", "message": "No.", "param": None},
+    ],
+    ids=["param-type", "unsupported_event_type", "unknown_event_type"],
+)
+def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key, refusal):
     make_provider(upstream)
     slow(upstream, deltas=50)  # a second in flight: the steer is answered long before the end
     upstream.ws_controls = False
+    upstream.ws_unknown_event_error = refusal
     with open_socket(gateway, api_key) as ws:
         create(ws, "long")
         created = read(ws)

@@ -293,6 +293,16 @@ async def test_turns_run_in_order_with_a_bounded_queue(key, http_provider, upstr
             seen.append(event["response"]["output"][0]["content"][0]["text"])
     # The worker may or may not have taken "a" off the queue before "c" arrived.
     assert refused in (1, 2) and seen == ["echo: a", "echo: b", "echo: c"][: 4 - refused]
+    # A refused turn leaves its request-log row too, under its key.
+    from proxy.models import ApiKey
+
+    rows = await sync_to_async(request_logs)(4)
+    key_id = await sync_to_async(lambda: ApiKey.objects.get().pk)()
+    assert (
+        sorted((r.status, r.error_code, r.client_transport, r.api_key_id) for r in rows)
+        == [(200, "", "websocket", key_id)] * (4 - refused)
+        + [(429, "too_many_queued_requests", "websocket", key_id)] * refused
+    )
     await comm.disconnect()
 
 
