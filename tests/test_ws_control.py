@@ -10,6 +10,7 @@ from django.core.cache import cache
 from websockets.sync.client import connect as ws_connect
 
 from providers.routing import response_key
+from proxy.upstream_ws import public_url
 from tests.conftest import TERMINAL, make_provider, request_logs
 from tests.fakeupstream import function_call_item, message_item
 
@@ -292,28 +293,38 @@ def test_lane_limits_and_bad_stream_ids(gateway, upstream, api_key):
 
 @pytest.mark.parametrize("lanes", [False, True], ids=["own-socket", "shared-lanes-socket"])
 def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key, lanes):
-    """Also for a lane on the socket the lanes share: that socket is retired, the lane gets a fresh one."""
+    """Also for a lane on the socket the lanes share (another lane still on it): that socket is retired,
+    the lane moves to a fresh one the lanes share."""
     make_provider(upstream)
-    upstream.ws_turn_limit = 1
+    upstream.ws_turn_limit = 2 if lanes else 1
     upstream.ws_lanes = lanes
     lane = "a" if lanes else None
     on_lane = {"stream_id": lane} if lanes else {}
     with open_socket(gateway, api_key) as ws:
         create(ws, "one", store=False, **on_lane)
         first = until_terminal(ws, lane)
+        if lanes:
+            create(ws, "other", store=False, stream_id="b")
+            assert until_terminal(ws, "b")[-1]["type"] == "response.completed"
         create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"], **on_lane)
         second = until_terminal(ws, lane)
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert second[-1]["type"] == "response.completed"
     assert upstream.ws_connections == 2 and upstream.http_requests == 0
-    replay = [r.body for r in upstream.requests if r.transport == "websocket"][-1]
-    assert "previous_response_id" not in replay and len(replay["input"]) == 3, "the whole conversation"
-    assert [r.status for r in request_logs(2)] == [200, 200]
+    replay = [r for r in upstream.requests if r.transport == "websocket"][-1]
+    assert "previous_response_id" not in replay.body and len(replay.body["input"]) == 3, (
+        "the whole conversation"
+    )
+    assert replay.connection_id == 2 and replay.body.get("stream_id") == lane, "on a fresh (lanes) socket"
+    assert [r.status for r in request_logs(3 if lanes else 2)] == [200] * (3 if lanes else 2)
 
 
-def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
+@pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "shared-lanes-socket"])
+def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key, lane):
     make_provider(upstream, name="alpha", priority=1)
     make_provider(upstream_b, name="beta", priority=1)
+    upstream.ws_lanes = upstream_b.ws_lanes = lane is not None
+    on_lane = {"stream_id": lane} if lane else {}
     upstream.handshake_headers = upstream_b.handshake_headers = {
         "x-codex-turn-state": "upstream-token",
         "openai-model": "gpt-5.5",
@@ -322,15 +333,15 @@ def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
         token = ws.response.headers["x-codex-turn-state"]
         assert token.startswith("sluice-ts-")
         assert ws.response.headers["x-codex-websocket-max-message-bytes"].isdigit()
-        create(ws, "first")
-        until_terminal(ws)
+        create(ws, "first", **on_lane)
+        until_terminal(ws, lane)
     served = upstream if upstream.ws_connections else upstream_b
     for _ in range(3):
         with open_socket(gateway, api_key, **{"x-codex-turn-state": token}) as ws:
             assert ws.response.headers["x-codex-turn-state"] == token
             assert ws.response.headers["openai-model"] == "gpt-5.5"
-            create(ws, "again")
-            until_terminal(ws)
+            create(ws, "again", **on_lane)
+            until_terminal(ws, lane)
     assert served.ws_connections == 4, "a reconnect with the token goes to the same provider"
     forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.transport == "websocket"]
     assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
@@ -384,16 +395,19 @@ def test_a_lane_continues_another_lanes_response(gateway, upstream, api_key):
     ]
 
 
+@pytest.mark.parametrize("lane", [None, "a"], ids=["own-socket", "shared-lanes-socket"])
 def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(
-    gateway, upstream, api_key, settings
+    gateway, upstream, api_key, settings, lane
 ):
     make_provider(upstream)
+    upstream.ws_lanes = lane is not None
+    on_lane = {"stream_id": lane} if lane else {}
     settings.SLUICE_UPSTREAM_WS_MAX_AGE = 0
     with open_socket(gateway, api_key) as ws:
-        create(ws, "one", store=False)
-        first = until_terminal(ws)[-1]
-        create(ws, "two", store=False, previous_response_id=first["response"]["id"])
-        second = until_terminal(ws)
+        create(ws, "one", store=False, **on_lane)
+        first = until_terminal(ws, lane)[-1]
+        create(ws, "two", store=False, previous_response_id=first["response"]["id"], **on_lane)
+        second = until_terminal(ws, lane)
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert upstream.ws_connections == 2
     assert "previous_response_id" not in [r.body for r in upstream.requests][-1]
@@ -442,6 +456,29 @@ def test_lanes_share_one_upstream_socket_when_the_upstream_speaks_lanes(gateway,
     assert [f.get("stream_id") for f in frames] == ["a", "a", "b"]
     assert frames[1]["previous_response_id"] == probe["response"]["id"] and frames[1]["input"] == "left"
     assert both < 20 * 0.02 * 1.6, f"the lanes ran one after the other ({both:.2f} s)"
+    opened = request_logs(3)[0]  # the turn that opened the shared socket says how long that took
+    assert opened.ws_handshake_ms is not None and opened.upstream_ws_url == public_url(upstream.ws_url)
+
+
+def test_a_lane_that_starts_while_the_probe_streams_gets_its_own_socket(gateway, upstream, api_key):
+    """The first lane turn finds out whether the upstream speaks lanes; this one does not. A second lane
+    starting once that is known, while the first still streams, opens a socket of its own and leaves
+    the first lane's alone."""
+    make_provider(upstream)
+    upstream.text_deltas = 10
+    upstream.event_delay = 0.02
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "left", stream_id="a")
+        first = read(ws)
+        assert (first["type"], first["stream_id"]) == ("response.created", "a")
+        create(ws, "right", stream_id="b")
+        ended: dict[str, dict[str, Any]] = {}
+        while len(ended) < 2:
+            event = read(ws)
+            if event["type"] in TERMINAL:
+                ended[event["stream_id"]] = event
+    assert {k: v["type"] for k, v in ended.items()} == {"a": "response.completed", "b": "response.completed"}
+    assert upstream.ws_connections == 2
 
 
 def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
