@@ -105,6 +105,35 @@ async def test_invalid_frames_get_stable_error_codes(key, http_provider, frame, 
     await comm.disconnect()
 
 
+@pytest.mark.parametrize(
+    ("stream_id", "accepted"),
+    [("", False), (5, False), ("x" * 65, False), ("x" * 64, True)],
+    ids=["empty", "not-a-string", "65-characters", "64-characters"],
+)
+async def test_a_stream_id_is_a_string_of_1_to_64_characters(key, http_provider, stream_id, accepted):
+    comm = await connected(key)
+    await create(comm, input="x", stream_id=stream_id)
+    if accepted:
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    else:
+        error = await next_json(comm)
+        on_lane = {"stream_id": stream_id} if isinstance(stream_id, str) else {}
+        assert error == {
+            "type": "error",
+            "status": 400,
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_stream_id",
+                "message": "'stream_id' must be a string of 1 to 64 characters.",
+                "param": "stream_id",
+            },
+            **on_lane,
+        }
+        await create(comm, input="y")
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed", "the socket goes on"
+    await comm.disconnect()
+
+
 async def test_stream_true_is_tolerated(key, http_provider):
     comm = await connected(key)
     await create(comm, input="x", stream=True)
