@@ -134,6 +134,31 @@ async def test_a_stream_id_is_a_string_of_1_to_64_characters(key, http_provider,
     await comm.disconnect()
 
 
+async def test_a_connection_has_at_most_32_lanes(key, http_provider):
+    comm = await connected(key)
+    for lane in range(32):  # local warm-ups: each lane finishes a turn at once
+        await create(comm, generate=False, input="x", stream_id=f"lane-{lane}")
+        assert [(await next_json(comm))["type"] for _ in range(2)] == [
+            "response.created",
+            "response.completed",
+        ]
+    await create(comm, generate=False, input="x", stream_id="one-too-many")
+    assert await next_json(comm) == {
+        "type": "error",
+        "status": 400,
+        "error": {
+            "type": "invalid_request_error",
+            "code": "websocket_stream_limit_reached",
+            "message": "At most 32 lanes per connection.",
+            "param": "stream_id",
+        },
+        "stream_id": "one-too-many",
+    }
+    await create(comm, input="y", stream_id="lane-0")
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed", "the lanes it has go on"
+    await comm.disconnect()
+
+
 async def test_stream_true_is_tolerated(key, http_provider):
     comm = await connected(key)
     await create(comm, input="x", stream=True)
