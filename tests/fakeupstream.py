@@ -24,6 +24,8 @@ Failure switches are plain attributes, settable from the test thread while the s
   that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
   The failed response is neither stored nor cached on the socket.
 - `events_per_chunk`: HTTP SSE events written together in one body chunk, as a fast upstream's arrive.
+- `ignore_stream`: `stream: true` is ignored: the answer is the JSON response, not an event stream (an
+  upstream or proxy that cannot stream).
 - `omit_terminal`: a turn's stream ends cleanly without its terminal event (HTTP: the body is terminated
   properly; WebSocket: the turn just never ends).
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
@@ -397,6 +399,7 @@ class FakeUpstream:
         self.fail_message = "The server had an error while processing your request."
         self.omit_terminal = False
         self.events_per_chunk = 1
+        self.ignore_stream = False
 
     # lifecycle
 
@@ -684,7 +687,7 @@ class FakeUpstream:
         except Exception:
             log.exception("fake upstream responder failed")
             return await _send_json(send, 500, status_error(500))
-        if body.get("stream"):
+        if body.get("stream") and not self.ignore_stream:
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
