@@ -313,13 +313,16 @@ def test_disabling_the_live_provider_moves_the_next_turn(gateway, upstream, upst
     assert [r.body["input"] for r in upstream_b.requests if r.transport == "websocket"] == ["two"]
 
 
-def test_store_false_responses_are_not_pinned(gateway, upstream, api_key):
+@pytest.mark.parametrize("mode", ["auto", "never"], ids=["upstream-websocket", "upstream-http"])
+def test_store_false_responses_are_not_pinned(gateway, upstream, api_key, mode):
+    """Stored responses are pinned to their provider (for a continuation from anywhere), whatever the
+    upstream transport; ``store: false`` ones live on their connection only."""
     from django.core.cache import cache
 
     from providers.routing import response_key
 
-    make_provider(upstream)
+    provider = make_provider(upstream, websocket_mode=mode)
     turns = chain_three_turns(gateway, api_key)
     assert all(cache.get(response_key(t[-1].response.id)) is None for t in turns)
-    stored = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="keep me")
-    assert cache.get(response_key(stored.id)) is not None
+    stored = _one_turn(gateway, api_key, "keep me")[-1]["response"]["id"]
+    assert cache.get(response_key(stored)) == provider.id
