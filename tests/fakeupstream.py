@@ -20,6 +20,8 @@ Failure switches are plain attributes, settable from the test thread while the s
   `"chunked"`: a chunked body never terminated; `"short_length"`: a Content-Length of half the body, the
   message ending properly (a well-formed HTTP answer whose JSON is cut).
 - `event_delay`: seconds slept between two events of a turn.
+- `stall_after_events`: after that many events a streamed turn goes silent (the upstream still working)
+  until it is stopped (an interrupt or cancel on the WebSocket) or its client leaves.
 - `fail_event`: `"response.failed"` or `"error"`: a turn stops after `response.in_progress` and ends with
   that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
   The failed response is neither stored nor cached on the socket.
@@ -400,6 +402,7 @@ class FakeUpstream:
         self.omit_terminal = False
         self.events_per_chunk = 1
         self.ignore_stream = False
+        self.stall_after_events: int | None = None
 
     # lifecycle
 
@@ -592,6 +595,9 @@ class FakeUpstream:
         for number, event in enumerate(events):
             if self.drop_after_events is not None and number >= self.drop_after_events:
                 raise DropConnection("drop_after_events")
+            if self.stall_after_events is not None and number >= self.stall_after_events:
+                await (gone if gone is not None else asyncio.get_running_loop().create_future())
+                return False
             if number and self.event_delay:
                 if gone is None:
                     await asyncio.sleep(self.event_delay)

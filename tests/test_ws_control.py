@@ -68,7 +68,9 @@ def interrupt_mid_stream(
 @pytest.mark.parametrize("mode", ["auto", "never"], ids=["upstream-websocket", "upstream-http"])
 def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, upstream, api_key, mode):
     make_provider(upstream, websocket_mode=mode)
-    slow(upstream)
+    # The upstream goes silent after the first text delta (response.created, in_progress, the message
+    # and its content part came before): the interrupt must end the turn without waiting for more.
+    upstream.stall_after_events = 5
     with open_socket(gateway, api_key) as ws:
         events, took = interrupt_mid_stream(ws)
         kinds = [e["type"] for e in events]
@@ -78,8 +80,7 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
         assert terminal["type"] == "response.incomplete"
         assert terminal["response"]["incomplete_details"] == {"reason": "interrupted"}
         assert took < 0.1, f"the interrupt took {took:.3f} s"
-        upstream.event_delay = 0
-        upstream.text_deltas = 3
+        upstream.stall_after_events = None
         create(ws, "next", store=False, previous_response_id=terminal["response"]["id"])
         after = until_terminal(ws)
         assert after[-1]["type"] == "response.completed", after[-1]
