@@ -134,17 +134,27 @@ def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode, 
     assert turn(socket, **on_lane, store=False, input="four")[-1]["type"] == "response.completed"
 
 
-def test_model_redirects_apply_on_the_upstream_socket(gateway, upstream, socket):
-    make_provider(upstream, allowed_models=["fast"], model_redirects={"fast": "gpt-5-mini"})
+@pytest.mark.parametrize("transport", ["websocket", "http"])
+def test_model_redirects_apply_on_the_upstream_socket(gateway, upstream, socket, transport):
+    """And over upstream HTTP, where the gateway writes the body itself."""
+    make_provider(
+        upstream,
+        allowed_models=["fast"],
+        model_redirects={"fast": "gpt-5-mini"},
+        websocket_mode="auto" if transport == "websocket" else "never",
+    )
     one = turn(socket, model="fast", store=False, input="a", metadata={"tag": "kept"})
     two = turn(socket, model="fast", store=False, input="b", previous_response_id=one[-1]["response"]["id"])
     assert two[-1]["type"] == "response.completed"
-    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    frames = [r.body for r in upstream.requests if r.transport == transport]
     assert [f["model"] for f in frames] == ["gpt-5-mini", "gpt-5-mini"]
     assert frames[0]["metadata"] == {"tag": "kept"} and frames[0]["input"] == "a"
-    assert upstream.ws_connections == 1 and upstream.http_requests == 0
+    if transport == "websocket":
+        assert upstream.ws_connections == 1 and upstream.http_requests == 0
+    else:
+        assert upstream.ws_connections == 0 and upstream.http_requests == 2
     assert one[-1]["response"]["model"] == "gpt-5-mini"
     rows = request_logs(2)
     assert [(r.requested_model, r.upstream_model, r.upstream_transport) for r in rows] == [
-        ("fast", "gpt-5-mini", "websocket")
+        ("fast", "gpt-5-mini", transport)
     ] * 2

@@ -159,10 +159,21 @@ async def test_a_connection_has_at_most_32_lanes(key, http_provider):
     await comm.disconnect()
 
 
-async def test_stream_true_is_tolerated(key, http_provider):
+@pytest.mark.parametrize(
+    "fields", [{}, {"stream": True}, {"generate": True}], ids=["plain", "stream", "generate"]
+)
+async def test_a_turn_reaches_an_http_upstream_as_the_client_sent_it(key, http_provider, upstream, fields):
+    """Untouched but for the WebSocket-only fields (``generate``) and ``stream``, which HTTP needs; a
+    tolerated ``stream: true`` changes nothing."""
     comm = await connected(key)
-    await create(comm, input="x", stream=True)
+    await create(comm, input="x", metadata={"k": "v"}, **fields)
     assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    assert upstream.requests[-1].body == {
+        "model": "gpt-5.5",
+        "input": "x",
+        "metadata": {"k": "v"},
+        "stream": True,
+    }
     await comm.disconnect()
 
 
