@@ -88,7 +88,8 @@ def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothin
     assert (upstream_b.http_requests, upstream_b.ws_connections) == (0, 0), "a client fault failed over"
     assert caches["default"].get(breaker_key(first.pk)) is None, "a client fault counted against the provider"
     (row,) = request_logs(1)
-    assert (row.status, row.provider_id) == (status, first.pk)
+    transport = "websocket" if client.endswith("upstream-websocket") else "http"
+    assert (row.status, row.provider_id, row.upstream_transport) == (status, first.pk, transport)
 
 
 @pytest.mark.parametrize("client", ["http", "websocket"])

@@ -318,10 +318,14 @@ def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream,
     assert [r.status for r in request_logs(3 if lanes else 2)] == [200] * (3 if lanes else 2)
 
 
-@pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "shared-lanes-socket"])
-def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key, lane):
-    make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+@pytest.mark.parametrize(
+    ("lane", "mode"),
+    [(None, "auto"), ("a", "auto"), (None, "never")],
+    ids=["default-lane", "shared-lanes-socket", "upstream-http"],
+)
+def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key, lane, mode):
+    make_provider(upstream, name="alpha", priority=1, websocket_mode=mode)
+    make_provider(upstream_b, name="beta", priority=1, websocket_mode=mode)
     upstream.ws_lanes = upstream_b.ws_lanes = lane is not None
     on_lane = {"stream_id": lane} if lane else {}
     upstream.handshake_headers = upstream_b.handshake_headers = {
@@ -334,15 +338,17 @@ def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key, la
         assert ws.response.headers["x-codex-websocket-max-message-bytes"].isdigit()
         create(ws, "first", **on_lane)
         until_terminal(ws, lane)
-    served = upstream if upstream.ws_connections else upstream_b
+    transport = "websocket" if mode == "auto" else "http"
+    served = upstream if [r for r in upstream.requests if r.transport == transport] else upstream_b
     for _ in range(3):
         with open_socket(gateway, api_key, **{"x-codex-turn-state": token}) as ws:
             assert ws.response.headers["x-codex-turn-state"] == token
             assert ws.response.headers["openai-model"] == "gpt-5.5"
             create(ws, "again", **on_lane)
             until_terminal(ws, lane)
-    assert served.ws_connections == 4, "a reconnect with the token goes to the same provider"
-    forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.transport == "websocket"]
+    turns = [r for r in served.requests if r.transport == transport and r.path == "/v1/responses"]
+    assert len(turns) == 4, "a reconnect with the token goes to the same provider"
+    forwarded = [r.headers.get("x-codex-turn-state") for r in turns]
     assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
 
 
