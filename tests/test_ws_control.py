@@ -566,5 +566,16 @@ def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key,
         )
         events = until_terminal(ws)
     kinds = [e["type"] for e in events]
-    assert "response.steer.failed" in kinds and "error" not in kinds
+    assert "error" not in kinds
+    assert [e for e in events if e["type"] == "response.steer.failed"] == [
+        {
+            "type": "response.steer.failed",
+            "steer": {"previous_response_id": created["response"]["id"], "input": "x"},
+            "error": {
+                "type": "invalid_request_error",
+                "code": "steering_unavailable",
+                "message": "The upstream does not support it.",
+            },
+        }
+    ]
     assert events[-1]["type"] == "response.completed", "the response went on"
