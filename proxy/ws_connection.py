@@ -279,7 +279,9 @@ class Connection:
 
     def _named_lane(self, stream_id: object) -> Lane | WireError:
         if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 64:
-            return WireError(400, "invalid_stream_id", "'stream_id' must be a non-empty string.", "stream_id")
+            return WireError(
+                400, "invalid_stream_id", "'stream_id' must be a string of 1 to 64 characters.", "stream_id"
+            )
         lane = self.lanes.get(stream_id)
         if lane is None:
             if len(self.lanes) >= MAX_LANES:

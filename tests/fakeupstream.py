@@ -20,16 +20,23 @@ Failure switches are plain attributes, settable from the test thread while the s
   `"chunked"`: a chunked body never terminated; `"short_length"`: a Content-Length of half the body, the
   message ending properly (a well-formed HTTP answer whose JSON is cut).
 - `event_delay`: seconds slept between two events of a turn.
+- `stall_after_events`: after that many events a streamed turn goes silent (the upstream still working)
+  until it is stopped (an interrupt or cancel on the WebSocket) or its client leaves.
 - `fail_event`: `"response.failed"` or `"error"`: a turn stops after `response.in_progress` and ends with
   that event, carrying `fail_message` (code `server_error`; the WebSocket `error` frame says status 500).
   The failed response is neither stored nor cached on the socket.
 - `events_per_chunk`: HTTP SSE events written together in one body chunk, as a fast upstream's arrive.
+- `ignore_stream`: `stream: true` is ignored: the answer is the JSON response, not an event stream (an
+  upstream or proxy that cannot stream).
 - `omit_terminal`: a turn's stream ends cleanly without its terminal event (HTTP: the body is terminated
   properly; WebSocket: the turn just never ends).
 - `ws_turn_limit`: a WebSocket connection that has served that many turns answers the next
   `response.create` with the service's `websocket_connection_limit_reached` error (its 60 minutes).
 - `ws_controls`: off, the WebSocket answers interrupt, cancel and steer as an upstream without them
   does: an `error` frame refusing the event type (the turn in flight goes on).
+- `ws_unknown_event_error`: the `error` object of that refusal (and of any event type the fake does not
+  know). Upstreams word it differently: by default `param: "type"`; some say only its code
+  (`unsupported_event_type`, `unknown_event_type`).
 - `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
   connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
 - `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
@@ -389,10 +396,13 @@ class FakeUpstream:
         self.handshake_headers: dict[str, str] = {}
         self.ws_lanes = False
         self.ws_controls = True
+        self.ws_unknown_event_error: dict[str, Any] | None = None
         self.fail_event: str | None = None
         self.fail_message = "The server had an error while processing your request."
         self.omit_terminal = False
         self.events_per_chunk = 1
+        self.ignore_stream = False
+        self.stall_after_events: int | None = None
 
     # lifecycle
 
@@ -585,6 +595,9 @@ class FakeUpstream:
         for number, event in enumerate(events):
             if self.drop_after_events is not None and number >= self.drop_after_events:
                 raise DropConnection("drop_after_events")
+            if self.stall_after_events is not None and number >= self.stall_after_events:
+                await (gone if gone is not None else asyncio.get_running_loop().create_future())
+                return False
             if number and self.event_delay:
                 if gone is None:
                     await asyncio.sleep(self.event_delay)
@@ -680,7 +693,7 @@ class FakeUpstream:
         except Exception:
             log.exception("fake upstream responder failed")
             return await _send_json(send, 500, status_error(500))
-        if body.get("stream"):
+        if body.get("stream") and not self.ignore_stream:
             headers = [
                 (b"content-type", b"text/event-stream; charset=utf-8"),
                 (b"cache-control", b"no-cache"),
@@ -873,9 +886,10 @@ class _WsSession:
             return
         if kind != "response.create":
             message_text = f"Unsupported event type '{frame.get('type')}'."
-            await self.fail(
-                400, openai_error(message_text, "invalid_request_error", "invalid_value", "type"), lane
-            )
+            refusal = openai_error(message_text, "invalid_request_error", "invalid_value", "type")
+            if fake.ws_unknown_event_error is not None:
+                refusal = {"error": fake.ws_unknown_event_error}
+            await self.fail(400, refusal, lane)
             return
         earlier = self.running if lane is None else self.lane_tasks.get(lane)
         if earlier is not None and not earlier.done():  # turns of one lane run in order

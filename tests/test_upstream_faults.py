@@ -88,7 +88,8 @@ def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothin
     assert (upstream_b.http_requests, upstream_b.ws_connections) == (0, 0), "a client fault failed over"
     assert caches["default"].get(breaker_key(first.pk)) is None, "a client fault counted against the provider"
     (row,) = request_logs(1)
-    assert (row.status, row.provider_id) == (status, first.pk)
+    transport = "websocket" if client.endswith("upstream-websocket") else "http"
+    assert (row.status, row.provider_id, row.upstream_transport) == (status, first.pk, transport)
 
 
 @pytest.mark.parametrize("client", ["http", "websocket"])
@@ -264,6 +265,25 @@ def test_a_failed_websocket_turn_is_relayed_and_logged_with_its_status_and_code(
     assert [e["type"] for e in events] == ["response.created", "response.in_progress", kind]
     (row,) = request_logs(1)
     assert (row.status, row.error_code, row.upstream_transport) == (status, "server_error", "websocket")
+
+
+def test_an_upstream_that_does_not_stream_ends_a_websocket_turn_with_a_502(gateway, upstream, api_key):
+    upstream.ignore_stream = True
+    make_provider(upstream, websocket_mode="never")
+    assert ws_turn(gateway, api_key) == [
+        {
+            "type": "error",
+            "status": 502,
+            "error": {
+                "type": "server_error",
+                "code": "upstream_not_streaming",
+                "message": "The upstream did not answer with an event stream.",
+                "param": None,
+            },
+        }
+    ]
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code) == (502, "upstream_not_streaming")
 
 
 # The body limit.

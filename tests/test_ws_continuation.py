@@ -87,10 +87,24 @@ def test_a_continuation_on_the_same_upstream_socket_sends_only_the_new_items(gat
     assert upstream.ws_connections == 1
 
 
-@pytest.mark.parametrize("kind", ["response.failed", "error"])
+# The error frame of a turn whose upstream broke off after its first event.
+BROKE_OFF = {
+    "type": "error",
+    "status": 502,
+    "error": {
+        "type": "server_error",
+        "code": "upstream_stream_error",
+        "message": "The upstream broke off during the response.",
+        "param": None,
+    },
+}
+
+
+@pytest.mark.parametrize("kind", ["response.failed", "error", "broken"])
 @pytest.mark.parametrize("mode", ["never", "auto"])
 @pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "named-lane"])
 def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode, lane):
+    """A turn that failed (``response.failed``, ``error``) or whose upstream broke off mid-stream."""
     make_provider(upstream, websocket_mode=mode)
     on_lane = {"stream_id": lane} if lane else {}
     # Neither the response before the failure nor the failed one can be continued afterwards. Each is
@@ -98,12 +112,18 @@ def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode, 
     for continued in ("the one before", "the failed one"):
         one = turn(socket, **on_lane, store=False, input="one")
         assert one[-1]["type"] == "response.completed"
-        upstream.fail_event = kind
+        if kind == "broken":
+            upstream.drop_after_events = 3
+        else:
+            upstream.fail_event = kind
         failed = turn(
             socket, **on_lane, store=False, previous_response_id=one[-1]["response"]["id"], input="two"
         )
-        assert failed[-1]["type"] == kind
-        upstream.fail_event = None
+        if kind == "broken":
+            assert failed[-1] == {**BROKE_OFF, **on_lane}
+        else:
+            assert failed[-1]["type"] == kind
+        upstream.fail_event = upstream.drop_after_events = None
         seen = len(upstream.requests)
         previous = (one if continued == "the one before" else failed)[0]["response"]["id"]
         again = turn(socket, **on_lane, store=False, previous_response_id=previous, input="three")
@@ -114,17 +134,27 @@ def test_a_failed_turn_empties_the_cache(gateway, upstream, socket, kind, mode, 
     assert turn(socket, **on_lane, store=False, input="four")[-1]["type"] == "response.completed"
 
 
-def test_model_redirects_apply_on_the_upstream_socket(gateway, upstream, socket):
-    make_provider(upstream, allowed_models=["fast"], model_redirects={"fast": "gpt-5-mini"})
+@pytest.mark.parametrize("transport", ["websocket", "http"])
+def test_model_redirects_apply_on_the_upstream_socket(gateway, upstream, socket, transport):
+    """And over upstream HTTP, where the gateway writes the body itself."""
+    make_provider(
+        upstream,
+        allowed_models=["fast"],
+        model_redirects={"fast": "gpt-5-mini"},
+        websocket_mode="auto" if transport == "websocket" else "never",
+    )
     one = turn(socket, model="fast", store=False, input="a", metadata={"tag": "kept"})
     two = turn(socket, model="fast", store=False, input="b", previous_response_id=one[-1]["response"]["id"])
     assert two[-1]["type"] == "response.completed"
-    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    frames = [r.body for r in upstream.requests if r.transport == transport]
     assert [f["model"] for f in frames] == ["gpt-5-mini", "gpt-5-mini"]
     assert frames[0]["metadata"] == {"tag": "kept"} and frames[0]["input"] == "a"
-    assert upstream.ws_connections == 1 and upstream.http_requests == 0
+    if transport == "websocket":
+        assert upstream.ws_connections == 1 and upstream.http_requests == 0
+    else:
+        assert upstream.ws_connections == 0 and upstream.http_requests == 2
     assert one[-1]["response"]["model"] == "gpt-5-mini"
     rows = request_logs(2)
     assert [(r.requested_model, r.upstream_model, r.upstream_transport) for r in rows] == [
-        ("fast", "gpt-5-mini", "websocket")
+        ("fast", "gpt-5-mini", transport)
     ] * 2

@@ -6,8 +6,11 @@ import time
 from typing import Any
 
 import pytest
+from django.core.cache import cache
 from websockets.sync.client import connect as ws_connect
 
+from providers.routing import response_key
+from proxy.upstream_ws import public_url
 from tests.conftest import TERMINAL, make_provider, request_logs
 from tests.fakeupstream import function_call_item, message_item
 
@@ -45,20 +48,18 @@ def slow(upstream: Any, deltas: int = 200) -> None:
     upstream.event_delay = 0.02
 
 
-def interrupt_mid_stream(ws: Any) -> tuple[list[dict[str, Any]], float]:
-    """Start a long turn, interrupt it after its first text delta; the events and the time the
-    interrupt took to end the turn."""
-    create(ws, "long", store=False)
+def interrupt_mid_stream(
+    ws: Any, control: str = "response.interrupt", store: bool = False
+) -> tuple[list[dict[str, Any]], float]:
+    """Start a long turn, interrupt (or cancel) it after its first text delta; the events and the time
+    the interrupt took to end the turn."""
+    create(ws, "long", store=store)
     events = [read(ws)]
     response_id = events[0]["response"]["id"]
     while events[-1]["type"] != "response.output_text.delta":
         events.append(read(ws))
     sent = time.monotonic()
-    ws.send(
-        json.dumps(
-            {"type": "response.interrupt", "response_id": response_id, "mode": "discard_partial_items"}
-        )
-    )
+    ws.send(json.dumps({"type": control, "response_id": response_id, "mode": "discard_partial_items"}))
     while events[-1]["type"] not in TERMINAL:
         events.append(read(ws))
     return events, time.monotonic() - sent
@@ -67,7 +68,9 @@ def interrupt_mid_stream(ws: Any) -> tuple[list[dict[str, Any]], float]:
 @pytest.mark.parametrize("mode", ["auto", "never"], ids=["upstream-websocket", "upstream-http"])
 def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, upstream, api_key, mode):
     make_provider(upstream, websocket_mode=mode)
-    slow(upstream)
+    # The upstream goes silent after the first text delta (response.created, in_progress, the message
+    # and its content part came before): the interrupt must end the turn without waiting for more.
+    upstream.stall_after_events = 5
     with open_socket(gateway, api_key) as ws:
         events, took = interrupt_mid_stream(ws)
         kinds = [e["type"] for e in events]
@@ -77,8 +80,7 @@ def test_interrupt_ends_the_turn_at_once_and_the_next_turn_continues(gateway, up
         assert terminal["type"] == "response.incomplete"
         assert terminal["response"]["incomplete_details"] == {"reason": "interrupted"}
         assert took < 0.1, f"the interrupt took {took:.3f} s"
-        upstream.event_delay = 0
-        upstream.text_deltas = 3
+        upstream.stall_after_events = None
         create(ws, "next", store=False, previous_response_id=terminal["response"]["id"])
         after = until_terminal(ws)
         assert after[-1]["type"] == "response.completed", after[-1]
@@ -105,7 +107,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     """Over upstream HTTP the gateway writes the closing events itself: numbered on from the relayed ones,
     the finished items kept in output order, the partial message dropped (an interrupt in Codex's
     ``discard_partial_items`` mode) or finished as incomplete and kept (a cancel)."""
-    make_provider(upstream, websocket_mode="never")
+    provider = make_provider(upstream, websocket_mode="never")
     upstream.responder = lambda body: [
         {"type": "reasoning", "summary": []},
         function_call_item("lookup", '{"q": 1}'),
@@ -113,7 +115,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     ]
     slow(upstream)
     with open_socket(gateway, api_key) as ws:
-        create(ws, "long", store=False)
+        create(ws, "long")
         events = [read(ws)]
         rid = events[0]["response"]["id"]
         while events[-1]["type"] != "response.output_text.delta":
@@ -154,6 +156,7 @@ def test_a_turn_stopped_over_upstream_http_ends_as_the_service_ends_it(gateway, 
     assert (response["id"], response["object"], response["status"]) == (rid, "response", "incomplete")
     assert response["incomplete_details"] == {"reason": reason}
     assert response["output"] == kept, "the finished items, in output order"
+    assert cache.get(response_key(rid)) == provider.id, "stored: it is continued on its provider"
 
 
 @pytest.mark.parametrize(
@@ -276,12 +279,10 @@ def test_two_lanes_finish_in_about_the_time_of_one(gateway, upstream, api_key):
     assert len(request_logs(3)) == 3
 
 
-def test_lane_limits_and_bad_stream_ids(gateway, upstream, api_key):
+def test_lane_limits(gateway, upstream, api_key):
+    """At most 16 responses in flight on a connection (bad stream ids: ``test_ws_frames.py``)."""
     make_provider(upstream)
     with open_socket(gateway, api_key) as ws:
-        create(ws, "x", stream_id="")
-        error = read(ws)
-        assert error["type"] == "error" and error["error"]["code"] == "invalid_stream_id"
         upstream.hang = True
         for lane in range(17):
             create(ws, "x", stream_id=f"lane-{lane}")
@@ -289,25 +290,44 @@ def test_lane_limits_and_bad_stream_ids(gateway, upstream, api_key):
         assert error["error"]["code"] == "websocket_stream_limit_reached" and error["stream_id"] == "lane-16"
 
 
-def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key):
+@pytest.mark.parametrize("lanes", [False, True], ids=["own-socket", "shared-lanes-socket"])
+def test_upstream_connection_limit_is_invisible_to_the_client(gateway, upstream, api_key, lanes):
+    """Also for a lane on the socket the lanes share (another lane still on it): that socket is retired,
+    the lane moves to a fresh one the lanes share."""
     make_provider(upstream)
-    upstream.ws_turn_limit = 1
+    upstream.ws_turn_limit = 2 if lanes else 1
+    upstream.ws_lanes = lanes
+    lane = "a" if lanes else None
+    on_lane = {"stream_id": lane} if lanes else {}
     with open_socket(gateway, api_key) as ws:
-        create(ws, "one", store=False)
-        first = until_terminal(ws)
-        create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"])
-        second = until_terminal(ws)
+        create(ws, "one", store=False, **on_lane)
+        first = until_terminal(ws, lane)
+        if lanes:
+            create(ws, "other", store=False, stream_id="b")
+            assert until_terminal(ws, "b")[-1]["type"] == "response.completed"
+        create(ws, "two", store=False, previous_response_id=first[-1]["response"]["id"], **on_lane)
+        second = until_terminal(ws, lane)
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert second[-1]["type"] == "response.completed"
     assert upstream.ws_connections == 2 and upstream.http_requests == 0
-    replay = [r.body for r in upstream.requests if r.transport == "websocket"][-1]
-    assert "previous_response_id" not in replay and len(replay["input"]) == 3, "the whole conversation"
-    assert [r.status for r in request_logs(2)] == [200, 200]
+    replay = [r for r in upstream.requests if r.transport == "websocket"][-1]
+    assert "previous_response_id" not in replay.body and len(replay.body["input"]) == 3, (
+        "the whole conversation"
+    )
+    assert replay.connection_id == 2 and replay.body.get("stream_id") == lane, "on a fresh (lanes) socket"
+    assert [r.status for r in request_logs(3 if lanes else 2)] == [200] * (3 if lanes else 2)
 
 
-def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
-    make_provider(upstream, name="alpha", priority=1)
-    make_provider(upstream_b, name="beta", priority=1)
+@pytest.mark.parametrize(
+    ("lane", "mode"),
+    [(None, "auto"), ("a", "auto"), (None, "never")],
+    ids=["default-lane", "shared-lanes-socket", "upstream-http"],
+)
+def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key, lane, mode):
+    make_provider(upstream, name="alpha", priority=1, websocket_mode=mode)
+    make_provider(upstream_b, name="beta", priority=1, websocket_mode=mode)
+    upstream.ws_lanes = upstream_b.ws_lanes = lane is not None
+    on_lane = {"stream_id": lane} if lane else {}
     upstream.handshake_headers = upstream_b.handshake_headers = {
         "x-codex-turn-state": "upstream-token",
         "openai-model": "gpt-5.5",
@@ -316,17 +336,19 @@ def test_turn_state_header_round_trip(gateway, upstream, upstream_b, api_key):
         token = ws.response.headers["x-codex-turn-state"]
         assert token.startswith("sluice-ts-")
         assert ws.response.headers["x-codex-websocket-max-message-bytes"].isdigit()
-        create(ws, "first")
-        until_terminal(ws)
-    served = upstream if upstream.ws_connections else upstream_b
+        create(ws, "first", **on_lane)
+        until_terminal(ws, lane)
+    transport = "websocket" if mode == "auto" else "http"
+    served = upstream if [r for r in upstream.requests if r.transport == transport] else upstream_b
     for _ in range(3):
         with open_socket(gateway, api_key, **{"x-codex-turn-state": token}) as ws:
             assert ws.response.headers["x-codex-turn-state"] == token
             assert ws.response.headers["openai-model"] == "gpt-5.5"
-            create(ws, "again")
-            until_terminal(ws)
-    assert served.ws_connections == 4, "a reconnect with the token goes to the same provider"
-    forwarded = [r.headers.get("x-codex-turn-state") for r in served.requests if r.transport == "websocket"]
+            create(ws, "again", **on_lane)
+            until_terminal(ws, lane)
+    turns = [r for r in served.requests if r.transport == transport and r.path == "/v1/responses"]
+    assert len(turns) == 4, "a reconnect with the token goes to the same provider"
+    forwarded = [r.headers.get("x-codex-turn-state") for r in turns]
     assert forwarded == [None, "upstream-token", "upstream-token", "upstream-token"]
 
 
@@ -369,22 +391,28 @@ def test_a_lane_continues_another_lanes_response(gateway, upstream, api_key):
     frames = [r for r in upstream.requests if r.transport == "websocket"]
     assert frames[0].connection_id != frames[1].connection_id, "each lane has its own upstream socket"
     assert "stream_id" not in frames[1].body and "previous_response_id" not in frames[1].body
-    assert [item.get("content") for item in frames[1].body["input"] if item.get("role") == "user"] == [
-        "first",
-        "second",
-    ], "the other lane's socket never saw the conversation: it gets all of it"
+    # The other lane's socket never saw the conversation: it gets all of it, each bare string input as
+    # the user message it stands for.
+    assert frames[1].body["input"] == [
+        {"type": "message", "role": "user", "content": "first"},
+        *first["response"]["output"],
+        {"type": "message", "role": "user", "content": "second"},
+    ]
 
 
+@pytest.mark.parametrize("lane", [None, "a"], ids=["own-socket", "shared-lanes-socket"])
 def test_an_upstream_socket_near_its_age_limit_is_replaced_between_turns(
-    gateway, upstream, api_key, settings
+    gateway, upstream, api_key, settings, lane
 ):
     make_provider(upstream)
+    upstream.ws_lanes = lane is not None
+    on_lane = {"stream_id": lane} if lane else {}
     settings.SLUICE_UPSTREAM_WS_MAX_AGE = 0
     with open_socket(gateway, api_key) as ws:
-        create(ws, "one", store=False)
-        first = until_terminal(ws)[-1]
-        create(ws, "two", store=False, previous_response_id=first["response"]["id"])
-        second = until_terminal(ws)
+        create(ws, "one", store=False, **on_lane)
+        first = until_terminal(ws, lane)[-1]
+        create(ws, "two", store=False, previous_response_id=first["response"]["id"], **on_lane)
+        second = until_terminal(ws, lane)
     assert [e["type"] for e in second if e["type"] == "error"] == []
     assert upstream.ws_connections == 2
     assert "previous_response_id" not in [r.body for r in upstream.requests][-1]
@@ -433,6 +461,29 @@ def test_lanes_share_one_upstream_socket_when_the_upstream_speaks_lanes(gateway,
     assert [f.get("stream_id") for f in frames] == ["a", "a", "b"]
     assert frames[1]["previous_response_id"] == probe["response"]["id"] and frames[1]["input"] == "left"
     assert both < 20 * 0.02 * 1.6, f"the lanes ran one after the other ({both:.2f} s)"
+    opened = request_logs(3)[0]  # the turn that opened the shared socket says how long that took
+    assert opened.ws_handshake_ms is not None and opened.upstream_ws_url == public_url(upstream.ws_url)
+
+
+def test_a_lane_that_starts_while_the_probe_streams_gets_its_own_socket(gateway, upstream, api_key):
+    """The first lane turn finds out whether the upstream speaks lanes; this one does not. A second lane
+    starting once that is known, while the first still streams, opens a socket of its own and leaves
+    the first lane's alone."""
+    make_provider(upstream)
+    upstream.text_deltas = 10
+    upstream.event_delay = 0.02
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "left", stream_id="a")
+        first = read(ws)
+        assert (first["type"], first["stream_id"]) == ("response.created", "a")
+        create(ws, "right", stream_id="b")
+        ended: dict[str, dict[str, Any]] = {}
+        while len(ended) < 2:
+            event = read(ws)
+            if event["type"] in TERMINAL:
+                ended[event["stream_id"]] = event
+    assert {k: v["type"] for k, v in ended.items()} == {"a": "response.completed", "b": "response.completed"}
+    assert upstream.ws_connections == 2
 
 
 def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
@@ -441,8 +492,10 @@ def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
     slow(upstream)
     with open_socket(gateway, api_key) as ws:
         create(ws, "long", stream_id="a")
-        created = read(ws)
-        assert created["stream_id"] == "a"
+        raw = ws.recv(timeout=10)
+        created = json.loads(raw)
+        # The upstream's event carries its stream_id already: relayed as it came, not tagged twice.
+        assert created["stream_id"] == "a" and raw.count('"stream_id"') == 1, raw
         interrupt = {
             "type": "response.interrupt",
             "response_id": created["response"]["id"],
@@ -456,19 +509,27 @@ def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
     assert [r.body for r in upstream.requests][1] == interrupt, "relayed untouched, stream_id and all"
 
 
-def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key):
-    make_provider(upstream)
+@pytest.mark.parametrize("control", ["response.interrupt", "response.cancel"])
+def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, upstream, api_key, control):
+    provider = make_provider(upstream)
     slow(upstream)
     upstream.ws_controls = False
     with open_socket(gateway, api_key) as ws:
-        events, took = interrupt_mid_stream(ws)
+        events, took = interrupt_mid_stream(ws, control, store=True)
         kinds = [e["type"] for e in events]
-        assert "error" not in kinds and "response.interrupt.accepted" in kinds
+        assert "error" not in kinds
+        # Only an interrupt is acknowledged; a cancel goes straight to the end of the response.
+        assert ("response.interrupt.accepted" in kinds) == (control == "response.interrupt")
         assert events[-1]["type"] == "response.incomplete" and took < 0.1
         response = events[-1]["response"]
         # The gateway wrote this response itself: still a whole response object, usage and all.
-        assert (response["id"], response["object"]) == (events[0]["response"]["id"], "response")
+        rid = events[0]["response"]["id"]
+        assert (response["id"], response["object"], response["model"]) == (rid, "response", "gpt-5.5")
+        reason = "interrupted" if control == "response.interrupt" else "cancelled"
+        assert response["incomplete_details"] == {"reason": reason}
         assert response["output"] == [] and "usage" in response
+        # Stored, it can be continued later (over HTTP, or from another connection) on its provider.
+        assert cache.get(response_key(rid)) == provider.id
         upstream.event_delay = 0
         upstream.text_deltas = 3
         create(ws, "next", store=False, previous_response_id=events[-1]["response"]["id"])
@@ -481,10 +542,20 @@ def test_an_upstream_without_interrupts_is_interrupted_by_the_gateway(gateway, u
     ]
 
 
-def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key):
+@pytest.mark.parametrize(
+    "refusal",
+    [
+        None,  # the fake's default: param "type"
+        {"type": "invalid_request_error", "code": "unsupported_event_type", "message": "No.", "param": None},
+        {"type": "invalid_request_error", "code": "unknown_event_type", "message": "No.", "param": None},
+    ],
+    ids=["param-type", "unsupported_event_type", "unknown_event_type"],
+)
+def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key, refusal):
     make_provider(upstream)
     slow(upstream, deltas=50)  # a second in flight: the steer is answered long before the end
     upstream.ws_controls = False
+    upstream.ws_unknown_event_error = refusal
     with open_socket(gateway, api_key) as ws:
         create(ws, "long")
         created = read(ws)
@@ -495,5 +566,16 @@ def test_steer_an_upstream_does_not_know_fails_alone(gateway, upstream, api_key)
         )
         events = until_terminal(ws)
     kinds = [e["type"] for e in events]
-    assert "response.steer.failed" in kinds and "error" not in kinds
+    assert "error" not in kinds
+    assert [e for e in events if e["type"] == "response.steer.failed"] == [
+        {
+            "type": "response.steer.failed",
+            "steer": {"previous_response_id": created["response"]["id"], "input": "x"},
+            "error": {
+                "type": "invalid_request_error",
+                "code": "steering_unavailable",
+                "message": "The upstream does not support it.",
+            },
+        }
+    ]
     assert events[-1]["type"] == "response.completed", "the response went on"

@@ -2,11 +2,13 @@
 
 import asyncio
 import json
+import re
 
 import pytest
+from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
-from tests.conftest import make_key, make_provider
+from tests.conftest import make_key, make_provider, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -103,10 +105,75 @@ async def test_invalid_frames_get_stable_error_codes(key, http_provider, frame, 
     await comm.disconnect()
 
 
-async def test_stream_true_is_tolerated(key, http_provider):
+@pytest.mark.parametrize(
+    ("stream_id", "accepted"),
+    [("", False), (5, False), ("x" * 65, False), ("x" * 64, True)],
+    ids=["empty", "not-a-string", "65-characters", "64-characters"],
+)
+async def test_a_stream_id_is_a_string_of_1_to_64_characters(key, http_provider, stream_id, accepted):
     comm = await connected(key)
-    await create(comm, input="x", stream=True)
+    await create(comm, input="x", stream_id=stream_id)
+    if accepted:
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    else:
+        error = await next_json(comm)
+        on_lane = {"stream_id": stream_id} if isinstance(stream_id, str) else {}
+        assert error == {
+            "type": "error",
+            "status": 400,
+            "error": {
+                "type": "invalid_request_error",
+                "code": "invalid_stream_id",
+                "message": "'stream_id' must be a string of 1 to 64 characters.",
+                "param": "stream_id",
+            },
+            **on_lane,
+        }
+        await create(comm, input="y")
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed", "the socket goes on"
+    await comm.disconnect()
+
+
+async def test_a_connection_has_at_most_32_lanes(key, http_provider):
+    comm = await connected(key)
+    for lane in range(32):  # local warm-ups: each lane finishes a turn at once
+        await create(comm, generate=False, input="x", stream_id=f"lane-{lane}")
+        assert [(await next_json(comm))["type"] for _ in range(2)] == [
+            "response.created",
+            "response.completed",
+        ]
+    await create(comm, generate=False, input="x", stream_id="one-too-many")
+    assert await next_json(comm) == {
+        "type": "error",
+        "status": 400,
+        "error": {
+            "type": "invalid_request_error",
+            "code": "websocket_stream_limit_reached",
+            "message": "At most 32 lanes per connection.",
+            "param": "stream_id",
+        },
+        "stream_id": "one-too-many",
+    }
+    await create(comm, input="y", stream_id="lane-0")
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed", "the lanes it has go on"
+    await comm.disconnect()
+
+
+@pytest.mark.parametrize(
+    "fields", [{}, {"stream": True}, {"generate": True}], ids=["plain", "stream", "generate"]
+)
+async def test_a_turn_reaches_an_http_upstream_as_the_client_sent_it(key, http_provider, upstream, fields):
+    """Untouched but for the WebSocket-only fields (``generate``) and ``stream``, which HTTP needs; a
+    tolerated ``stream: true`` changes nothing."""
+    comm = await connected(key)
+    await create(comm, input="x", metadata={"k": "v"}, **fields)
     assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    assert upstream.requests[-1].body == {
+        "model": "gpt-5.5",
+        "input": "x",
+        "metadata": {"k": "v"},
+        "stream": True,
+    }
     await comm.disconnect()
 
 
@@ -129,23 +196,29 @@ async def test_frame_over_the_limit_is_closed_with_1009(key, settings):
 
 async def test_silent_connection_is_closed_after_the_first_frame_deadline(key, settings):
     settings.SLUICE_WS_FIRST_FRAME_TIMEOUT = 0.5
+    settings.SLUICE_WS_IDLE_TIMEOUT = 0.1  # the deadline is checked earlier than it falls: nothing yet
     comm = await connected(key)
     assert await comm.receive_nothing(0.3), "closed before its deadline"
     closed = await comm.receive_output(3)
-    assert (
-        closed["type"] == "websocket.close"
-        and closed["code"] == 1000
-        and "response.create" in closed["reason"]
-    )
+    assert closed == {
+        "type": "websocket.close",
+        "code": 1000,
+        "reason": "no response.create received in time",
+    }
 
 
-async def test_idle_connection_is_closed(key, http_provider, settings):
+async def test_idle_connection_is_closed(key, http_provider, upstream, settings):
+    """Closed once idle for SLUICE_WS_IDLE_TIMEOUT after its last frame; never during a turn, however long."""
     settings.SLUICE_WS_IDLE_TIMEOUT = 0.3
+    upstream.event_delay = 0.05  # a turn of about half a second: the deadline is checked while it runs
     comm = await connected(key)
     await create(comm, input="x")
-    await until_terminal(comm)
-    closed = await comm.receive_output(10)
-    assert closed["type"] == "websocket.close" and closed["reason"] == "idle timeout"
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    await asyncio.sleep(0.2)
+    await comm.send_to(text_data=json.dumps({"type": "response.processed", "response_id": "resp_x"}))
+    assert await comm.receive_nothing(0.2), "closed before it was idle for the whole timeout"
+    closed = await comm.receive_output(3)
+    assert closed == {"type": "websocket.close", "code": 1000, "reason": "idle timeout"}
 
 
 async def test_old_connection_answers_connection_limit_reached(key, http_provider, settings):
@@ -158,18 +231,26 @@ async def test_old_connection_answers_connection_limit_reached(key, http_provide
     await comm.disconnect()
 
 
-async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(key, http_provider, upstream):
+@pytest.mark.parametrize("lane", [None, "a"], ids=["default-lane", "named-lane"])
+async def test_warmup_over_http_is_answered_like_the_service_and_can_be_chained(
+    key, http_provider, upstream, lane
+):
+    on_lane = {"stream_id": lane} if lane else {}
     comm = await connected(key)
-    await create(comm, generate=False, store=False, input=[{"role": "user", "content": "hi"}])
+    await create(comm, generate=False, store=False, input=[{"role": "user", "content": "hi"}], **on_lane)
     created, completed = await next_json(comm), await next_json(comm)
     assert created["type"] == "response.created" and completed["type"] == "response.completed"
     assert completed["response"]["output"] == [] and completed["response"]["id"].startswith("resp_")
     assert upstream.http_requests == 0, "a warm-up never needs the upstream over HTTP"
+    if lane is not None:  # a turn on another lane in between leaves this lane's response alone
+        await create(comm, store=False, input="elsewhere")
+        assert (await until_terminal(comm))[-1]["type"] == "response.completed"
     await create(
         comm,
         store=False,
         previous_response_id=completed["response"]["id"],
         input=[{"role": "user", "content": "again"}],
+        **on_lane,
     )
     events = await until_terminal(comm)
     assert events[-1]["type"] == "response.completed"
@@ -188,32 +269,48 @@ WARMUP_USAGE = {
 TOOLS = [{"type": "function", "name": "f", "parameters": {"type": "object", "properties": {}}}]
 
 
+SET_FIELDS = {
+    "instructions": "be brief",
+    "tools": TOOLS,
+    "tool_choice": "none",
+    "parallel_tool_calls": False,
+    "store": False,
+}
+
+
 @pytest.mark.parametrize(
     ("fields", "echoed"),
     [
-        ({}, {"instructions": None, "tools": [], "tool_choice": "auto", "parallel_tool_calls": True}),
         (
-            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
-            {"instructions": "be brief", "tools": TOOLS, "tool_choice": "none", "parallel_tool_calls": False},
+            {},
+            {
+                "instructions": None,
+                "tools": [],
+                "tool_choice": "auto",
+                "parallel_tool_calls": True,
+                "store": True,
+            },
         ),
+        (SET_FIELDS, SET_FIELDS),
     ],
+    ids=["defaults", "set"],
 )
 async def test_a_local_warmup_answers_the_response_object_the_service_would(
     key, http_provider, fields, echoed
 ):
     comm = await connected(key)
-    await create(comm, generate=False, input="hi", metadata={"k": "v"}, store=bool(fields), **fields)
+    await create(comm, generate=False, input="hi", metadata={"k": "v"}, **fields)
     created, completed = await next_json(comm), await next_json(comm)
     assert (created["sequence_number"], completed["sequence_number"]) == (0, 1)
     assert created["response"]["status"] == "in_progress" and created["response"]["usage"] is None
     response = completed["response"]
     assert response["id"] == created["response"]["id"] and isinstance(response["created_at"], int)
+    assert re.fullmatch(r"resp_[0-9a-f]{48}", response["id"]), "an id shaped like the service's"
     assert {k: v for k, v in response.items() if k not in ("id", "created_at")} == {
         "object": "response",
         "status": "completed",
         "model": "gpt-5.5",
         "output": [],
-        "store": bool(fields),
         "error": None,
         "incomplete_details": None,
         "metadata": {"k": "v"},
@@ -221,6 +318,9 @@ async def test_a_local_warmup_answers_the_response_object_the_service_would(
         **echoed,
     }
     await comm.disconnect()
+    # Its request-log row: answered here, nothing upstream, under the id the client got.
+    (row,) = await sync_to_async(request_logs)(1)
+    assert (row.status, row.upstream_transport, row.response_id) == (200, "", response["id"])
 
 
 async def test_unknown_previous_response_with_store_false_is_not_found(key, http_provider, upstream):
@@ -258,4 +358,44 @@ async def test_turns_run_in_order_with_a_bounded_queue(key, http_provider, upstr
             seen.append(event["response"]["output"][0]["content"][0]["text"])
     # The worker may or may not have taken "a" off the queue before "c" arrived.
     assert refused in (1, 2) and seen == ["echo: a", "echo: b", "echo: c"][: 4 - refused]
+    # A refused turn leaves its request-log row too, under its key.
+    from proxy.models import ApiKey
+
+    rows = await sync_to_async(request_logs)(4)
+    key_id = await sync_to_async(lambda: ApiKey.objects.get().pk)()
+    assert (
+        sorted((r.status, r.error_code, r.client_transport, r.api_key_id) for r in rows)
+        == [(200, "", "websocket", key_id)] * (4 - refused)
+        + [(429, "too_many_queued_requests", "websocket", key_id)] * refused
+    )
+    await comm.disconnect()
+
+
+async def test_a_connection_remembers_which_of_its_last_256_responses_finished(key, http_provider, upstream):
+    """An interrupt for a response that finished on this connection gets ``response_already_completed``;
+    the connection remembers the last 256 of them (bounded memory) and keeps serving after that."""
+    comm = await connected(key)
+    ids = []
+    for _ in range(257):  # local warm-ups: finished responses without an upstream
+        await create(comm, generate=False, store=False, input="hi")
+        await next_json(comm)  # response.created
+        completed = await next_json(comm)
+        assert completed["type"] == "response.completed", completed
+        ids.append(completed["response"]["id"])
+    for response_id, code in [
+        (ids[0], "response_not_found"),  # the oldest was forgotten
+        (ids[1], "response_already_completed"),
+        (ids[-1], "response_already_completed"),
+    ]:
+        interrupt = {"type": "response.interrupt", "response_id": response_id}
+        await comm.send_to(text_data=json.dumps(interrupt))
+        failed = await next_json(comm)
+        assert (failed["type"], failed["response_id"], failed["error"]["code"]) == (
+            "response.interrupt.failed",
+            response_id,
+            code,
+        )
+    await create(comm, store=False, previous_response_id=ids[-1], input="go on")
+    assert (await until_terminal(comm))[-1]["type"] == "response.completed"
+    assert upstream.http_requests == 1
     await comm.disconnect()

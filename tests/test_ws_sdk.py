@@ -358,16 +358,18 @@ def test_disabling_the_live_provider_moves_the_next_turn(gateway, upstream, upst
     assert [r.body["input"] for r in upstream_b.requests if r.transport == "websocket"] == ["two"]
 
 
-def test_only_stored_responses_are_pinned(gateway, upstream, api_key):
+@pytest.mark.parametrize("mode", ["auto", "never"], ids=["upstream-websocket", "upstream-http"])
+def test_only_stored_responses_are_pinned(gateway, upstream, api_key, mode):
+    """Stored responses are pinned to their provider (for a continuation from anywhere), whichever the
+    client's and the upstream's transport; ``store: false`` ones live on their connection only."""
     from django.core.cache import cache
 
     from providers.routing import response_key
 
-    provider = make_provider(upstream)
+    provider = make_provider(upstream, websocket_mode=mode)
     turns = chain_three_turns(gateway, api_key)
     assert all(cache.get(response_key(t[-1].response.id)) is None for t in turns)
     over_http = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="keep me")
-    with sdk(gateway, api_key).responses.connect(max_retries=0) as conn:
-        over_socket = run_turn(conn, model="gpt-5.5", input="and me")[-1].response
-    assert upstream.requests[-1].transport == "websocket"
-    assert [cache.get(response_key(r.id)) for r in (over_http, over_socket)] == [provider.id, provider.id]
+    over_socket = _one_turn(gateway, api_key, "and me")[-1]["response"]["id"]
+    assert upstream.requests[-1].transport == ("websocket" if mode == "auto" else "http")
+    assert [cache.get(response_key(i)) for i in (over_http.id, over_socket)] == [provider.id, provider.id]
