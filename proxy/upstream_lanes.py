@@ -137,8 +137,6 @@ class Inbox:
 class LaneView:
     """One lane's side of a shared upstream socket: what a lane reads and writes like its own socket."""
 
-    lanes = True  # events come back with the stream_id already in them
-
     def __init__(self, shared: SharedUpstream, stream_id: str, inbox: Inbox) -> None:
         self.shared = shared
         self.stream_id = stream_id
@@ -149,6 +147,12 @@ class LaneView:
         self.handshake_ms = socket.handshake_ms
         self.opened_at = socket.opened_at
         self.handshake_headers = socket.handshake_headers
+
+    @property
+    def lanes(self) -> bool:
+        """Events come back with the stream_id already in them, and frames go up with it; not so on an
+        upstream without lanes, where the lane that found out keeps the socket as its own."""
+        return self.shared.speaks is not False
 
     @property
     def is_open(self) -> bool:

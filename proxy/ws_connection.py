@@ -190,12 +190,17 @@ class Connection:
     # ----- the upstream socket named lanes share -----
 
     def lanes_usable(self, view: Any) -> bool:
+        """Whether lane ``view`` may go on using the shared socket: while it is open and not retired, and
+        either the upstream speaks lanes or this lane is the one that found out it does not (the socket is
+        then that lane's own, so its conversation stays on one upstream socket)."""
         shared = view.shared
-        return shared is self.shared and shared.is_open and shared.speaks is not False and not shared.retired
+        if shared is not self.shared or not shared.is_open or shared.retired:
+            return False
+        return shared.speaks is not False or shared.probe == view.stream_id
 
     def retire(self, socket: Any) -> None:
         """The upstream retired this socket (its lifetime): lanes on it move to a fresh one."""
-        if socket.lanes:
+        if isinstance(socket, LaneView):
             socket.shared.retired = True
 
     async def lane_socket(self, stream_id: str, route: Any, record: TurnRecord) -> LaneView | None:

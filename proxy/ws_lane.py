@@ -24,7 +24,7 @@ from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
-from proxy.upstream_lanes import stream_id_of
+from proxy.upstream_lanes import LaneView, stream_id_of
 from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
 from proxy.ws_cache import Cached, Progress, as_items
@@ -233,7 +233,7 @@ class Lane:
 
     async def socket_for(self, route: Route, record: TurnRecord) -> UpstreamSocket:
         upstream = self.upstream
-        if upstream is not None and upstream.lanes and not self.connection.lanes_usable(upstream):
+        if isinstance(upstream, LaneView) and not self.connection.lanes_usable(upstream):
             await self.drop_upstream()
             upstream = None
         if self.reusable(route) and upstream is not None:

@@ -486,6 +486,24 @@ def test_a_lane_that_starts_while_the_probe_streams_gets_its_own_socket(gateway,
     assert upstream.ws_connections == 2
 
 
+def test_a_lane_keeps_the_socket_that_found_the_upstream_speaks_no_lanes(gateway, upstream, api_key):
+    """The lane whose first turn found out the upstream has no lanes keeps that socket as its own: its next
+    turn continues on it with only the new input (the upstream's cache of the conversation stays warm),
+    and nothing of the lanes protocol reaches an upstream that does not speak it."""
+    make_provider(upstream)
+    with open_socket(gateway, api_key) as ws:
+        create(ws, "one", stream_id="a", store=False)
+        first = until_terminal(ws, "a")[-1]
+        create(ws, "two", stream_id="a", store=False, previous_response_id=first["response"]["id"])
+        second = until_terminal(ws, "a")
+    assert second[-1]["type"] == "response.completed" and second[-1]["stream_id"] == "a"
+    assert all(event["stream_id"] == "a" for event in second), "every event of the lane carries its id"
+    assert upstream.ws_connections == 1, "the lane's second turn opened another upstream socket"
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert [f.get("previous_response_id") for f in frames] == [None, first["response"]["id"]]
+    assert frames[1]["input"] == "two" and "stream_id" not in frames[1]
+
+
 def test_interrupt_on_a_shared_lanes_socket(gateway, upstream, api_key):
     make_provider(upstream)
     upstream.ws_lanes = True
