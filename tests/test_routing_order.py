@@ -1,10 +1,15 @@
 """Provider order: affinity first, then priority, weighted random among equals, open breakers last."""
 
+import asyncio
+import hashlib
 import random
+import time
 from collections import Counter
 
+import pytest
+
 from providers.registry import ProviderInfo
-from providers.routing import order
+from providers.routing import Affinity, affinity_for, order, remember, response_key, session_of
 
 
 def provider(
@@ -50,3 +55,47 @@ def test_affinity_first_and_open_breakers_last():
     assert [p.id for p in order(providers, "m", [3], set())] == [3, 1, 2]
     assert [p.id for p in order(providers, "m", [3], {3})] == [1, 2, 3]
     assert [p.id for p in order(providers, "m", [], {1})] == [2, 3, 1]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "session"),
+    [
+        ({"prompt_cache_key": "pck"}, {"session-id": "hdr"}, "pck"),
+        ({}, {"session-id": "codex", "session_id": "other"}, "codex"),
+        (None, {"session_id": "underscored"}, "underscored"),
+        ({"prompt_cache_key": ""}, {}, ""),
+    ],
+    ids=["prompt-cache-key-first", "session-id-header", "session_id-header", "none"],
+)
+def test_a_requests_session_comes_from_its_cache_key_or_codexs_header(body, headers, session):
+    assert session_of(body, headers) == session
+
+
+def test_long_client_strings_are_hashed_in_cache_keys():
+    exact = "r" * 200
+    longer = "r" * 201
+    assert affinity_for(7, exact, "").response_id == exact
+    hashed = affinity_for(7, longer, longer)
+    assert hashed.response_id == "h:" + hashlib.sha256(longer.encode()).hexdigest()
+    assert hashed.session_key == f"sluice:sess:7:{hashed.response_id}"
+
+
+@pytest.mark.django_db
+def test_remember_pins_with_their_lifetimes_and_only_what_there_is(settings):
+    """A response pin and a session pin, each for its lifetime; no session pin without a session, and no
+    write for a session already pinned to the provider."""
+    from django.core.cache import caches
+
+    cache = caches["default"]
+    settings.SLUICE_RESPONSE_AFFINITY_TTL = 1
+    settings.SLUICE_SESSION_AFFINITY_TTL = 1
+    session = affinity_for(7, "resp_1", "work").session_key
+    asyncio.run(remember(3, "resp_1", Affinity(session_key=session), pinned=None))
+    assert (cache.get(response_key("resp_1")), cache.get(session)) == (3, 3)
+    time.sleep(1.2)
+    assert (cache.get(response_key("resp_1")), cache.get(session)) == (None, None), "pins outlived their TTL"
+    asyncio.run(remember(3, None, Affinity(), pinned=None))
+    assert cache.get("None") is None, "a session pin was written without a session"
+    cache.set(session, 5)  # pinned elsewhere meanwhile: a pin the caller saw unchanged is not written again
+    asyncio.run(remember(3, None, Affinity(session_key=session), pinned=3))
+    assert cache.get(session) == 5
