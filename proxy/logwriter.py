@@ -156,12 +156,18 @@ def _run() -> None:
                 break
         try:
             write_keeping_good_rows(batch)
+        except Exception:  # noqa: BLE001 - the writer outlives any batch; its rows are counted as dropped
+            log.exception("could not write %d request log rows", len(batch))
+            metrics.log_dropped.labels("write_failed").inc(len(batch))
         finally:
             metrics.log_queue.dec(len(batch))
-            tidy_connections()
             with _idle:
                 _pending -= len(batch)
                 _idle.notify_all()
+        try:
+            tidy_connections()
+        except Exception:  # noqa: BLE001 - a connection that cannot even be checked is dropped next time
+            log.exception("could not check the request log's database connection")
 
 
 def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
