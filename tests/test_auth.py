@@ -47,13 +47,19 @@ def test_the_key_a_client_presents(headers, subprotocols, key):
 
 @pytest.mark.django_db(transaction=True)
 def test_a_key_admits_its_client_until_it_expires_or_is_disabled():
-    key, raw = make_key(expires_at=timezone.now() + dt.timedelta(hours=1))
+    from proxy.models import Team
+
+    team = Team.objects.create(name="research", rpm=30)
+    key, raw = make_key(expires_at=timezone.now() + dt.timedelta(hours=1), team=team, rpm=10)
     client = asyncio.run(authenticate(raw))
-    assert client is not None and (client.key_id, client.key_name, client.owner_id) == (
+    assert client is not None and (client.key_id, client.key_name, client.owner_id, client.team_id) == (
         key.pk,
         key.name,
         key.owner_id,
+        team.pk,
     )
+    assert client.policy is not None
+    assert [(q.scope, q.rpm) for q in client.policy.quotas] == [(f"k{key.pk}", 10), (f"t{team.pk}", 30)]
     assert asyncio.run(authenticate(raw + "x")) is None
     assert asyncio.run(authenticate("")) is None and asyncio.run(authenticate(None)) is None
     key.expires_at = timezone.now()  # expired at this very instant: no longer admitted
