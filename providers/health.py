@@ -12,8 +12,8 @@ def breaker_key(provider_id: int) -> str:
     return f"sluice:breaker:{provider_id}"
 
 
-def is_open(state: dict | None, now: float | None = None) -> bool:
-    return bool(state) and state.get("open_until", 0) > (now if now is not None else time.time())
+def is_open(state: dict | None) -> bool:
+    return bool(state) and state.get("open_until", 0) > time.time()
 
 
 async def record_failure(provider_id: int) -> None:
