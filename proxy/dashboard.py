@@ -21,6 +21,7 @@ from django.utils.translation import gettext as _
 from proxy import logwriter
 from proxy.labels import endpoint_label, error_label
 from proxy.models import ApiKey, RequestLog
+from proxy.templatetags.sluice_money import money
 from proxy.transport import FallbackReason, Transport
 
 DEFAULT_DAYS = 30
@@ -461,7 +462,6 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     from providers.models import Provider
     from proxy.charts import bar_chart
-    from proxy.templatetags.sluice_money import money
 
     labels = [d["day"].strftime("%m-%d") for d in u.days]
     count = lambda v: f"{v:,.0f}"  # noqa: E731
