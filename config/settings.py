@@ -59,6 +59,7 @@ INSTALLED_APPS = [
     "channels",
     "providers",
     "proxy",
+    "identity",
 ]
 
 MIDDLEWARE = [

@@ -70,6 +70,30 @@ class Team(Limits):
         _("enabled"), default=True, help_text=_("A disabled team refuses every request of its keys.")
     )
     created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    # People: the identity provider's groups whose members belong to the team (and lead it).
+    idp_groups = models.JSONField(
+        _("identity provider groups"),
+        default=list,
+        blank=True,
+        help_text=_("Members of these groups (a JSON list of names) belong to the team."),
+    )
+    lead_idp_groups = models.JSONField(
+        _("lead groups"),
+        default=list,
+        blank=True,
+        help_text=_("Members of these groups (a JSON list of names) lead the team."),
+    )
+    # What members may do for themselves in the portal.
+    self_service = models.BooleanField(
+        _("self-service keys"), default=True, help_text=_("Members may create their own keys in the portal.")
+    )
+    max_keys_per_user = models.PositiveIntegerField(_("most keys per person"), null=True, blank=True)
+    key_max_days = models.PositiveIntegerField(
+        _("longest key lifetime (days)"),
+        null=True,
+        blank=True,
+        help_text=_("Keys made in the portal always expire; blank: 90 days."),
+    )
 
     class Meta:
         ordering = ["name"]
@@ -204,6 +228,16 @@ class RequestLog(models.Model):
     upstream_ws_url = models.CharField(_("upstream WebSocket URL"), max_length=500, blank=True)
     response_id = models.CharField(_("response id"), max_length=200, blank=True, db_index=True)
     session_id = models.CharField(_("session"), max_length=200, blank=True)
+    # Who the turn belongs to when it was made: the key's owner, kept when the key goes.
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        verbose_name=_("owner"),
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
+    trace_id = models.CharField(_("trace id"), max_length=32, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
