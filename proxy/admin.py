@@ -236,7 +236,14 @@ class RequestLogAdmin(admin.ModelAdmin):
         ("team", admin.RelatedFieldListFilter),
         "endpoint",
     )
-    search_fields = ("response_id", "requested_model", "upstream_model", "error_code", "session_id")
+    search_fields = (
+        "response_id",
+        "requested_model",
+        "upstream_model",
+        "error_code",
+        "session_id",
+        "trace_id",
+    )
     list_select_related = ("api_key",)
     list_per_page = 50
     list_display_links = ("time",)
@@ -271,7 +278,7 @@ class RequestLogAdmin(admin.ModelAdmin):
                 )
             },
         ),
-        (_("Identifiers"), {"fields": ("response_id", "session_id")}),
+        (_("Identifiers"), {"fields": ("response_id", "session_id", "trace_id")}),
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -9,6 +9,10 @@ class ProxyConfig(AppConfig):
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save
 
+        from proxy import tracing
+
+        tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
+
         from proxy.models import ApiKey, ModelPrice, Team
         from settings_app.runtime import bump_version
 

@@ -7,7 +7,7 @@ from channels.consumer import AsyncConsumer, get_handler_name
 from channels.exceptions import StopConsumer
 from django.conf import settings
 
-from proxy import lifecycle, limits, metrics, turn_state
+from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import refuse
 from proxy.wire import WireError
@@ -119,6 +119,7 @@ class ResponsesConsumer(AsyncConsumer):
         self.session = Connection(
             client, headers, self.send_text, self.close, turn_state=state, send_many=self.send_many
         )
+        self.session.trace_link = tracing.connection_span(headers, {"sluice.key.name": client.key_name})
         metrics.client_sockets.inc()  # paired with the dec in websocket_disconnect
         lifecycle.opened(self)
 

@@ -18,7 +18,7 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import multiprocess
 
-from proxy import lifecycle
+from proxy import lifecycle, tracing
 
 log = logging.getLogger("sluice.drain")
 
@@ -83,6 +83,7 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
         if not await asyncio.to_thread(logwriter.flush, 10):
             log.error("request log rows still unwritten at exit")
+        await asyncio.to_thread(tracing.shutdown)  # the spans the writer just ended
         log.info("drained")
 
 

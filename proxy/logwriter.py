@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.outcome import Outcome
 from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
@@ -47,6 +47,9 @@ class TurnRecord:
     finished_at: float | None = None
     outcome: Outcome = field(default_factory=Outcome)
     submitted: bool = False  # a turn has one row, whichever exit path submits it first
+    trace_id: str = ""  # the turn's trace (proxy.tracing), when traces are exported
+    span: Any = None  # the turn's open span, ended by the writer
+    attempt_span: Any = None  # the upstream attempt that opened, ended with the turn
 
     def first_event(self) -> None:
         if self.first_event_at is None:
@@ -216,6 +219,8 @@ def write(batch: list[TurnRecord]) -> None:
         # No price: no cost, which the admin shows as "price unknown" (a cost of 0 would be a lie).
         spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else None
         costs.append(spent if spent is not None else Decimal(0))
+        if r.span is not None:
+            tracing.end_turn(r, spent, team_names.get().get(r.team_id, ""))
         if r.dropped:
             continue
         finished = r.finished_at or r.started
@@ -247,6 +252,7 @@ def write(batch: list[TurnRecord]) -> None:
                 o.response_id[:200],
                 r.session_id[:200],
                 r.team_id,
+                r.trace_id,
             )
         )
     now = time.monotonic()
@@ -302,6 +308,7 @@ COLUMNS = (
     "response_id",
     "session_id",
     "team_id",
+    "trace_id",
 )
 
 
@@ -366,6 +373,15 @@ def _load_prices() -> dict:
 
 
 model_prices: Snapshot[dict] = Snapshot("prices", _load_prices)
+
+
+def _load_team_names() -> dict:
+    from proxy.models import Team
+
+    return dict(Team.objects.values_list("pk", "name"))
+
+
+team_names: Snapshot[dict] = Snapshot("api-keys", _load_team_names)  # for the turns' spans
 
 
 def price_for(prices: dict, model: str) -> Any:

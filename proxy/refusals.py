@@ -3,7 +3,7 @@
 import logging
 from typing import Any
 
-from proxy import logwriter
+from proxy import logwriter, tracing
 from proxy.logwriter import TurnRecord
 from proxy.wire import WireError
 
@@ -45,6 +45,8 @@ def refuse(
         error_code=error.code,
         client_addr=client_address(scope),
     )
+    if tracing.ENABLED:
+        tracing.start_turn(record, {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
     logwriter.submit(record)
     error.recorded = True  # type: ignore[attr-defined]
     return error

@@ -15,7 +15,7 @@ from django.conf import settings
 
 from providers import health
 from providers.routing import Affinity, Plan, Route
-from proxy import limits, logwriter, pipeline
+from proxy import limits, logwriter, pipeline, tracing
 from proxy.auth import Client
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure
@@ -51,7 +51,8 @@ async def first_route(plan: Plan, record: TurnRecord, open_route: Callable[[Rout
         record.upstream_model = route.upstream_model
         record.fallback_reason = ""
         try:
-            return await open_route(route)
+            with tracing.attempt(record, route.provider.name, route.upstream_model):
+                return await open_route(route)
         except ProviderFailure as failure:
             last = failure.error
             log.warning("provider %s failed before the first event: %s", route.provider.name, last.message)
@@ -168,7 +169,8 @@ async def open_for_lane(
 async def admitted(client: Client, record: TurnRecord) -> AsyncIterator[None]:
     """One turn's admission, released on every exit path, whatever the ingress and the lane: the place
     where per-key limits are taken and given back. Refusals are ``WireError``s."""
-    admission = await limits.admit(client, record.requested_model or None)
+    with tracing.child(record, "admission"):
+        admission = await limits.admit(client, record.requested_model or None)
     try:
         yield
     finally:

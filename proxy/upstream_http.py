@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from providers.registry import ProviderInfo
+from proxy import tracing
 from proxy.wire import Event, SSEDecoder, WireError
 
 # Headers of the client's that the upstream may see; everything else (its key above all) stays here.
@@ -82,6 +83,7 @@ def upstream_headers(provider: ProviderInfo, client_headers: Mapping[str, str]) 
     headers["authorization"] = f"Bearer {provider.api_key}"
     # Compressed SSE would hold events back in the compressor; the gateway relays bytes as they come.
     headers["accept-encoding"] = "identity"
+    tracing.inject(headers)  # traced: the gateway's span is the upstream's parent, not the client's
     return headers
 
 

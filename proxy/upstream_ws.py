@@ -11,7 +11,7 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 
 from providers.registry import ProviderInfo
-from proxy import metrics
+from proxy import metrics, tracing
 from proxy.transport import FallbackReason
 from proxy.upstream_http import upstream_headers
 from settings_app import shared
@@ -98,6 +98,13 @@ class UpstreamSocket:
 
     @classmethod
     async def open(
+        cls, provider: ProviderInfo, client_headers: Mapping[str, str], timeout: float
+    ) -> "UpstreamSocket":
+        with tracing.span("upstream websocket handshake", {"sluice.provider": provider.name}):
+            return await cls._open(provider, client_headers, timeout)
+
+    @classmethod
+    async def _open(
         cls, provider: ProviderInfo, client_headers: Mapping[str, str], timeout: float
     ) -> "UpstreamSocket":
         headers = upstream_headers(provider, client_headers)

@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import limits, logwriter, pipeline, turn_runner, turn_state
+from proxy import limits, logwriter, pipeline, tracing, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
@@ -137,17 +137,20 @@ async def _relay(
         key_id=client.key_id, team_id=client.team_id, client_transport="http", endpoint=endpoint
     )
     request.sluice_turn = record  # type: ignore[attr-defined] # the handler logs it if the client leaves
+    tracing.start_turn(record, headers, key_name=client.key_name)
     if with_body:
         raw = request.body
         body = parse_body(raw)
         model = require_model(body)
         record.requested_model = model
+        tracing.set_model(record, model)
         record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
     admission = limits.UNLIMITED
     if endpoint in LIMITED_ENDPOINTS:
         try:
-            admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint])
+            with tracing.child(record, "admission"):
+                admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint])
         except WireError as error:
             raise _reject(record, error) from None
     try:

@@ -69,6 +69,7 @@ class Connection:
         self.no_lanes: set[int] = set()  # providers whose upstream answered a stream_id without it
         self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
         self.keep_records = False
+        self.trace_link: Any = None  # the handshake's span context, which this socket's turns link to
         # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
         # check is a timer handle.
         self._closing: asyncio.Task[None] | None = None

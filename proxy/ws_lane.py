@@ -17,7 +17,7 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
-from proxy import pipeline, ws_relay
+from proxy import pipeline, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
@@ -137,9 +137,12 @@ class Lane:
             client_transport="websocket",
             endpoint="provider_test" if connection.pinned is not None else "responses",
         )
+        parent = tracing.turn_parent(frame)
+        tracing.start_turn(record, parent, key_name=connection.client.key_name, link=connection.trace_link)
         try:
             model = validate_create_frame(frame)
             record.requested_model = model
+            tracing.set_model(record, model)
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
             async with admitted(connection.client, record):
