@@ -257,3 +257,19 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
     }
     if modes:
         terminalreporter.write_line(f"fleet test nodes ran in: {', '.join(sorted(modes))}")
+
+
+# Fixtures and module-level names that mean a test serves something: the gateway (in a thread or a
+# process), a fake upstream, the Codex CLI, Chromium, the fleet. `bin/test --fast` runs the others.
+SERVING_FIXTURES = frozenset({"gateway_server", "upstream", "upstream_b"})
+SERVING_NAMES = frozenset({"ServeProcess", "FakeUpstream", "ServerThread", "sync_playwright", "subprocess"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        module = getattr(item, "module", None)
+        serving = SERVING_FIXTURES.intersection(getattr(item, "fixturenames", ())) or (
+            module is not None and SERVING_NAMES.intersection(vars(module))
+        )
+        if serving:
+            item.add_marker(pytest.mark.server)
