@@ -50,6 +50,40 @@ class Outcome:
             self.read_response(response)
 
 
+# Terminal error codes that say the request was at fault (the response cannot succeed as asked), and those
+# that say a limit refused it; every other failure of a started response is the upstream's (502).
+REQUEST_FAULTS = frozenset(
+    {"context_length_exceeded", "invalid_prompt", "invalid_image", "invalid_request_error", "bad_request"}
+)
+LIMITED = frozenset({"rate_limit_exceeded", "insufficient_quota", "usage_limit_reached"})
+
+
+def terminal_status(kind: str, data: str, outcome: Outcome) -> int:
+    """The status a turn records for its terminal event: one rule for SSE and WebSocket, for the request
+    log and the metrics (docs/protocol.md). ``outcome`` has read the event already.
+
+    - ``response.completed``, ``response.incomplete``: 200 (an incomplete response exists; its reason is the
+      error code);
+    - ``error``: the status the event carries (WebSocket error events have one), else by its code;
+    - ``response.failed``: by its error code: 429 for a limit, 400 for a request fault, else 502.
+    """
+    if kind in ("response.completed", "response.incomplete"):
+        return 200
+    if kind == "error":
+        try:
+            status = json.loads(data).get("status")
+        except (ValueError, AttributeError):
+            status = None
+        if isinstance(status, int) and 400 <= status <= 599:
+            return status
+    code = outcome.error_code
+    if code in LIMITED:
+        return 429
+    if code in REQUEST_FAULTS or code.startswith("invalid_"):
+        return 400
+    return 502
+
+
 # What ``scan_json_response`` is given instead of a parsed body: one too big to keep, one that is not JSON.
 NOT_KEPT = object()
 INVALID = object()

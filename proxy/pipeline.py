@@ -12,7 +12,7 @@ from providers import health, routing
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter
 from proxy.logwriter import TurnRecord
-from proxy.outcome import INVALID, NOT_KEPT, scan_json_response
+from proxy.outcome import INVALID, NOT_KEPT, scan_json_response, terminal_status
 from proxy.upstream_http import Opened, TransportError, open_request
 from proxy.wire import TERMINAL_TYPES, Event, WireError
 
@@ -228,8 +228,7 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
                 if event.type in TERMINAL_TYPES:
                     terminal = True
                     record.outcome.read_terminal(event.type, event.data)
-                    if event.type != "response.completed":
-                        record.status = 502 if event.type == "error" else 200
+                    record.status = terminal_status(event.type, event.data, record.outcome)
                     await finish(record, relay.route, affinity, plan)
                     break
             yield out[0] if len(out) == 1 else b"".join(out)

@@ -21,6 +21,15 @@ BETA_HEADER = "responses_websockets=2026-02-06"
 NO_WEBSOCKET_STATUSES = frozenset({400, 404, 405, 426, 501})
 
 
+def with_beta_flag(client_value: str) -> str:
+    """The client's ``OpenAI-Beta`` values (e.g. ``responses_multi_agent=v1``, which ``response.inject``
+    needs) with the WebSocket flag the upstream socket requires: merged, never replaced."""
+    values = [v.strip() for v in client_value.split(",") if v.strip()]
+    if not any(v.split("=", 1)[0] == BETA_HEADER.split("=", 1)[0] for v in values):
+        values.append(BETA_HEADER)
+    return ", ".join(values)
+
+
 def public_url(url: str) -> str:
     """The URL without credentials or query string, fit for the request log."""
     parts = urlsplit(url)
@@ -110,7 +119,7 @@ class UpstreamSocket:
         headers = upstream_headers(provider, client_headers)
         headers.pop("accept", None)
         headers.pop("accept-encoding", None)
-        headers["openai-beta"] = BETA_HEADER
+        headers["openai-beta"] = with_beta_flag(headers.get("openai-beta", ""))
         started = time.perf_counter()
         try:
             connection = await connect(

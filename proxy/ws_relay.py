@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from providers.routing import Plan, Route
 from proxy import turn_runner
 from proxy.deadline import Deadline
+from proxy.outcome import terminal_status
 from proxy.pipeline import SCRUBBED_EVENTS, Relay, scrub_event, scrubbed_sse
 from proxy.transport import Transport
 from proxy.turn_runner import HttpCall, SocketTurn
@@ -211,8 +212,7 @@ async def terminal(
     """Read usage from the terminal event; keep the connection-local cache and affinity right."""
     record = turn.record
     record.outcome.read_terminal(kind, data)
-    if kind == "error":
-        record.status = _error_status(data)
+    record.status = terminal_status(kind, data, record.outcome)
     cache = lane.connection.cache
     response_id = record.outcome.response_id
     if kind in CONTINUABLE and response_id:
@@ -221,8 +221,7 @@ async def terminal(
         cache.evict(lane.name)
         if response_id:
             cache.ended(response_id)
-    if record.status < 400:
-        await turn_runner.finish(record, route, turn.affinity, plan)
+    await turn_runner.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
 
 
 def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full: bool) -> str:
@@ -301,11 +300,3 @@ async def local_warmup(lane: "Lane", turn: "LaneTurn") -> None:
     completed = {**response, "status": "completed", "usage": usage}
     await lane.send(json.dumps({"type": "response.completed", "sequence_number": 1, "response": completed}))
     lane.connection.submit(record)
-
-
-def _error_status(data: str) -> int:
-    try:
-        status = json.loads(data).get("status")
-    except (ValueError, AttributeError):
-        return 502
-    return status if isinstance(status, int) and status >= 400 else 502

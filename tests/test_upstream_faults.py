@@ -241,7 +241,7 @@ def test_an_sse_stream_that_ends_without_a_terminal_event_is_incomplete(gateway,
     assert (row.status, row.error_code) == (502, "upstream_stream_incomplete")
 
 
-@pytest.mark.parametrize(("kind", "status"), [("response.failed", 200), ("error", 502)])
+@pytest.mark.parametrize(("kind", "status"), [("response.failed", 502), ("error", 502)])
 def test_a_failed_sse_turn_is_relayed_and_logged_with_its_status_and_code(
     gateway, upstream, api_key, kind, status
 ):
@@ -255,7 +255,7 @@ def test_a_failed_sse_turn_is_relayed_and_logged_with_its_status_and_code(
     assert caches["default"].get(breaker_key(provider.pk)) is None
 
 
-@pytest.mark.parametrize(("kind", "status"), [("response.failed", 200), ("error", 500)])
+@pytest.mark.parametrize(("kind", "status"), [("response.failed", 502), ("error", 500)])
 def test_a_failed_websocket_turn_is_relayed_and_logged_with_its_status_and_code(
     gateway, upstream, api_key, kind, status
 ):
