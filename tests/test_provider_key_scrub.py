@@ -34,8 +34,9 @@ def response_body(written: str) -> bytes:
         (
             '{"id": "resp_scrub1", "object": "response", "status": "failed", "model": "gpt-5.5", "output": '
             '[{"type": "message", "id": "msg_1", "role": "assistant", "status": "completed", "content": '
-            '[{"type": "output_text", "text": "the key is KEY", "annotations": []}]}], "error": {"code": "KEY", '
-            '"message": "failed"}, "usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}'
+            '[{"type": "output_text", "text": "the key is KEY", "annotations": []}]}], '
+            '"error": {"code": "KEY", "message": "failed"}, '
+            '"usage": {"input_tokens": 1, "output_tokens": 1, "total_tokens": 2}}'
         )
         .replace("KEY", written)
         .encode()
