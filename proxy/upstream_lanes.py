@@ -42,6 +42,11 @@ def stream_id_of(data: str) -> str | None:
     return value or None
 
 
+def _retrieve(task: "asyncio.Future[None]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("closing a shared upstream socket failed: %r", task.exception())
+
+
 class SharedUpstream:
     """An upstream socket carrying the named lanes of one client connection."""
 
@@ -108,7 +113,7 @@ class SharedUpstream:
         """Replaced: closed now if no lane is on it, else when its last lane leaves."""
         self.retired = True
         if not self.inboxes:
-            asyncio.ensure_future(self.close())
+            asyncio.ensure_future(self.close()).add_done_callback(_retrieve)
 
 
 class Inbox:

@@ -38,6 +38,13 @@ log = logging.getLogger("sluice.ws")
 LIMIT_REACHED = "websocket_connection_limit_reached"
 
 
+def retrieve(task: "asyncio.Future[Any]") -> None:
+    """A lane's task ends on its own, unawaited: its failure is logged here, not lost (asyncio would say
+    "Task exception was never retrieved" when the task is collected)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a WebSocket lane task failed", exc_info=task.exception())
+
+
 @dataclass
 class LaneTurn:
     """One response.create as its lane runs it."""
@@ -77,6 +84,7 @@ class Lane:
         self.connection.pending_bytes += len(text)
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
+            self.task.add_done_callback(retrieve)
 
     async def _drain(self) -> None:
         try:
@@ -256,6 +264,11 @@ class Lane:
         self.upstream = upstream
         await self.connection.remember_route(upstream.provider.id, upstream.handshake_headers)
         return upstream
+
+    @property
+    def client_gone(self) -> bool:
+        """The client's socket is closing: a failure from now on is not the provider's."""
+        return self.connection.ended
 
     async def drop_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None
