@@ -162,7 +162,9 @@ class ResponsesConsumer(AsyncConsumer):
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.session is None:
             return
-        text = message.get("text")
+        # Taken out of the message: Channels keeps the message itself referenced until the next one comes,
+        # and a large frame must not stay in memory that long (the server counts it until this returns).
+        text = message.pop("text", None)
         if text is None:
             await self.send_text(
                 WireError(
