@@ -252,6 +252,8 @@ SLUICE_ENCRYPTION_KEY = env("SLUICE_ENCRYPTION_KEY", default="")
 
 # /metrics asks for "Authorization: Bearer <token>" when this is set.
 SLUICE_METRICS_TOKEN = env("SLUICE_METRICS_TOKEN", default="")
+# Without a token, /metrics answers only clients in these networks (comma-separated; loopback by default).
+SLUICE_METRICS_ALLOW = env("SLUICE_METRICS_ALLOW", default="127.0.0.0/8,::1/128")
 # Request-log rows older than this are deleted by `manage.py prunelogs`.
 SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)
 # Requests and tokens per minute are counted in fixed windows of this many seconds (60: per minute; tests

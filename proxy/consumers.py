@@ -65,6 +65,16 @@ class ResponsesConsumer(AsyncConsumer):
     protocol: Any = None  # the server's protocol object, when it can write a batch in one call
     closed = False
     admission: limits.Admission = limits.UNLIMITED  # the open-socket slot, given back on disconnect
+    released = False
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        # However the consumer ends (a send that found the client gone, an error, a cancelled task), what
+        # the socket held is given back: uvicorn drops a ClientDisconnected raised out of the application,
+        # and websocket_disconnect would then never run.
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release()
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         # Channels closes stale database connections before every message, a thread hop per frame; this
@@ -125,7 +135,16 @@ class ResponsesConsumer(AsyncConsumer):
 
     async def send_text(self, text: str) -> None:
         if not self.closed:
-            await self.base_send({"type": "websocket.send", "text": text})
+            await self.send_or_close({"type": "websocket.send", "text": text})
+
+    async def send_or_close(self, message: dict[str, Any]) -> None:
+        """Send; a client already gone marks the socket closed (its websocket.disconnect follows).
+        uvicorn raises ClientDisconnected (an OSError) once the client is gone, and RuntimeError for a send
+        after the server itself closed the socket (a 1009 of config/ws_protocol.py)."""
+        try:
+            await self.base_send(message)
+        except (OSError, RuntimeError):
+            self.closed = True
 
     async def send_many(self, texts: list[str]) -> None:
         """Events that arrived together, in one write where the server allows it."""
@@ -139,12 +158,14 @@ class ResponsesConsumer(AsyncConsumer):
     async def close(self, code: int = 1000, reason: str = "") -> None:
         if not self.closed:
             self.closed = True
-            await self.send({"type": "websocket.close", "code": code, "reason": reason})
+            await self.send_or_close({"type": "websocket.close", "code": code, "reason": reason})
 
     async def websocket_receive(self, message: dict[str, Any]) -> None:
         if self.session is None:
             return
-        text = message.get("text")
+        # Taken out of the message: Channels keeps the message itself referenced until the next one comes,
+        # and a large frame must not stay in memory that long (the server counts it until this returns).
+        text = message.pop("text", None)
         if text is None:
             await self.send_text(
                 WireError(
@@ -156,7 +177,14 @@ class ResponsesConsumer(AsyncConsumer):
         await self.session.receive(text)
 
     async def websocket_disconnect(self, message: dict[str, Any]) -> None:
-        self.closed = True
+        await self.release()
+        raise StopConsumer()
+
+    async def release(self) -> None:
+        """Give back everything the socket holds; once, whichever exit path comes first."""
+        if self.released:
+            return
+        self.released = self.closed = True
         lifecycle.closed(self)
         try:
             if self.session is not None:
@@ -164,9 +192,8 @@ class ResponsesConsumer(AsyncConsumer):
                 await self.session.shutdown()
         finally:
             self.admission.release()
-        for group in getattr(self, "groups", []):
-            await self.channel_layer.group_discard(group, self.channel_name)
-        raise StopConsumer()
+            for group in getattr(self, "groups", []):
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     def idle(self) -> bool:
         return self.session is None or not self.session.busy

@@ -122,6 +122,23 @@ def _make_storable(r: TurnRecord) -> None:
     r.session_id = storable(r.session_id)
     o = r.outcome
     o.model, o.response_id, o.error_code = storable(o.model), storable(o.response_id), storable(o.error_code)
+    if r.error_code or o.error_code:  # an upstream's own code may quote its key: never stored
+        r.error_code, o.error_code = (
+            _scrubbed(r.error_code, r.provider_id),
+            _scrubbed(o.error_code, r.provider_id),
+        )
+
+
+def _scrubbed(code: str, provider_id: int | None) -> str:
+    """``code`` without the provider's key (from the registry snapshot: no query) or anything key-shaped."""
+    # Imported here: the pipeline and the registry's models import this module's neighbours.
+    from providers.registry import enabled_providers
+    from proxy.pipeline import scrub
+
+    if not code:
+        return code
+    key = next((p.api_key for p in enabled_providers._value or () if p.id == provider_id), "")
+    return scrub(code, key)
 
 
 def flush(timeout: float = 10.0) -> bool:

@@ -10,9 +10,13 @@ workers start; each process then keeps its values in files there and ``/metrics`
 collector, as the multiprocess mode requires).
 """
 
+import asyncio
+import functools
 import hmac
+import ipaddress
 import os
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
@@ -109,9 +113,48 @@ def observe_batch(batch: Iterable["TurnRecord"], costs: Iterable[Decimal]) -> No
         observe(record, spent)
 
 
+OTHER = "other"  # the label of every model and code the operator did not configure
+_known: tuple[tuple[int, ...], frozenset[str]] = ((), frozenset())
+
+
+def known_models() -> frozenset[str]:
+    """The models the operator configured: in a provider's allowed list or redirects, priced, or in a key's
+    or team's allowed list. Recomputed only when one of those snapshots was reloaded (writer thread)."""
+    global _known
+    # Imported here: the registry and auth modules import the request-log writer, which imports this one.
+    from providers.registry import enabled_providers
+    from proxy.auth import keys
+    from proxy.logwriter import model_prices
+
+    providers, prices, clients = enabled_providers.get(), model_prices.get(), keys._value or {}
+    versions = (id(providers), id(prices), id(clients))
+    if versions == _known[0]:
+        return _known[1]
+    names: set[str] = set(prices)
+    for info in providers:
+        names.update(info.allowed_models, info.model_redirects, info.model_redirects.values())
+    for client in clients.values():
+        if client.policy is not None and client.policy.models is not None:
+            names.update(client.policy.models)
+    _known = (versions, frozenset(str(name) for name in names))
+    return _known[1]
+
+
+def model_label(model: str) -> str:
+    """A model as a label: a configured one as it is (no model: empty), anything else ``other``."""
+    return model if not model or model in known_models() else OTHER
+
+
+def code_label(code: str) -> str:
+    """A refusal's code as a label: the gateway's own codes only."""
+    from proxy.labels import ERROR_LABELS  # imported here: the labels module loads Django's models
+
+    return code if code in ERROR_LABELS or code.isdigit() else OTHER
+
+
 def observe(record: "TurnRecord", spent: Decimal) -> None:
     o = record.outcome
-    model = record.model[:100]
+    model = model_label(record.model[:100])
     provider = provider_name(record.provider_id)
     turns.labels(
         record.client_transport, record.upstream_transport, provider, model, str(record.status)
@@ -119,7 +162,7 @@ def observe(record: "TurnRecord", spent: Decimal) -> None:
     if record.fallback_reason:
         fallbacks.labels(record.fallback_reason).inc()
     if is_refusal(record):
-        refusals.labels(record.error_code or o.error_code or str(record.status)).inc()
+        refusals.labels(code_label(record.error_code or o.error_code or str(record.status))).inc()
     finished = record.finished_at or record.started
     turn_duration.labels(record.client_transport).observe(max(0.0, finished - record.started))
     if record.first_event_at is not None:
@@ -163,20 +206,46 @@ def exposition() -> bytes:
     return generate_latest(REGISTRY)
 
 
+# Scrapes render in a thread of their own: a large registry never stalls the event loop, nor takes a thread
+# of the pool turns use; one at a time, so a flood of scrapes queues instead of piling up CPU.
+_render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-metrics")
+
+
+@functools.lru_cache(maxsize=8)
+def allowed_networks(setting: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in setting.split(",") if n.strip())
+
+
+def from_allowed_network(request: HttpRequest) -> bool:
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR") or "")
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in network for network in allowed_networks(settings.SLUICE_METRICS_ALLOW))
+
+
 def authorised(request: HttpRequest) -> bool:
     token = settings.SLUICE_METRICS_TOKEN
-    if not token:
-        return True
     presented = request.headers.get("Authorization", "")
     return hmac.compare_digest(presented.encode(), f"Bearer {token}".encode())
 
 
 async def metrics_view(request: HttpRequest) -> HttpResponse:
-    if not authorised(request):
-        response = HttpResponse("unauthorised\n", status=401, content_type="text/plain")
-        response["WWW-Authenticate"] = "Bearer"
-        return response
-    return HttpResponse(exposition(), content_type=CONTENT_TYPE_LATEST)
+    if settings.SLUICE_METRICS_TOKEN:
+        if not authorised(request):
+            response = HttpResponse("unauthorised\n", status=401, content_type="text/plain")
+            response["WWW-Authenticate"] = "Bearer"
+            return response
+    elif not from_allowed_network(request):
+        body = (
+            "forbidden: /metrics answers requests from the networks in SLUICE_METRICS_ALLOW only "
+            "(loopback by default), or with the token of SLUICE_METRICS_TOKEN when one is set\n"
+        )
+        return HttpResponse(body, status=403, content_type="text/plain")
+    body = await asyncio.get_running_loop().run_in_executor(_render, exposition)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
 
 
 def process_exited() -> None:

@@ -1,6 +1,7 @@
 """The turn pipeline shared by both ingresses: routing with failover over upstream HTTP, and relaying."""
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -30,10 +31,70 @@ def is_provider_failure(status: int) -> bool:
 
 
 def scrub(text: str, provider_key: str = "") -> str:
-    """Remove secrets from upstream text before it reaches a client, a log line or the admin."""
+    """Remove secrets from upstream text before it reaches a client, a log line or the admin: the
+    provider's key as written or JSON-escaped (``\\u0073k-...``, ``\\/``), and anything shaped like a key."""
     if provider_key:
         text = text.replace(provider_key, "***")
+        if "\\" in text:
+            text = key_pattern(provider_key).sub("***", text)
     return _SECRET.sub(r"\1***", text)
+
+
+def _escapes(char: str) -> list[str]:
+    """The ways JSON may write one character of a key."""
+    code = ord(char)
+    ways = [re.escape(char)]
+    if code < 0x10000:
+        ways.append(
+            "\\\\u" + "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c for c in f"{code:04x}")
+        )
+    short = {'"': '\\\\"', "\\": "\\\\\\\\", "/": "\\\\/"}.get(char)
+    if short:
+        ways.append(short)
+    return ways
+
+
+@functools.lru_cache(maxsize=64)
+def key_pattern(provider_key: str) -> re.Pattern[str]:
+    """The provider's key in JSON text, each character written as itself or escaped."""
+    return re.compile("".join("(?:" + "|".join(_escapes(c)) + ")" for c in provider_key))
+
+
+@functools.lru_cache(maxsize=64)
+def key_bytes_pattern(provider_key: str) -> re.Pattern[bytes]:
+    return re.compile(key_pattern(provider_key).pattern.encode())
+
+
+def scrub_value(value: Any, provider_key: str) -> Any:
+    """A parsed JSON value with every string in it scrubbed (keys of objects included)."""
+    if isinstance(value, str):
+        return scrub(value, provider_key)
+    if isinstance(value, dict):
+        return {scrub(str(k), provider_key): scrub_value(v, provider_key) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub_value(v, provider_key) for v in value]
+    return value
+
+
+class BodyScrubber:
+    """Scrubs the provider's key from a body relayed in chunks: the last bytes of each chunk wait for the
+    next, so that a key cut between two chunks is still found."""
+
+    def __init__(self, provider_key: str) -> None:
+        self.pattern = key_bytes_pattern(provider_key) if provider_key else None
+        self.hold = 6 * len(provider_key.encode()) + 8  # the longest escaped writing of the key
+        self.buffer = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self.pattern is None:
+            return chunk
+        self.buffer = self.pattern.sub(b"***", self.buffer + chunk)
+        out, self.buffer = self.buffer[: -self.hold], self.buffer[-self.hold :]
+        return out
+
+    def end(self) -> bytes:
+        out, self.buffer = self.buffer, b""
+        return out
 
 
 # Upstream events that may carry an upstream's own diagnostics (an echoed header, a key in a message).
@@ -43,8 +104,8 @@ SCRUBBED_EVENTS = frozenset({"error", "response.failed"})
 def scrub_event(data: str, provider_key: str) -> str:
     """An error or failed event's JSON text without secrets; other events are never passed here."""
     if provider_key:
-        # Inside JSON text the key may appear escaped (quotes, backslashes, non-ASCII).
-        data = data.replace(json.dumps(provider_key)[1:-1], "***")
+        # Inside JSON text the key may appear escaped (quotes, backslashes, non-ASCII, any \\u escape).
+        data = key_pattern(provider_key).sub("***", data)
     return scrub(data, provider_key)
 
 
@@ -56,20 +117,19 @@ def scrubbed_sse(event: Event, provider_key: str) -> Event:
 
 
 def upstream_error(status: int, body: bytes, provider_key: str) -> WireError:
-    """The upstream's own error, as the client should see it, with secrets removed."""
+    """The upstream's own error, as the client should see it, with secrets removed from every field."""
     try:
         error = json.loads(body).get("error") or {}
     except (ValueError, AttributeError):
         error = {}
     if not isinstance(error, dict):
         error = {"message": str(error)}
-    message = scrub(
-        str(error.get("message") or body[:500].decode(errors="replace") or "Upstream error."), provider_key
-    )
+    error = scrub_value(error, provider_key)
+    message = str(error.get("message") or scrub(body[:500].decode(errors="replace"), provider_key))
     return WireError(
         status,
         str(error.get("code") or ("rate_limit_exceeded" if status == 429 else "upstream_error")),
-        message,
+        message or "Upstream error.",
         error.get("param"),
         str(error.get("type") or ("invalid_request_error" if status < 500 else "server_error")),
     )
@@ -308,6 +368,7 @@ async def relay_bytes(
     head = b""
     tail = b""
     held: bytes | None = None
+    scrubber = BodyScrubber(relay.route.provider.api_key)  # what the client gets; the scan reads the raw body
     try:
         async for chunk in relay.opened.chunks():
             record.first_event()
@@ -319,9 +380,11 @@ async def relay_bytes(
                     kept += chunk
                     if len(kept) > keep_limit:
                         kept = None
-            if held is not None:
+            if held:
                 yield held
-            held = chunk
+            held = scrubber.feed(chunk)
+        rest = scrubber.end()
+        held = (held or b"") + rest if held is not None or rest else None
         if check and head:  # an empty body (a 204) has nothing to cut
             whole, value = whole_json(head, tail, bytes(kept) if kept is not None else None)
             if not whole and is_json:

@@ -5,6 +5,7 @@ The caller owns what is per connection or per request: the HTTP view relays a ``
 relays a ``Relay`` or a ``SocketTurn`` and gives the runner its upstream sockets through ``SocketSource``.
 """
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -42,9 +43,15 @@ class FallBack(Exception):
         self.reason = reason
 
 
-async def first_route(plan: Plan, record: TurnRecord, open_route: Callable[[Route], Awaitable[T]]) -> T:
+async def first_route(
+    plan: Plan,
+    record: TurnRecord,
+    open_route: Callable[[Route], Awaitable[T]],
+    client_gone: Callable[[], bool] = lambda: False,
+) -> T:
     """Try the plan's routes in order until one opens; a provider failure moves on (and counts against
-    the provider's breaker), any other ``WireError`` ends the turn."""
+    the provider's breaker, unless the client left meanwhile: closing its connection closes the upstream
+    socket the turn waited on), any other ``WireError`` ends the turn."""
     last: WireError | None = None
     for route in plan.routes:
         record.provider_id = route.provider.id
@@ -55,6 +62,8 @@ async def first_route(plan: Plan, record: TurnRecord, open_route: Callable[[Rout
                 return await open_route(route)
         except ProviderFailure as failure:
             last = failure.error
+            if client_gone():
+                raise asyncio.CancelledError() from None
             log.warning("provider %s failed before the first event: %s", route.provider.name, last.message)
             await health.record_failure(route.provider.id)
     raise pipeline.all_failed(last)
@@ -92,6 +101,9 @@ class SocketSource(Protocol):
     """What a WebSocket lane gives the runner: its upstream sockets and the payload for a route."""
 
     forced_transport: str | None
+
+    @property
+    def client_gone(self) -> bool: ...
 
     def reusable(self, route: Route) -> bool: ...
 
@@ -162,7 +174,7 @@ async def open_for_lane(
             record.fallback_reason = decision.reason.value if decision.reason else ""
         return await source.open_http(route, record)
 
-    return await first_route(plan, record, attempt)
+    return await first_route(plan, record, attempt, lambda: source.client_gone)
 
 
 @asynccontextmanager

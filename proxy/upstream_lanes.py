@@ -9,6 +9,7 @@ not, and its named lanes get a socket each from then on.
 import asyncio
 import logging
 from collections import deque
+from json.decoder import scanstring
 
 from providers.registry import ProviderInfo
 from proxy.upstream_ws import UpstreamSocket, read_ready
@@ -19,8 +20,8 @@ MARK = '"stream_id":'
 
 
 def stream_id_of(data: str) -> str | None:
-    """The lane of an upstream event, found without parsing it (ids are plain strings; the JSON may
-    have a space after the colon)."""
+    """The lane of an upstream event, found without parsing the whole event (the JSON may have a space
+    after the colon). The id is decoded: an upstream writes ``é`` as ``\\u00e9``, a quote as ``\\"``."""
     at = data.rfind(MARK)
     if at < 0:
         return None
@@ -30,7 +31,20 @@ def stream_id_of(data: str) -> str | None:
     if data[start : start + 1] != '"':
         return None
     end = data.find('"', start + 1)
-    return data[start + 1 : end] if end > start + 1 else None
+    if end < 0:
+        return None
+    if "\\" not in data[start:end]:  # the usual case: nothing escaped, no decoding
+        return data[start + 1 : end] or None
+    try:
+        value, _ = scanstring(data, start + 1)
+    except ValueError:
+        return None
+    return value or None
+
+
+def _retrieve(task: "asyncio.Future[None]") -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.info("closing a shared upstream socket failed: %r", task.exception())
 
 
 class SharedUpstream:
@@ -99,7 +113,7 @@ class SharedUpstream:
         """Replaced: closed now if no lane is on it, else when its last lane leaves."""
         self.retired = True
         if not self.inboxes:
-            asyncio.ensure_future(self.close())
+            asyncio.ensure_future(self.close()).add_done_callback(_retrieve)
 
 
 class Inbox:

@@ -70,6 +70,7 @@ class Connection:
         self.records: list[TurnRecord] = []  # kept only when a caller (the provider test) asks for them
         self.keep_records = False
         self.trace_link: Any = None  # the handshake's span context, which this socket's turns link to
+        self.ended = False  # shutdown began: the client is gone or going
         # An idle connection costs no task: a lane's worker exists while it has turns, the deadline
         # check is a timer handle.
         self._closing: asyncio.Task[None] | None = None
@@ -118,6 +119,7 @@ class Connection:
         await self.default.run(parse_body(text), text)
 
     async def shutdown(self) -> None:
+        self.ended = True
         self._timer.cancel()
         tasks = [lane.task for lane in self.all_lanes()] + [self._closing]
         for task in tasks:

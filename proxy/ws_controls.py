@@ -5,10 +5,13 @@ import json
 import logging
 from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
+
+from config.ws_protocol import waiting_total
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
 from proxy.ws_cache import interrupt_failed, refusal
-from proxy.ws_lane import Lane, LaneTurn
+from proxy.ws_lane import Lane, LaneTurn, relayed_total
 
 if TYPE_CHECKING:
     from proxy.ws_connection import Connection
@@ -41,7 +44,9 @@ async def control(connection: "Connection", kind: str, frame: dict[str, Any], te
         return
     lane, turn = found
     if turn.socket is not None and turn.socket.is_open:
-        turn.relayed.append((kind, frame))
+        if await over_limits(connection, turn, text):
+            return
+        turn.relayed.append(kind, frame, len(text))
         await relay(turn.socket, text if turn.socket.lanes else without_stream_id(frame, text))
         return
     if turn.stop is None:
@@ -85,7 +90,9 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     found = in_flight(connection, target, frame.get("stream_id"))
     if found is not None and found[1].socket is not None and found[1].socket.is_open:
         socket = found[1].socket
-        found[1].relayed.append((kind, frame))
+        if await over_limits(connection, found[1], text):
+            return
+        found[1].relayed.append(kind, frame, len(text))
         await relay(socket, text if socket.lanes else without_stream_id(frame, text))
         return
     await refuse(
@@ -94,6 +101,24 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
         frame,
         "This event needs a response in flight on an upstream WebSocket.",
     )
+
+
+async def over_limits(connection: "Connection", turn: LaneTurn, text: str) -> bool:
+    """Whether holding this event would take the connection past its limit (queued turns and relayed
+    events together within one largest frame) or the process past its total: then the client gets an
+    error frame and the socket closes with 1009, as for a frame too large."""
+    held = sum(lane.current.relayed.bytes for lane in connection.all_lanes() if lane.current is not None)
+    size = len(text)
+    if connection.pending_bytes + held + size > settings.SLUICE_WS_MAX_FRAME_BYTES:
+        why = "Too much is already waiting on this connection."
+    elif waiting_total() + relayed_total() + size > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
+        why = "The gateway is holding too much data; retry later."
+    else:
+        return False
+    log.warning("closing client socket of key %s: %s", connection.client.key_name, why)
+    await connection.send_text(WireError(429, "too_many_queued_requests", why).ws_frame())
+    await connection.close_client(1009, "too much data held for this connection")
+    return True
 
 
 async def refuse(lane: Lane, kind: str, frame: dict[str, Any], message: str) -> None:

@@ -38,6 +38,52 @@ log = logging.getLogger("sluice.ws")
 LIMIT_REACHED = "websocket_connection_limit_reached"
 
 
+def retrieve(task: "asyncio.Future[Any]") -> None:
+    """A lane's task ends on its own, unawaited: its failure is logged here, not lost (asyncio would say
+    "Task exception was never retrieved" when the task is collected)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("a WebSocket lane task failed", exc_info=task.exception())
+
+
+_relayed_total = 0  # bytes of relayed client events held by all turns of this process
+
+
+def relayed_total() -> int:
+    return _relayed_total
+
+
+class RelayedEvents:
+    """Client events relayed to the turn's upstream socket, kept until the turn ends (to refuse one in
+    the service's shape if the upstream does not know it). Their bytes count against the connection's
+    and the process's limits: see ``Connection.hold``."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, dict[str, Any], int]] = []
+        self.bytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def append(self, kind: str, frame: dict[str, Any], size: int) -> None:
+        global _relayed_total
+        self.items.append((kind, frame, size))
+        self.bytes += size
+        _relayed_total += size
+
+    def pop(self, index: int = -1) -> tuple[str, dict[str, Any]]:
+        global _relayed_total
+        kind, frame, size = self.items.pop(index)
+        self.bytes -= size
+        _relayed_total -= size
+        return kind, frame
+
+    def clear(self) -> None:
+        global _relayed_total
+        _relayed_total -= self.bytes
+        self.items.clear()
+        self.bytes = 0
+
+
 @dataclass
 class LaneTurn:
     """One response.create as its lane runs it."""
@@ -52,7 +98,7 @@ class LaneTurn:
     socket: UpstreamSocket | None = None  # the upstream socket it runs on, once it runs on one
     progress: Progress = field(default_factory=Progress)
     response_id: str = ""
-    relayed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # client events sent upstream
+    relayed: RelayedEvents = field(default_factory=RelayedEvents)  # client events sent upstream
     stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
     waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
 
@@ -77,6 +123,7 @@ class Lane:
         self.connection.pending_bytes += len(text)
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
+            self.task.add_done_callback(retrieve)
 
     async def _drain(self) -> None:
         try:
@@ -160,6 +207,8 @@ class Lane:
             connection.submit(record)
             raise
         finally:
+            if self.current is not None:
+                self.current.relayed.clear()
             self.current = None
 
     def prepare(self, frame: dict[str, Any], text: str, model: str, record: TurnRecord) -> LaneTurn:
@@ -259,6 +308,11 @@ class Lane:
         self.upstream = upstream
         await self.connection.remember_route(upstream.provider.id, upstream.handshake_headers)
         return upstream
+
+    @property
+    def client_gone(self) -> bool:
+        """The client's socket is closing: a failure from now on is not the provider's."""
+        return self.connection.ended
 
     async def drop_upstream(self) -> None:
         upstream, self.upstream = self.upstream, None

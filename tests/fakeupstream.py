@@ -7,6 +7,8 @@ on a socket, from the connection-local cache of its most recent response, also w
 
 Failure switches are plain attributes, settable from the test thread while the server runs:
 - `http_fail_status`: every `POST /v1/responses` answers that status with an OpenAI error body.
+- `http_raw_body`: every `POST /v1/responses` answers these bytes as its JSON body, with `http_fail_status`
+  (200 when unset): an error object or a response written as the test wants it (escapes, odd fields).
 - `ws_error_status`: every WebSocket `response.create` answers an `error` frame carrying that status.
 - `ws_refuse_status`: WebSocket upgrades are refused with that HTTP status.
 - `hang`: HTTP `POST /v1/responses` never answers; WebSocket turns never get an event.
@@ -382,6 +384,7 @@ class FakeUpstream:
         self.http_requests = 0
         self.http_peers: set[tuple] = set()  # distinct client (host, port): one per TCP connection
         self.http_fail_status: int | None = None
+        self.http_raw_body: bytes | None = None
         self.ws_error_status: int | None = None
         self.ws_refuse_status: int | None = None
         self.hang = False
@@ -676,6 +679,12 @@ class FakeUpstream:
             raise DropConnection("hung request released at shutdown")
         if self.head_delay:
             await asyncio.sleep(self.head_delay)
+        if self.http_raw_body is not None:
+            headers = [(b"content-type", b"application/json")]
+            await send(
+                {"type": "http.response.start", "status": self.http_fail_status or 200, "headers": headers}
+            )
+            return await send({"type": "http.response.body", "body": self.http_raw_body})
         if self.http_fail_status is not None:
             return await _send_json(send, self.http_fail_status, status_error(self.http_fail_status))
         if body is None:
