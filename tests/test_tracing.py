@@ -183,7 +183,7 @@ def test_turns_are_traced_over_both_transports_with_failover(receiver, upstream)
             for event in conn:
                 if event.type == "response.completed":
                     break
-        connects = [s for s in receiver.spans if s["name"] == "websocket connect"]
+        connects = receiver.wait(lambda: [s for s in receiver.spans if s["name"] == "websocket connect"])
         assert len(connects) == 1 and connects[0]["parent"] == CLIENT_SPAN
         link = [(CLIENT_TRACE, connects[0]["span_id"])]
         ws_turns = receiver.wait(lambda: [s for s in receiver.spans if s["links"] == link])
