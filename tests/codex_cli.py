@@ -100,8 +100,18 @@ def codex_binary(version: str = "pinned") -> str | None:
     return str(launcher) if launcher.exists() else None
 
 
-def codex_config(base_url: str, *, websockets: bool, model: str = "gpt-5.5", extra_config: str = "") -> str:
-    """config.toml for a provider at base_url; extra_config goes in at the root, before the provider table."""
+def codex_config(
+    base_url: str,
+    *,
+    websockets: bool,
+    model: str = "gpt-5.5",
+    extra_config: str = "",
+    default_retries: bool = False,
+) -> str:
+    """config.toml for a provider at base_url; extra_config goes in at the root, before the provider table.
+    Retries are cut to one stream retry and no request retry unless ``default_retries``: then Codex
+    retries as it does for a developer who configured nothing (what refusals must be shaped for)."""
+    retries = [] if default_retries else ["stream_max_retries = 1", "request_max_retries = 0"]
     return "\n".join(
         [
             f"model = {json.dumps(model)}",
@@ -114,8 +124,7 @@ def codex_config(base_url: str, *, websockets: bool, model: str = "gpt-5.5", ext
             'wire_api = "responses"',
             f'env_key = "{API_KEY_ENV}"',
             f"supports_websockets = {'true' if websockets else 'false'}",
-            "stream_max_retries = 1",
-            "request_max_retries = 0",
+            *retries,
             # A stalled stream becomes a Codex error well inside the run's own timeout.
             "stream_idle_timeout_ms = 15000",
             "",
@@ -174,6 +183,7 @@ def run_codex(
     extra_config: str = "",
     model: str = "gpt-5.5",
     version: str = "pinned",
+    default_retries: bool = False,
 ) -> CodexResult:
     """Run one `codex exec` task (read-only sandbox) against base_url (e.g. http://127.0.0.1:8000/v1)
     with the pinned Codex release or the latest one."""
@@ -185,7 +195,13 @@ def run_codex(
         home = Path(scratch) / "home"
         codex_home.mkdir()
         home.mkdir()
-        config = codex_config(base_url, websockets=websockets, model=model, extra_config=extra_config)
+        config = codex_config(
+            base_url,
+            websockets=websockets,
+            model=model,
+            extra_config=extra_config,
+            default_retries=default_retries,
+        )
         (codex_home / "config.toml").write_text(config)
         command = [binary, "exec", "--skip-git-repo-check", "--strict-config", "-s", "read-only", "--json"]
         for override in _OFFLINE_OVERRIDES:
