@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -237,3 +240,81 @@ def run_codex(
         duration=duration,
         config_toml=config,
     )
+
+
+class Tui:
+    """Codex's interactive TUI in a detached tmux session of its own (a private tmux server), driven by
+    keystrokes and read from the screen."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.server, *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-J")
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-l", text)
+        time.sleep(0.3)
+        self.tmux("send-keys", "Enter")
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """The screen once it shows ``text`` (AssertionError with the screen when it does not in time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the TUI never showed {text!r}; its screen:\n{screen}")
+            time.sleep(0.2)
+
+    def ready(self, timeout: float = 30) -> None:
+        """Past the start-up screens (a new-model offer, which may come a moment after the composer shows,
+        answers "use existing model") to the composer, shown alone for a second and a half."""
+        deadline = time.monotonic() + timeout
+        calm_since: float | None = None
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if "Use existing model" in screen:
+                calm_since = None
+                self.tmux("send-keys", "2")
+                time.sleep(0.3)
+                self.tmux("send-keys", "Enter")
+            elif "Ask Codex to do anything" in screen:
+                calm_since = calm_since or time.monotonic()
+                if time.monotonic() - calm_since > 1.5:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"the TUI did not become ready; its screen:\n{self.screen()}")
+
+
+@contextmanager
+def codex_tui(base_url: str, api_key: str, *, workdir: Path, version: str = "pinned") -> Iterator[Tui]:
+    """Codex's TUI against base_url over WebSocket, with Codex's own retry settings, in tmux (160x45)."""
+    binary = codex_binary(version)
+    if binary is None or shutil.which("tmux") is None:
+        raise RuntimeError("the TUI needs the Codex CLI (npm ci) and tmux")
+    with tempfile.TemporaryDirectory(prefix="codex-tui-") as scratch:
+        codex_home, home = Path(scratch) / "codex-home", Path(scratch) / "home"
+        codex_home.mkdir()
+        home.mkdir()
+        (codex_home / "config.toml").write_text(codex_config(base_url, websockets=True, default_retries=True))
+        env = _offline_env(codex_home, home, api_key) | {"TERM": "xterm-256color"}
+        command = [binary, "-s", "read-only"]
+        for override in _OFFLINE_OVERRIDES:
+            command += ["-c", override]
+        tui = Tui(f"sluice-{os.getpid()}-{Path(scratch).name}")
+        exports = [f"{name}={value}" for name, value in env.items()]
+        tui.tmux(
+            "-f", "/dev/null", "new-session", "-d", "-x", "160", "-y", "45", "-c", str(workdir),
+            "env", "-i", *exports, *command,
+        )  # fmt: skip
+        try:
+            tui.ready()
+            yield tui
+        finally:
+            tui.tmux("kill-server")

@@ -9,6 +9,7 @@ shapes and what Codex and the SDK do with them.
 """
 
 import datetime as dt
+import shutil
 import time
 from decimal import Decimal
 
@@ -16,7 +17,7 @@ import openai
 import pytest
 from django.utils import timezone
 
-from tests.codex_cli import codex_binary, run_codex
+from tests.codex_cli import codex_binary, codex_tui, run_codex
 from tests.conftest import make_key, make_provider, request_logs, require, sdk
 
 # Far below the thirteen attempts and fifteen seconds of a retry loop, far above one refused attempt.
@@ -202,3 +203,43 @@ def test_the_sdk_is_told_the_same_in_its_own_statuses(gateway, upstream):
         spent.value.code == "insufficient_quota" and "daily budget of team 'research'" in spent.value.message
     )
     assert [r.error_code for r in request_logs(2)] == ["invalid_api_key", "insufficient_quota"]
+
+
+def tui(gateway, raw: str, tmp_path):
+    require(codex_binary("pinned") is not None, "the pinned Codex CLI is not installed (npm ci)")
+    require(shutil.which("tmux") is not None, "tmux is not installed (apt-get install tmux)")
+    return codex_tui(gateway.url + "/v1", raw, workdir=tmp_path)
+
+
+def test_the_interactive_session_lives_within_the_limits_the_readme_gives_a_team(gateway, upstream, tmp_path):
+    """The TUI opens two sockets (the turn, and the thread's title beside it), each with its warm-up: the
+    README's example team and key (600 requests a minute, USD 50 a day, two models, four turns in flight)
+    refuse none of it."""
+    make_provider(upstream)
+    team = make_team(rpm=600, daily_budget=Decimal(50), allowed_models=["gpt-5.5", "gpt-5.4-mini"])
+    key, raw = make_key(team=team, concurrency=4)
+    with tui(gateway, raw, tmp_path) as session:
+        session.type("say hello")
+        screen = session.wait_for("echo: say hello")
+        time.sleep(1)
+    rows = request_logs(4)
+    assert [(r.status, r.error_code) for r in rows] == [(200, "")] * len(rows), screen
+    assert len(rows) >= 3 and upstream.ws_connections >= 2, "the turn and the title, on sockets of their own"
+
+
+def test_the_tui_shows_which_budget_is_spent_and_stops(gateway, upstream, tmp_path):
+    make_provider(upstream)
+    key, raw = make_key(team=make_team(daily_budget=Decimal(0)))
+    with tui(gateway, raw, tmp_path) as session:
+        started = time.monotonic()
+        session.type("say hello")
+        screen = session.wait_for("is spent; it resets at", timeout=QUICK)
+        elapsed = time.monotonic() - started
+        time.sleep(1)
+        assert "Reconnecting" not in session.screen()
+    assert "The daily budget of team 'research' (USD 0.00)" in " ".join(screen.split()), screen
+    assert elapsed < QUICK
+    rows = request_logs(5, timeout=1)
+    # One attempt each, none retried: the warm-up the TUI sends at start, then the turn, and the thread's
+    # title beside it with its own warm-up.
+    assert {(r.status, r.error_code) for r in rows} == {(429, "insufficient_quota")} and len(rows) <= 4
