@@ -15,7 +15,6 @@ what Codex 0.169/0.171 and the OpenAI SDK were seen to do):
   of a key that does not authenticate or whose team is disabled go as 400 with the same body (``for_client``).
 """
 
-import copy
 import datetime as dt
 import json
 import logging
@@ -85,8 +84,8 @@ def for_client(error: WireError, headers: Mapping[str, str]) -> WireError:
         return error
     if getattr(error, "wire_code", error.code) == "model_not_found":
         return error  # already final to Codex, with its message shown as written
-    shaped = copy.copy(error)
-    shaped.status = 400
+    shaped = type(error).__new__(type(error), *error.args)  # an exception copies badly with copy.copy
+    shaped.__dict__.update(error.__dict__, status=400)
     return shaped
 
 
@@ -149,6 +148,10 @@ def model_refusal_message(
 
 _reasons: dict[str, tuple[float, str]] = {}
 _REASON_TTL = 10.0
+GENERIC = "Missing, invalid, disabled or expired API key."
+# Looking up why costs a query: a flood of made-up keys gets the generic words past this many a second.
+LOOKUPS_PER_SECOND = 20
+_lookups = [0.0, 0]  # the second they count in, and how many so far
 
 
 def _why_not(hashed: str) -> str:
@@ -176,16 +179,26 @@ async def unauthenticated(raw: str | None) -> WireError:
     cached = _reasons.get(hashed)
     if cached is not None and cached[0] > now:
         message = cached[1]
+    elif not _may_look_up(now):
+        return WireError(401, "invalid_api_key", GENERIC)
     else:
         try:
             message = await sync_to_async(_why_not, thread_sensitive=False)(hashed)
         except Exception:  # noqa: BLE001 - the database being gone must not turn a 401 into a 500
             log.warning("could not look up why a key was refused", exc_info=True)
-            message = "Missing, invalid, disabled or expired API key."
+            message = GENERIC
         if len(_reasons) > 4096:
             _reasons.clear()
         _reasons[hashed] = (now + _REASON_TTL, message)
     return WireError(401, "invalid_api_key", message)
+
+
+def _may_look_up(now: float) -> bool:
+    second = float(int(now))
+    if _lookups[0] != second:
+        _lookups[:] = [second, 0]
+    _lookups[1] += 1
+    return _lookups[1] <= LOOKUPS_PER_SECOND
 
 
 # ----- the record -----
