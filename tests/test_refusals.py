@@ -5,6 +5,9 @@ import json
 
 import httpx
 import pytest
+from asgiref.sync import async_to_sync
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from proxy import refusals
 from proxy.refusals import for_client, in_words
@@ -45,8 +48,6 @@ def test_codex_header_values_are_visible_ascii():
 
 
 def test_a_flood_of_made_up_keys_gets_the_generic_words_past_the_lookup_budget(monkeypatch):
-    from asgiref.sync import async_to_sync
-
     monkeypatch.setattr(refusals, "LOOKUPS_PER_SECOND", 0)
     error = async_to_sync(refusals.unauthenticated)("sk-made-up-key-never-seen")
     assert (error.status, error.message) == (401, refusals.GENERIC)
@@ -79,3 +80,26 @@ def test_an_unknown_key_and_no_key_are_told_apart(gateway):
     assert unknown.json()["error"]["message"] == "Incorrect API key provided: this gateway has no such key."
     missing = httpx.post(gateway.url + "/v1/responses", json={})
     assert "No API key provided" in json.loads(missing.text)["error"]["message"]
+
+
+def test_deactivating_a_user_closes_their_keys_sockets_saying_why(gateway, upstream):
+    make_provider(upstream)
+    key, raw = make_key(name="laptop", username="leaver")
+    with connect(
+        gateway.url.replace("http", "ws") + "/v1/responses",
+        additional_headers={"authorization": f"Bearer {raw}"},
+    ) as ws:
+        key.owner.is_active = False
+        key.owner.save()
+        error = json.loads(ws.recv(timeout=5))
+        assert (error["status"], error["error"]["code"]) == (401, "invalid_api_key")
+        assert "deactivated" in error["error"]["message"]
+        with pytest.raises(ConnectionClosed) as info:
+            ws.recv(timeout=5)
+        assert info.value.rcvd.code == 1008
+    refused = httpx.post(
+        gateway.url + "/v1/responses", headers={"Authorization": f"Bearer {raw}"}, json={"model": "gpt-5.5"}
+    )
+    assert (
+        refused.status_code == 401 and "belongs to a deactivated user" in refused.json()["error"]["message"]
+    )
