@@ -2,8 +2,10 @@
 Codex and one that does not (docs/protocol.md, "Refusals")."""
 
 import json
+import time
 
 import httpx
+import openai
 import pytest
 from asgiref.sync import async_to_sync
 from websockets.exceptions import ConnectionClosed
@@ -103,3 +105,20 @@ def test_deactivating_a_user_closes_their_keys_sockets_saying_why(gateway, upstr
     assert (
         refused.status_code == 401 and "belongs to a deactivated user" in refused.json()["error"]["message"]
     )
+
+
+def test_the_sdk_waits_as_retry_after_says_and_its_turn_succeeds(gateway, upstream, settings):
+    """The SDK's default retries (two) honour Retry-After: the retry lands in the next window, not before."""
+    window = 3.0
+    settings.SLUICE_RATE_WINDOW_SECONDS = window
+    time.sleep(window - time.time() % window + 0.05)
+    make_provider(upstream)
+    key, raw = make_key(rpm=1)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=raw, timeout=20)
+    assert client.responses.create(model="gpt-5.5", input="first").output_text == "echo: first"
+    started = time.time()
+    window_ends = (started // window + 1) * window
+    assert client.responses.create(model="gpt-5.5", input="second").output_text == "echo: second"
+    assert time.time() >= window_ends, "the SDK came back before the window turned"
+    rows = request_logs(3)
+    assert [(r.status, r.error_code) for r in rows] == [(200, ""), (429, "rate_limit_exceeded"), (200, "")]
