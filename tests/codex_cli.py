@@ -302,7 +302,10 @@ def codex_tui(base_url: str, api_key: str, *, workdir: Path, version: str = "pin
         codex_home, home = Path(scratch) / "codex-home", Path(scratch) / "home"
         codex_home.mkdir()
         home.mkdir()
-        (codex_home / "config.toml").write_text(codex_config(base_url, websockets=True, default_retries=True))
+        # The offer of a newer model is recorded as seen (it would take the first keystrokes otherwise).
+        seen = '[notice.model_migrations]\n"gpt-5.5" = "gpt-6-sol"'
+        config = codex_config(base_url, websockets=True, default_retries=True, extra_config=seen)
+        (codex_home / "config.toml").write_text(config)
         env = _offline_env(codex_home, home, api_key) | {"TERM": "xterm-256color"}
         command = [binary, "-s", "read-only"]
         for override in _OFFLINE_OVERRIDES:
