@@ -109,7 +109,7 @@ def test_deactivating_a_user_closes_their_keys_sockets_saying_why(gateway, upstr
 
 def test_the_sdk_waits_as_retry_after_says_and_its_turn_succeeds(gateway, upstream, settings):
     """The SDK's default retries (two) honour Retry-After: the retry lands in the next window, not before."""
-    window = 3.0
+    window = 5.0
     settings.SLUICE_RATE_WINDOW_SECONDS = window
     time.sleep(window - time.time() % window + 0.05)
     make_provider(upstream)
