@@ -4,10 +4,10 @@ refused it.
 Refusals are shaped for what Codex CLI does with them (docs/protocol.md, "Refusals", has the table and
 what Codex 0.169/0.171 and the OpenAI SDK were seen to do):
 - Codex retries every error it does not recognise as final, five times on the socket and five more over
-  HTTP after falling back: any 401, any 403 or 404 but one coded ``model_not_found``, and a 429 without
-  ``Retry-After``. A 429 with ``Retry-After`` it retries after that delay.
-- It stops at once, showing the message as written, for ``code: model_not_found`` (any status but 401):
-  the model refusal uses that code on the wire, as the service does for a model one has no access to.
+  HTTP after falling back: any 401, and any 403 or 404 but one coded ``model_not_found``. A 429 with
+  ``Retry-After`` it retries after that delay; one without it ends the turn ("exceeded retry limit").
+- It stops at once, showing the message as written, for ``code: model_not_found`` with 403 or 404: the
+  model refusal uses that code on the wire, as the service does for a model one has no access to.
 - It stops at once for a 429 of ``type: usage_limit_reached`` and shows "You've hit your usage limit."
   followed by the ``x-codex-promo-message`` header and the local time of ``resets_at``: a spent budget
   keeps its code ``insufficient_quota`` (what the SDK and the request log know) under that type.
