@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -7,6 +9,7 @@ class ProxyConfig(AppConfig):
     verbose_name = _("Gateway")
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
         from proxy import tracing
@@ -32,6 +35,19 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-changed")
         post_delete.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-deleted")
+
+        def user_changed(instance: Any, update_fields: Any = None, **kwargs: object) -> None:
+            if update_fields is not None and set(update_fields) <= {"last_login"}:
+                return  # a sign-in changes nothing the keys depend on
+            keys = list(ApiKey.objects.filter(owner=instance).values_list("pk", flat=True))
+            if not keys:
+                return
+            bump_version("api-keys")  # a deactivated user's keys stop working with the next snapshot
+            if not instance.is_active:
+                for key_id in keys:
+                    _revoke(key_id)
+
+        post_save.connect(user_changed, sender=get_user_model(), weak=False, dispatch_uid="user-changed")
 
         def price_changed(**kwargs: object) -> None:
             bump_version("prices")

@@ -22,7 +22,7 @@ class Client:
 
 
 def _load() -> dict[str, Client]:
-    rows = ApiKey.objects.filter(enabled=True).select_related("team")
+    rows = ApiKey.objects.filter(enabled=True, owner__is_active=True).select_related("team")
     clients = {
         k.hashed_key: Client(k.pk, k.name, k.owner_id, k.expires_at, k.team_id, policy_for(k, k.team))
         for k in rows

@@ -9,7 +9,7 @@ from django.conf import settings
 
 from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
-from proxy.refusals import refuse
+from proxy.refusals import for_client, refuse, unauthenticated
 from proxy.wire import WireError
 from proxy.ws_connection import Connection
 from proxy.ws_writer import server_protocol, write_together
@@ -40,6 +40,9 @@ async def deny(
         client_transport="websocket",
         endpoint=endpoint,
     )
+    shaped = for_client(error, request_headers(scope))  # the row above keeps the refusal's own status
+    if shaped is not error:
+        error, status = shaped, shaped.status
     if "websocket.http.response" in scope.get("extensions", {}):
         headers = [(b"content-type", b"application/json")]
         headers += [(k.encode(), v.encode()) for k, v in getattr(error, "headers", {}).items()]
@@ -47,6 +50,10 @@ async def deny(
         await send({"type": "websocket.http.response.body", "body": error.http_body()})
     else:
         await send({"type": "websocket.close", "code": 1008})
+
+
+def request_headers(scope: dict[str, Any]) -> dict[str, str]:
+    return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
 
 
 def accept_headers(state: turn_state.TurnState) -> list[tuple[bytes, bytes]]:
@@ -105,11 +112,10 @@ class ResponsesConsumer(AsyncConsumer):
                 ),
             )
             return
-        client = await authenticate(presented_key(headers, offered))
+        raw_key = presented_key(headers, offered)
+        client = await authenticate(raw_key)
         if client is None:
-            await self.deny(
-                401, WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key.")
-            )
+            await self.deny(401, await unauthenticated(raw_key))
             return
         try:
             self.admission = await limits.admit_socket(client)
@@ -204,7 +210,8 @@ class ResponsesConsumer(AsyncConsumer):
 
     async def sluice_revoke(self, event: dict[str, Any]) -> None:
         """The key was disabled or deleted in another process: end this connection."""
-        await self.send_text(WireError(401, "invalid_api_key", "This API key was revoked.").ws_frame())
+        revoked = WireError(401, "invalid_api_key", "This API key was revoked or its user deactivated.")
+        await self.send_text(for_client(revoked, request_headers(self.scope)).ws_frame())
         await self.close(1008, "API key revoked")
 
 

@@ -30,6 +30,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from proxy.refusals import Refusal, budget_refusal, model_refusal_message
 from proxy.wire import WireError
 from settings_app import shared
 
@@ -62,6 +63,7 @@ class Policy:
     team_disabled: bool = False
     team_name: str = ""
     budgets: bool = False
+    team_models: frozenset[str] | None = None  # the team's own list, to say who refused a model
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
@@ -136,7 +138,9 @@ def policy_for(key: Any, team: Any | None) -> Policy | None:
         return None
     models = frozenset(set.intersection(*allowed)) if allowed else None
     budgets = any(q.daily is not None or q.monthly is not None for q in quotas)
-    return Policy(tuple(quotas), models, disabled, team.name if team is not None else "", budgets)
+    team_models = frozenset(team.allowed_models) if team is not None and team.allowed_models else None
+    team_name = team.name if team is not None else ""
+    return Policy(tuple(quotas), models, disabled, team_name, budgets, team_models)
 
 
 # ----- time -----
@@ -195,19 +199,13 @@ def duration(seconds: float) -> str:
 # ----- refusals and headers -----
 
 
-class LimitError(WireError):
-    """A refusal by a limit, with the headers that tell the client when to come back."""
+class LimitError(Refusal):
+    """A refusal by a limit, a budget or the model allow-list, with the headers that tell the client when
+    to come back (proxy/refusals.py says how each is shaped for Codex and the SDK)."""
 
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str]) -> None:
-        super().__init__(status, code, message, None, code if code == "insufficient_quota" else "requests")
-        self.headers = headers
-
-    def ws_frame(self) -> str:
-        import json
-
-        return json.dumps(
-            {"type": "error", "status": self.status, "error": self.error_object(), "headers": self.headers}
-        )
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str], **shape: Any) -> None:
+        shape.setdefault("type", "insufficient_quota" if code == "insufficient_quota" else "requests")
+        super().__init__(status, code, message, headers, **shape)
 
 
 def refusal(quota: Quota, what: int, usage: Usage, clock: Clock) -> LimitError:
@@ -215,14 +213,19 @@ def refusal(quota: Quota, what: int, usage: Usage, clock: Clock) -> LimitError:
     if what in (DAILY, MONTHLY):
         daily = what == DAILY
         budget = Decimal(quota.daily if daily else quota.monthly) / MICRO  # type: ignore[arg-type]
-        ends = clock.day_ends if daily else clock.month_ends
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(ends))
-        message = (
-            f"The {'daily' if daily else 'monthly'} budget of {who} (USD {budget:.2f}) is spent; "
-            f"it resets at {when}."
+        message, headers, extra = budget_refusal(
+            kind=quota.kind,
+            name=quota.name,
+            daily=daily,
+            budget_usd=f"{budget:.2f}",
+            ends=clock.day_ends if daily else clock.month_ends,
+            now=clock.now,
         )
-        headers = {"Retry-After": str(math.ceil(ends - clock.now)), "x-should-retry": "false"}
-        return LimitError(429, "insufficient_quota", message, headers)
+        # Codex shows its own words for insufficient_quota and nothing of the message: under this type it
+        # shows x-codex-promo-message and the reset time instead, and stops just the same.
+        return LimitError(
+            429, "insufficient_quota", message, headers, type="usage_limit_reached", extra=extra
+        )
     if what == SLOTS:
         message = f"Too many turns in flight for {who}: at most {quota.concurrency} at once."
         headers = {"Retry-After": "1"}
@@ -368,11 +371,24 @@ async def admit(client: Any, model: str | None, counts: int = TURN) -> Admission
     if policy.team_disabled:
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
     if model is not None and not policy.allows(model):
-        raise WireError(
+        by_team = policy.team_models is not None and model not in policy.team_models
+        message = model_refusal_message(
+            model,
+            key_name=getattr(client, "key_name", ""),
+            team_name=policy.team_name,
+            by_team=by_team,
+            allowed=policy.models,
+        )
+        # On the wire the service's code for a model one may not use: Codex ends the turn at once on it and
+        # shows the message; any other 403 it retries ten times.
+        raise LimitError(
             403,
             "model_not_allowed",
-            f"The model '{model}' is not allowed for this API key; GET /v1/models lists the ones it may use.",
-            "model",
+            message,
+            {},
+            param="model",
+            type="invalid_request_error",
+            wire_code="model_not_found",
         )
     if not policy.quotas:
         return UNLIMITED

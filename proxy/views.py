@@ -20,7 +20,7 @@ from proxy import limits, logwriter, pipeline, tracing, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
-from proxy.refusals import refuse
+from proxy.refusals import for_client, refuse, unauthenticated
 from proxy.upstream_http import TransportError, open_request, returned_headers
 from proxy.wire import WireError, parse_body, require_model
 
@@ -57,7 +57,8 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
         @functools.wraps(view)
         async def wrapper(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             headers = request_headers(request)
-            client = await authenticate(presented_key(headers))
+            raw_key = presented_key(headers)
+            client = await authenticate(raw_key)
             key_id = client.key_id if client is not None else None
             if request.method not in methods:
                 response = error_response(
@@ -75,11 +76,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                 return response
             if client is None:
                 return error_response(
-                    _refused(
-                        request,
-                        None,
-                        WireError(401, "invalid_api_key", "Missing, invalid, disabled or expired API key."),
-                    )
+                    for_client(_refused(request, None, await unauthenticated(raw_key)), headers)
                 )
             try:
                 return await view(request, client, headers, *args, **kwargs)
@@ -95,7 +92,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                     )
                 else:
                     _refused(request, key_id, error)
-                return error_response(error)
+                return error_response(for_client(error, headers))
 
         return wrapper
 

@@ -22,6 +22,7 @@ from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
+from proxy.refusals import for_client
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
 from proxy.upstream_lanes import LaneView, stream_id_of
@@ -200,7 +201,7 @@ class Lane:
             record.status, record.error_code = error.status, error.code
             if not isinstance(error, LimitError):  # refused before it reached anyone: the cache holds
                 connection.cache.evict(self.name)
-            await self.send_error(error)
+            await self.send_error(for_client(error, connection.headers))  # the row keeps its own status
             connection.submit(record)  # every refused turn leaves a row, also one without a model
         except asyncio.CancelledError:
             record.status, record.error_code = 499, "client_disconnected"

@@ -16,10 +16,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,8 +103,18 @@ def codex_binary(version: str = "pinned") -> str | None:
     return str(launcher) if launcher.exists() else None
 
 
-def codex_config(base_url: str, *, websockets: bool, model: str = "gpt-5.5", extra_config: str = "") -> str:
-    """config.toml for a provider at base_url; extra_config goes in at the root, before the provider table."""
+def codex_config(
+    base_url: str,
+    *,
+    websockets: bool,
+    model: str = "gpt-5.5",
+    extra_config: str = "",
+    default_retries: bool = False,
+) -> str:
+    """config.toml for a provider at base_url; extra_config goes in at the root, before the provider table.
+    Retries are cut to one stream retry and no request retry unless ``default_retries``: then Codex
+    retries as it does for a developer who configured nothing (what refusals must be shaped for)."""
+    retries = [] if default_retries else ["stream_max_retries = 1", "request_max_retries = 0"]
     return "\n".join(
         [
             f"model = {json.dumps(model)}",
@@ -114,8 +127,7 @@ def codex_config(base_url: str, *, websockets: bool, model: str = "gpt-5.5", ext
             'wire_api = "responses"',
             f'env_key = "{API_KEY_ENV}"',
             f"supports_websockets = {'true' if websockets else 'false'}",
-            "stream_max_retries = 1",
-            "request_max_retries = 0",
+            *retries,
             # A stalled stream becomes a Codex error well inside the run's own timeout.
             "stream_idle_timeout_ms = 15000",
             "",
@@ -174,6 +186,7 @@ def run_codex(
     extra_config: str = "",
     model: str = "gpt-5.5",
     version: str = "pinned",
+    default_retries: bool = False,
 ) -> CodexResult:
     """Run one `codex exec` task (read-only sandbox) against base_url (e.g. http://127.0.0.1:8000/v1)
     with the pinned Codex release or the latest one."""
@@ -185,7 +198,13 @@ def run_codex(
         home = Path(scratch) / "home"
         codex_home.mkdir()
         home.mkdir()
-        config = codex_config(base_url, websockets=websockets, model=model, extra_config=extra_config)
+        config = codex_config(
+            base_url,
+            websockets=websockets,
+            model=model,
+            extra_config=extra_config,
+            default_retries=default_retries,
+        )
         (codex_home / "config.toml").write_text(config)
         command = [binary, "exec", "--skip-git-repo-check", "--strict-config", "-s", "read-only", "--json"]
         for override in _OFFLINE_OVERRIDES:
@@ -221,3 +240,84 @@ def run_codex(
         duration=duration,
         config_toml=config,
     )
+
+
+class Tui:
+    """Codex's interactive TUI in a detached tmux session of its own (a private tmux server), driven by
+    keystrokes and read from the screen."""
+
+    def __init__(self, server: str) -> None:
+        self.server = server
+
+    def tmux(self, *args: str) -> str:
+        done = subprocess.run(["tmux", "-L", self.server, *args], capture_output=True, text=True, timeout=10)
+        return done.stdout
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-J")
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-l", text)
+        time.sleep(0.3)
+        self.tmux("send-keys", "Enter")
+
+    def wait_for(self, text: str, timeout: float = 30) -> str:
+        """The screen once it shows ``text`` (AssertionError with the screen when it does not in time)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the TUI never showed {text!r}; its screen:\n{screen}")
+            time.sleep(0.2)
+
+    def ready(self, timeout: float = 30) -> None:
+        """Past the start-up screens (a new-model offer, which may come a moment after the composer shows,
+        answers "use existing model") to the composer, shown alone for a second and a half."""
+        deadline = time.monotonic() + timeout
+        calm_since: float | None = None
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if "Use existing model" in screen:
+                calm_since = None
+                self.tmux("send-keys", "2")
+                time.sleep(0.3)
+                self.tmux("send-keys", "Enter")
+            elif "Ask Codex to do anything" in screen:
+                calm_since = calm_since or time.monotonic()
+                if time.monotonic() - calm_since > 1.5:
+                    return
+            time.sleep(0.2)
+        raise AssertionError(f"the TUI did not become ready; its screen:\n{self.screen()}")
+
+
+@contextmanager
+def codex_tui(base_url: str, api_key: str, *, workdir: Path, version: str = "pinned") -> Iterator[Tui]:
+    """Codex's TUI against base_url over WebSocket, with Codex's own retry settings, in tmux (160x45)."""
+    binary = codex_binary(version)
+    if binary is None or shutil.which("tmux") is None:
+        raise RuntimeError("the TUI needs the Codex CLI (npm ci) and tmux")
+    with tempfile.TemporaryDirectory(prefix="codex-tui-") as scratch:
+        codex_home, home = Path(scratch) / "codex-home", Path(scratch) / "home"
+        codex_home.mkdir()
+        home.mkdir()
+        # The offer of a newer model is recorded as seen (it would take the first keystrokes otherwise).
+        seen = '[notice.model_migrations]\n"gpt-5.5" = "gpt-6-sol"'
+        config = codex_config(base_url, websockets=True, default_retries=True, extra_config=seen)
+        (codex_home / "config.toml").write_text(config)
+        env = _offline_env(codex_home, home, api_key) | {"TERM": "xterm-256color"}
+        command = [binary, "-s", "read-only"]
+        for override in _OFFLINE_OVERRIDES:
+            command += ["-c", override]
+        tui = Tui(f"sluice-{os.getpid()}-{Path(scratch).name}")
+        exports = [f"{name}={value}" for name, value in env.items()]
+        tui.tmux(
+            "-f", "/dev/null", "new-session", "-d", "-x", "160", "-y", "45", "-c", str(workdir),
+            "env", "-i", *exports, *command,
+        )  # fmt: skip
+        try:
+            tui.ready()
+            yield tui
+        finally:
+            tui.tmux("kill-server")

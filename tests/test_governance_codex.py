@@ -6,8 +6,10 @@ What Codex does, as these tests saw it (0.169.0, the pinned release, and 0.171.0
   admitted. With a 3-second window the retry came about 3 s after the refusal, when the window allowed it
   (the frame says "Try again in 3s." as the service words it, and carries Retry-After in its headers).
   The user sees no error: the turn completes and ``codex exec`` exits 0.
-- A 429 ``insufficient_quota`` error frame is not retried: Codex ends the turn with "Quota exceeded. Check
-  your plan and billing details." and exits 1, without a retry loop.
+- A spent budget (429, code ``insufficient_quota`` under type ``usage_limit_reached``) is not retried:
+  Codex ends the turn with "You've hit your usage limit." and the gateway's words (which budget, when it
+  resets) from ``x-codex-promo-message``, and exits 1, without a retry loop. Under type
+  ``insufficient_quota`` it showed only its own "Quota exceeded. Check your plan and billing details.".
 """
 
 import time
@@ -61,7 +63,7 @@ def test_a_spent_budget_stops_codex_without_a_retry_loop(gateway, upstream, tmp_
         gateway.url + "/v1", raw, "say hello", websockets=True, workdir=tmp_path, timeout=90, version=version
     )
     assert result.exit_code != 0
-    assert any("Quota exceeded" in m for m in result.error_messages), result.describe()
+    assert any("The daily budget of key 'team'" in m for m in result.error_messages), result.describe()
     time.sleep(0.5)
     rows = request_logs(1)
     assert 1 <= len(rows) <= 2 and {(r.status, r.error_code) for r in rows} == {(429, "insufficient_quota")}

@@ -261,7 +261,8 @@ def test_model_allow_list_and_models_listing(gateway, upstream):
     client = sdk(gateway, raw)
     with pytest.raises(openai.PermissionDeniedError) as refused:
         client.responses.create(model="gpt-5.5", input="not for me")
-    assert refused.value.code == "model_not_allowed" and refused.value.status_code == 403
+    # On the wire the service's code for a model one may not use (Codex stops on it); the row says why.
+    assert refused.value.code == "model_not_found" and refused.value.status_code == 403
     assert refused.value.param == "model"
     assert "GET /v1/models" in refused.value.message  # where to find the models the key may use
     assert client.responses.create(model="gpt-5-mini", input="fine").output_text == "echo: fine"

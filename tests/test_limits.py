@@ -104,7 +104,11 @@ def test_any_one_limit_of_a_row_makes_its_quota(field, value, expected):
             Policy((Quota("t2", "team", "t", monthly=7 * MICRO),), team_name="t", budgets=True),
         ),
         (row(1, allowed_models=["m", "n"]), None, Policy((), frozenset({"m", "n"}))),
-        (row(1), row(2, "t", allowed_models=["m"]), Policy((), frozenset({"m"}), team_name="t")),
+        (
+            row(1),
+            row(2, "t", allowed_models=["m"]),
+            Policy((), frozenset({"m"}), team_name="t", team_models=frozenset({"m"})),
+        ),
         (row(1), row(2, "ops", enabled=False), Policy((), None, team_disabled=True, team_name="ops")),
     ],
 )
@@ -280,7 +284,14 @@ def test_refusals_say_which_budget_and_when_it_resets(settings):
     assert (error.status, error.code) == (429, "insufficient_quota")
     assert "daily budget of team 'research' (USD 0.05)" in error.message
     assert "2026-11-29 00:00 UTC" in error.message
-    assert error.headers == {"Retry-After": "7200", "x-should-retry": "false"}
+    assert "in 2 h." in error.message  # and how long that is, in words
+    promo = (
+        "The daily budget of team 'research' (USD 0.05) is spent; it resets at 2026-11-29 00:00 UTC, in 2 h"
+    )
+    assert error.headers == {"Retry-After": "7200", "x-should-retry": "false", "x-codex-promo-message": promo}
+    # Codex stops at once on this type and shows the promo header and the local time of resets_at.
+    assert error.error_object()["type"] == "usage_limit_reached"
+    assert error.error_object()["resets_at"] == calendar.timegm((2026, 11, 29, 0, 0, 0))
 
 
 def test_a_token_count_holds_no_turn_slot(settings):
