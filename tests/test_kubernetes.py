@@ -11,6 +11,7 @@ import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -181,6 +182,10 @@ def test_ingress_keeps_websockets_and_streams_open(rendered: dict, overlay: str)
     for timeout in ("proxy-read-timeout", "proxy-send-timeout"):
         assert int(annotations[prefix + timeout]) >= settings.SLUICE_WS_MAX_AGE, timeout
     assert annotations[prefix + "proxy-buffering"] == "off"
+    # The host the Ingress serves is the one the gateway admits (ALLOWED_HOSTS from SLUICE_PUBLIC_URL).
+    public = urlsplit(configuration(rendered[overlay])["SLUICE_PUBLIC_URL"]).hostname
+    spec = one(rendered[overlay], "Ingress")["spec"]
+    assert {rule["host"] for rule in spec["rules"]} == {public} == set(spec["tls"][0]["hosts"])
 
 
 def test_production_is_scraped_with_the_metrics_token(rendered: dict) -> None:
