@@ -128,11 +128,25 @@ class Filters:
         return out
 
 
+# Ids the database can hold (a 64-bit signed integer); dates whose next day still exists.
+MAX_ID = 2**63 - 1
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
+
+
 def _int(value: str | None) -> int | None:
     try:
-        return int(value) if value else None
+        number = int(value) if value else None
     except ValueError:
         return None
+    return number if number is None or 0 < number <= MAX_ID else None
+
+
+def _id_filter(params: Any, name: str, errors: list[str]) -> int | None:
+    """The id a filter names, or None with a message when it is not one (the page still answers)."""
+    number = _int(params.get(name))
+    if number is None and params.get(name):
+        errors.append(_("The filter “%(name)s” is not valid; it is ignored.") % {"name": name})
+    return number
 
 
 def parse_filters(params: Any) -> Filters:
@@ -154,6 +168,13 @@ def parse_filters(params: Any) -> Filters:
                 _("The start date is not a date (YYYY-MM-DD)."),
             ],
         )
+    if end > LAST_DAY:
+        end, errors = today, [*errors, _("The end date is out of range.")]
+    if start > LAST_DAY:
+        start, errors = (
+            end - dt.timedelta(days=DEFAULT_DAYS - 1),
+            [*errors, _("The start date is out of range.")],
+        )
     if start > end:
         start, end = end, start
     if (end - start).days > 366:
@@ -162,10 +183,10 @@ def parse_filters(params: Any) -> Filters:
     return Filters(
         start=start,
         end=end,
-        key=_int(params.get("key")),
-        team=_int(params.get("team")) if team_field() else None,
+        key=_id_filter(params, "key", errors),
+        team=_id_filter(params, "team", errors) if team_field() else None,
         model=(params.get("model") or "")[:200],
-        provider=_int(params.get("provider")),
+        provider=_id_filter(params, "provider", errors),
         errors=errors,
     )
 
@@ -387,9 +408,23 @@ class _Echo:
         return value
 
 
+# Cells a spreadsheet would read as a formula (OWASP's CSV injection list): model names, session ids, key
+# and team names are the clients' and the people's own strings.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutral(cell: Any) -> Any:
+    """A text cell made inert with a leading single quote when it starts like a formula; numbers kept."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def _csv_response(rows: Iterator[list[Any]], filename: str) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
-    response = StreamingHttpResponse((writer.writerow(r) for r in rows), content_type="text/csv")
+    response = StreamingHttpResponse(
+        (writer.writerow([neutral(c) for c in r]) for r in rows), content_type="text/csv"
+    )
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
