@@ -247,6 +247,7 @@ def write(batch: list[TurnRecord]) -> None:
                 o.response_id[:200],
                 r.session_id[:200],
                 r.team_id,
+                "",  # trace_id: NOT NULL without a database default; filled once traces exist
             )
         )
     now = time.monotonic()
@@ -302,6 +303,7 @@ COLUMNS = (
     "response_id",
     "session_id",
     "team_id",
+    "trace_id",
 )
 
 
