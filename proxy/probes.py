@@ -13,7 +13,7 @@ from django.core.cache import caches
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from proxy import lifecycle
+from proxy import lifecycle, logwriter
 from settings_app import shared
 
 CHECK_TIMEOUT = 3.0
@@ -70,6 +70,8 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     if lifecycle.draining():
         down["lifecycle"] = "draining"
     degraded = {"cache": cache} if cache else {}
+    if waiting := logwriter.waiting():
+        degraded["request_log"] = waiting
     if shared.degraded() and not cache:
         degraded["cache"] = str(shared.status()["error"] or "recently unreachable")
     status = "down" if down else "degraded" if degraded else "ok"
