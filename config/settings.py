@@ -261,3 +261,6 @@ SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)
 # Requests and tokens per minute are counted in fixed windows of this many seconds (60: per minute; tests
 # shorten it).
 SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.0)
+# A turn under a budget reserves its estimated cost at admission: this many output tokens when the request
+# names no max_output_tokens.
+SLUICE_BUDGET_OUTPUT_TOKENS = env.int("SLUICE_BUDGET_OUTPUT_TOKENS", default=8192)

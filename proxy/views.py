@@ -147,7 +147,8 @@ async def _relay(
     admission = limits.UNLIMITED
     if endpoint in LIMITED_ENDPOINTS:
         try:
-            admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint])
+            guess = limits.estimate(body, len(raw or b""))
+            admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint], guess)
         except WireError as error:
             raise _reject(record, error) from None
     try:

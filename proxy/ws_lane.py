@@ -17,7 +17,7 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
-from proxy import pipeline, ws_relay
+from proxy import limits, pipeline, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
@@ -142,7 +142,7 @@ class Lane:
             record.requested_model = model
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
-            async with admitted(connection.client, record):
+            async with admitted(connection.client, record, limits.estimate(frame, len(text))):
                 self.current = turn
                 await self._route(turn)
         except WireError as error:
