@@ -71,23 +71,36 @@ _failing: tuple[float, str] | None = None  # since when (monotonic) and why the 
 LAST_USED_RESOLUTION = 60.0
 
 
-# Refusals of requests without a valid key: at most this many rows per client address per minute, so
-# that a flood of anonymous requests cannot fill the database (the metrics still count every one).
+# Refusals of requests without a valid key: at most this many rows per client address per minute, and
+# this many across all addresses, so that a flood of anonymous requests (from one address or thousands)
+# cannot fill the database (the metrics still count every one).
 ANONYMOUS_ROWS_PER_MINUTE = 60
+ANONYMOUS_ROWS_PER_MINUTE_ALL = 600
+_ALL = "*"  # the entry of all addresses together (never an address)
 _anonymous: dict[str, tuple[int, float]] = {}  # client address -> (rows this minute, minute started)
+
+
+def _counted(address: str, now: float) -> int:
+    """Rows of ``address`` this minute before this one; counts this one."""
+    count, since = _anonymous.get(address, (0, now))
+    if now - since >= 60:
+        count, since = 0, now
+    _anonymous[address] = (count + 1, since)
+    return count
 
 
 def _over_allowance(record: TurnRecord) -> bool:
     if record.key_id is not None or record.status < 400:
         return False
     now = time.monotonic()
-    count, since = _anonymous.get(record.client_addr, (0, now))
-    if now - since >= 60:
-        count, since = 0, now
     if len(_anonymous) > 10_000:  # addresses of a wide flood: forget them all rather than grow
+        everyone = _anonymous.get(_ALL)
         _anonymous.clear()
-    _anonymous[record.client_addr] = (count + 1, since)
-    return count >= ANONYMOUS_ROWS_PER_MINUTE
+        if everyone is not None:  # the cap of all addresses together is never forgotten
+            _anonymous[_ALL] = everyone
+    if _counted(record.client_addr, now) >= ANONYMOUS_ROWS_PER_MINUTE:
+        return True
+    return _counted(_ALL, now) >= ANONYMOUS_ROWS_PER_MINUTE_ALL
 
 
 def submit(record: TurnRecord) -> None:

@@ -60,18 +60,13 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             client = await authenticate(presented_key(headers))
             key_id = client.key_id if client is not None else None
             if request.method not in methods:
-                response = error_response(
-                    _refused(
-                        request,
-                        key_id,
-                        WireError(
-                            405,
-                            "method_not_allowed",
-                            f"Method {request.method} is not allowed on {request.path}.",
-                        ),
-                    )
+                error = WireError(
+                    405, "method_not_allowed", f"Method {request.method} is not allowed on {request.path}."
                 )
-                response["Allow"] = ", ".join(methods)
+                counted = await _counted(client, error)
+                response = error_response(_refused(request, key_id, counted))
+                if counted is error:
+                    response["Allow"] = ", ".join(methods)
                 return response
             if client is None:
                 return error_response(
@@ -94,12 +89,26 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                         error.message,
                     )
                 else:
-                    _refused(request, key_id, error)
+                    error = _refused(request, key_id, await _counted(client, error))
                 return error_response(error)
 
         return wrapper
 
     return decorate
+
+
+async def _counted(client: Client | None, error: WireError) -> WireError:
+    """An invalid request of a rate-limited key counts against its rate like a valid one: ``error``, or
+    the 429 once the rate is used up (a flood of bad requests costs the key, not the request log)."""
+    if client is None or client.policy is None:
+        return error
+    try:
+        (await limits.admit(client, None, limits.REQUEST)).release()
+    except limits.LimitError as refused:
+        return refused
+    except WireError:  # a disabled team: the request's own error says what is wrong with it
+        pass
+    return error
 
 
 def _refused(request: HttpRequest, key_id: int | None, error: WireError) -> WireError:
