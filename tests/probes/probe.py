@@ -134,6 +134,14 @@ class Probe:
 
         return RequestLog.objects.count()
 
+    def settled_rows(self) -> int:
+        """The row count once the writer has caught up (unchanged for a second)."""
+        last = -1
+        while (now := self.rows()) != last:
+            last = now
+            time.sleep(1)
+        return now
+
     def wait_rows(self, at_least: int, timeout: float = 30) -> int:
         deadline = time.monotonic() + timeout
         while self.rows() < at_least and time.monotonic() < deadline:
@@ -195,6 +203,7 @@ def http_fuzz(p: Probe) -> None:
     n = 300 * p.scale
     statuses: Counter[int] = Counter()
     not_json = gateway_5xx = 0
+    odd: Counter[str] = Counter()
     with httpx.Client(base_url=p.url, timeout=30) as client:
         for method, path, body, headers in bad_bodies(p.rng, n):
             all_headers = {**p.auth("a"), "content-type": "application/json", **headers}
@@ -204,8 +213,12 @@ def http_fuzz(p: Probe) -> None:
                 error_body = response.json()
                 if response.status_code >= 400 and not isinstance(error_body.get("error"), dict):
                     not_json += 1
+                    odd[f"{method} {path[:40]} -> {response.status_code}: {response.text[:40]}"] += 1
             except ValueError:
+                if response.status_code < 400:
+                    continue  # an event stream ("stream": "yes" is truthy to the upstream too)
                 not_json += 1
+                odd[f"{method} {path[:40]} -> {response.status_code}: {response.text[:40]}"] += 1
             gateway_5xx += response.status_code >= 500 and response.status_code not in (502, 504)
     p.record(
         "http_bad_input",
@@ -214,6 +227,7 @@ def http_fuzz(p: Probe) -> None:
         statuses=dict(sorted(statuses.items())),
         gateway_5xx=gateway_5xx,
         answers_not_openai_json=not_json,
+        which=dict(odd),
     )
 
 
@@ -249,7 +263,9 @@ def ws_fuzz(p: Probe) -> None:
                 event = json.loads(sock.recv(timeout=10))
                 kind = event.get("type", "?")
                 if kind in ("error", "response.completed", "response.failed", "response.incomplete"):
-                    answers[kind if kind != "error" else f"error:{event.get('error', {}).get('code')}"] += 1
+                    error = event.get("error") or {}
+                    code = error.get("code") or f"{error.get('type')} {event.get('status')}"
+                    answers[kind if kind != "error" else f"error:{code}"] += 1
                     break
                 if kind == "response.interrupt.failed":
                     answers[kind] += 1
@@ -301,7 +317,7 @@ def one_faulted_turn(p: Probe, client: httpx.Client, stream: bool) -> int:
 
 def faulted_turns(p: Probe) -> None:
     n = 20 * p.scale
-    before = p.rows()
+    before = p.settled_rows()
     outcome: dict[str, dict[int, int]] = {}
     with httpx.Client(base_url=p.url, timeout=30) as client:
         for name, switches in FAULTS:
@@ -469,7 +485,7 @@ def anonymous_flood(p: Probe) -> None:
 def locked_database(p: Probe) -> None:
     """Another process holds the SQLite database with BEGIN EXCLUSIVE while turns run."""
     n = 30 * p.scale
-    before = p.rows()
+    before = p.settled_rows()
     locker = sqlite3.connect(p.data / "sluice.sqlite3", timeout=10)
     locker.execute("BEGIN EXCLUSIVE")
     degraded_seen = False
