@@ -198,7 +198,7 @@ def waiting() -> str:
 def _write_retrying(batch: list[TurnRecord]) -> None:
     """Write a batch, retrying with backoff while the database itself fails (gone, locked past its
     timeout) for up to SLUICE_LOG_RETRY_SECONDS; the rows wait meanwhile (submit() bounds how many)."""
-    from django.db import connection
+    from django.db import connection  # like the module's other database imports: once Django is set up
 
     global _failing
     first = delay = 0.0

@@ -63,9 +63,11 @@ class Probe:
     # ----- set-up -----
 
     def setup(self) -> None:
+        # imported here: Django needs django.setup(), which runs once the environment is set
         import django
 
         django.setup()
+        # imported here: Django needs django.setup(), which runs once the environment is set
         from django.core.management import call_command
 
         from tests.fakeupstream import FakeUpstream
@@ -91,6 +93,7 @@ class Probe:
         raise RuntimeError("the gateway did not start; see " + str(self.data / "server.log"))
 
     def make_fixtures(self) -> dict[str, str]:
+        # imported here: Django needs django.setup(), which runs once the environment is set
         from django.contrib.auth import get_user_model
 
         from providers.models import Provider
@@ -116,6 +119,9 @@ class Probe:
         return keys
 
     def stop(self) -> None:
+        log = (self.data / "server.log").read_text(errors="replace").splitlines()
+        problems = [line for line in log if "Traceback" in line or "ERROR" in line or "CRITICAL" in line]
+        print(f"\nserver log: {len(log)} lines, {len(problems)} errors", *problems[-10:], sep="\n  ")
         self.server.send_signal(signal.SIGTERM)
         try:
             self.server.wait(40)
@@ -130,6 +136,7 @@ class Probe:
         return {"authorization": f"Bearer {self.keys[name]}"}
 
     def rows(self) -> int:
+        # imported here: Django needs django.setup(), which runs once the environment is set
         from proxy.models import RequestLog
 
         return RequestLog.objects.count()
@@ -329,6 +336,7 @@ def faulted_turns(p: Probe) -> None:
     p.fake.reset()
     sent = n * len(FAULTS)
     written = p.wait_rows(before + sent) - before
+    # imported here: Django needs django.setup(), which runs once the environment is set
     from proxy.models import RequestLog
 
     negative = RequestLog.objects.filter(input_tokens__lt=0).count()
@@ -382,6 +390,7 @@ async def _parallel(url: str, headers: dict[str, str], n: int, body: dict[str, A
 
 
 def limit_races(p: Probe) -> None:
+    # imported here: Django needs django.setup(), which runs once the environment is set
     from proxy import limits
     from proxy.models import ApiKey, RequestLog
 
@@ -409,6 +418,7 @@ def limit_races(p: Probe) -> None:
 
 
 def _prices() -> dict:
+    # imported here: Django needs django.setup(), which runs once the environment is set
     from proxy.logwriter import model_prices
 
     return model_prices.get()
@@ -439,8 +449,14 @@ async def _probes(
 ) -> Counter:
     limits = httpx.Limits(max_connections=at_once)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
-        statuses = await asyncio.gather(*(client.get(path, headers=headers) for _ in range(n)))
-    return Counter(r.status_code for r in statuses)
+
+        async def one() -> int | str:
+            try:
+                return (await client.get(path, headers=headers)).status_code
+            except httpx.HTTPError as exc:
+                return type(exc).__name__
+
+        return Counter(await asyncio.gather(*(one() for _ in range(n))))
 
 
 def floods(p: Probe) -> None:
@@ -469,6 +485,7 @@ def floods(p: Probe) -> None:
 
 
 def anonymous_flood(p: Probe) -> None:
+    # imported here: Django needs django.setup(), which runs once the environment is set
     from proxy.models import RequestLog
 
     n = 800 * p.scale
@@ -515,6 +532,7 @@ def locked_database(p: Probe) -> None:
 
 def csv_exports(p: Probe) -> None:
     """Client strings that start like formulas, through both exports of the dashboard."""
+    # imported here: Django needs django.setup(), which runs once the environment is set
     import csv
     import io
 
