@@ -510,7 +510,8 @@ def locked_database(p: Probe) -> None:
     with httpx.Client(base_url=p.url, timeout=30) as client:
         for i in range(n):
             client.post("/v1/responses", json={"model": "gpt-5.5", "input": f"l{i}"}, headers=p.auth("a"))
-            time.sleep(p.lock_seconds / n)
+            degraded_seen |= "request_log" in client.get("/readyz").text
+            time.sleep(p.lock_seconds / n / 2)
         while time.monotonic() - started < p.lock_seconds:
             time.sleep(0.5)
             degraded_seen |= "request_log" in client.get("/readyz").text
@@ -561,7 +562,7 @@ SECTIONS = [http_fuzz, ws_fuzz, faulted_turns, cross_key, limit_races, floods, a
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--scale", type=int, default=1, help="multiplies every count (default 1)")
-    parser.add_argument("--lock-seconds", type=float, default=25.0, help="how long the database is locked")
+    parser.add_argument("--lock-seconds", type=float, default=30.0, help="how long the database is locked")
     parser.add_argument("--only", nargs="*", help="section names to run (default: all)")
     args = parser.parse_args()
     probe = Probe(args.scale, args.lock_seconds)
