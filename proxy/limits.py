@@ -421,6 +421,21 @@ async def admit(
     return await _take(policy.quotas, counts, prices, reserve)
 
 
+async def count_invalid(client: Any, error: WireError) -> WireError:
+    """An invalid request (or WebSocket turn) of a rate-limited key counts against its rate like a valid
+    one: ``error``, or the 429 once the rate is used up (a flood of bad requests costs the key, not the
+    request log)."""
+    if client.policy is None:
+        return error
+    try:
+        (await admit(client, None, REQUEST)).release()
+    except LimitError as refused:
+        return refused
+    except WireError:  # a disabled team: the request's own error says what is wrong with it
+        pass
+    return error
+
+
 async def admit_socket(client: Any) -> Admission:
     """Admit one WebSocket connection of ``client`` (before the upgrade is accepted)."""
     policy: Policy | None = client.policy

@@ -98,17 +98,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
 
 
 async def _counted(client: Client | None, error: WireError) -> WireError:
-    """An invalid request of a rate-limited key counts against its rate like a valid one: ``error``, or
-    the 429 once the rate is used up (a flood of bad requests costs the key, not the request log)."""
-    if client is None or client.policy is None:
-        return error
-    try:
-        (await limits.admit(client, None, limits.REQUEST)).release()
-    except limits.LimitError as refused:
-        return refused
-    except WireError:  # a disabled team: the request's own error says what is wrong with it
-        pass
-    return error
+    return error if client is None else await limits.count_invalid(client, error)
 
 
 def _refused(request: HttpRequest, key_id: int | None, error: WireError) -> WireError:

@@ -137,15 +137,19 @@ class Lane:
             client_transport="websocket",
             endpoint="provider_test" if connection.pinned is not None else "responses",
         )
+        counted = False  # by the admission: an error before it still counts against the key's rate
         try:
             model = validate_create_frame(frame)
             record.requested_model = model
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
+            counted = True
             async with admitted(connection.client, record, limits.estimate(frame, len(text))):
                 self.current = turn
                 await self._route(turn)
         except WireError as error:
+            if not counted:
+                error = await limits.count_invalid(connection.client, error)
             log.info("WebSocket turn refused: %s %s", error.code, error.message)
             record.status, record.error_code = error.status, error.code
             if not isinstance(error, LimitError):  # refused before it reached anyone: the cache holds

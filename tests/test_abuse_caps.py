@@ -1,7 +1,10 @@
 """Floods and invalid requests are bounded: anonymous refusals across all addresses, and a rate-limited
 key's invalid requests."""
 
+import json
+
 import httpx
+from websockets.sync.client import connect
 
 from proxy import logwriter
 from tests.conftest import make_key, make_provider, request_logs
@@ -41,3 +44,24 @@ def test_invalid_requests_of_a_rate_limited_key_count_against_its_rate(gateway, 
     rows = request_logs(6)
     assert [r.status for r in rows] == [400, 400, 400, 429, 429, 429]
     assert {r.api_key_id for r in rows} == {key.pk}
+
+
+def test_invalid_websocket_turns_of_a_rate_limited_key_count_against_its_rate(gateway, upstream, settings):
+    settings.SLUICE_RATE_WINDOW_SECONDS = 3600
+    make_provider(upstream)
+    key, raw = make_key(rpm=2)
+    url = gateway.url.replace("http://", "ws://") + "/v1/responses"
+    codes = []
+    with connect(url, additional_headers={"authorization": f"Bearer {raw}"}) as sock:
+        for frame in ({"type": "response.create"}, {"type": "response.create", "model": 5}, {}, {}):
+            sock.send(json.dumps(frame))
+            event = json.loads(sock.recv(timeout=10))
+            codes.append((event.get("status"), event["error"]["code"]))
+    assert codes == [
+        (400, "missing_required_parameter"),
+        (400, codes[1][1]),
+        (429, "rate_limit_exceeded"),
+        (429, "rate_limit_exceeded"),
+    ], codes
+    assert upstream.ws_connections == 0 and upstream.http_requests == 0
+    assert [r.status for r in request_logs(4)] == [400, 400, 429, 429]
