@@ -121,3 +121,17 @@ def test_a_reservation_is_settled_on_every_exit_path(gateway, upstream, turn, sw
     request_logs(1)
     usage = settled(f"k{key.pk}")
     assert (usage.slots, usage.day, usage.month) == (0, logged_spend(), logged_spend())
+
+
+def test_the_worst_case_is_the_budget_plus_one_reservation(gateway, upstream):
+    """The README's bound: turns are admitted while spend plus reservations is below the budget, so at
+    most ceil(budget / reservation) turns run at once, reserving less than the budget plus one more."""
+    make_provider(upstream)
+    upstream.head_delay = 2.0
+    budget = Decimal("0.30")
+    key, raw = make_key(daily_budget=budget)
+    statuses = asyncio.run(parallel_turns(gateway.url, raw, 20, max_output_tokens=4000))
+    # Each reserves 4,000 output tokens at USD 30 a million (0.12) and about 17 input tokens at 5.
+    assert statuses.count(200) == math.ceil(budget / Decimal("0.120085")) == 3, statuses
+    request_logs(20)
+    assert settled(f"k{key.pk}").day == logged_spend() < budget * limits.MICRO
