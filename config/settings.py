@@ -240,6 +240,10 @@ SLUICE_CONFIG_POLL_SECONDS = env.float("SLUICE_CONFIG_POLL_SECONDS", default=2.0
 # The request log is written in batches gathered for this long (rows are never lost: flush() and the
 # queue keep them).
 SLUICE_LOG_BATCH_SECONDS = env.float("SLUICE_LOG_BATCH_SECONDS", default=1.0)
+# While the database refuses writes, rows wait in memory up to this many (more are dropped and counted),
+# and a batch is retried for this long before it is dropped and counted.
+SLUICE_LOG_QUEUE_ROWS = env.int("SLUICE_LOG_QUEUE_ROWS", default=100_000)
+SLUICE_LOG_RETRY_SECONDS = env.float("SLUICE_LOG_RETRY_SECONDS", default=600.0)
 SLUICE_BREAKER_THRESHOLD = env.int("SLUICE_BREAKER_THRESHOLD", default=3)
 SLUICE_BREAKER_COOLDOWN = env.int("SLUICE_BREAKER_COOLDOWN", default=30)
 SLUICE_SESSION_AFFINITY_TTL = env.int("SLUICE_SESSION_AFFINITY_TTL", default=6 * 3600)
@@ -259,3 +263,6 @@ SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)
 # Requests and tokens per minute are counted in fixed windows of this many seconds (60: per minute; tests
 # shorten it).
 SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.0)
+# A turn under a budget reserves its estimated cost at admission: this many output tokens when the request
+# names no max_output_tokens.
+SLUICE_BUDGET_OUTPUT_TOKENS = env.int("SLUICE_BUDGET_OUTPUT_TOKENS", default=8192)

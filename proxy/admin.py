@@ -16,6 +16,34 @@ from proxy import dashboard, limits
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
 
+
+def led_teams(request: HttpRequest) -> list[int] | None:
+    """The ids of the teams a staff member who is not a superuser leads (a membership with the role
+    "lead"): the admin and the dashboard show them only those teams' objects. None: not scoped (a
+    superuser, or staff who lead no team, whose view is what their permissions give)."""
+    if not hasattr(request, "_sluice_led"):
+        user = request.user
+        led = None
+        if user.is_authenticated and not user.is_superuser:
+            # Through the reverse relation of the identity app's memberships: proxy never imports it.
+            ids = Team.objects.filter(memberships__user=user, memberships__role="lead").values_list("pk")
+            led = sorted({pk for (pk,) in ids}) or None
+        request._sluice_led = led  # type: ignore[attr-defined]
+    return request._sluice_led  # type: ignore[attr-defined]
+
+
+class LedTeamsFilter(admin.RelatedFieldListFilter):
+    """A key or team filter of the request log offering only the teams' own keys and teams to a lead."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        led = led_teams(request)
+        if led is None:
+            return super().field_choices(field, request, model_admin)
+        scope = {"pk__in": led} if field.related_model is Team else {"team_id__in": led}
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return field.get_choices(include_blank=False, ordering=ordering, limit_choices_to=scope)
+
+
 # Each limit on a row of its own, with what is used of it right now beside it.
 LIMIT_ROWS = (
     ("rpm", "requests_now"),
@@ -118,7 +146,9 @@ class TeamAdmin(LimitsAdmin):
     readonly_fields = USAGE_FIELDS
 
     def get_queryset(self, request: HttpRequest) -> Any:
-        return super().get_queryset(request).annotate(key_count=Count("keys"))
+        qs = super().get_queryset(request).annotate(key_count=Count("keys"))
+        led = led_teams(request)
+        return qs if led is None else qs.filter(pk__in=led)
 
     @admin.display(description=_("keys"), ordering="key_count")
     def keys(self, obj: Team) -> int:
@@ -154,6 +184,21 @@ class ApiKeyAdmin(LimitsAdmin):
         ),
     )
     readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
+        qs = super().get_queryset(request)
+        led = led_teams(request)
+        return qs if led is None else qs.filter(team_id__in=led)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """A lead gives keys only to their teams and to those teams' people."""
+        led = led_teams(request)
+        if led is not None and db_field.name == "team":
+            kwargs["queryset"] = Team.objects.filter(pk__in=led)
+        elif led is not None and db_field.name == "owner":
+            people = db_field.related_model.objects.filter(memberships__team_id__in=led)
+            kwargs["queryset"] = people.distinct()
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def get_changeform_initial_data(self, request: HttpRequest) -> dict[str, Any]:
         """A new key belongs to whoever creates it unless another owner is chosen."""
@@ -232,8 +277,8 @@ class RequestLogAdmin(admin.ModelAdmin):
         "upstream_transport",
         "fallback_reason",
         ("provider", admin.RelatedFieldListFilter),
-        ("api_key", admin.RelatedFieldListFilter),
-        ("team", admin.RelatedFieldListFilter),
+        ("api_key", LedTeamsFilter),
+        ("team", LedTeamsFilter),
         "endpoint",
     )
     search_fields = (
@@ -286,6 +331,11 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[RequestLog]:
+        qs = super().get_queryset(request)
+        led = led_teams(request)
+        return qs if led is None else qs.filter(team_id__in=led)
 
     def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
         # The table needs the width the navigation sidebar would take to fit 1280 px with its filters.
@@ -389,6 +439,7 @@ class UsageAdmin(admin.ModelAdmin):
         if not self.has_view_permission(request):
             raise PermissionDenied
         filters = dashboard.parse_filters(request.GET)
+        filters.teams = led_teams(request)
         export = request.GET.get("export")
         if export == "rows":
             return dashboard.rows_csv(filters)

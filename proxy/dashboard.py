@@ -74,14 +74,18 @@ def budget_field(model: Any) -> str | None:
     return None
 
 
-def budgets(start: dt.datetime) -> list[dict[str, Any]]:
-    """Spend since ``start`` (the first day of this month) of every key and team that has a budget."""
+def budgets(start: dt.datetime, teams: list[int] | None = None) -> list[dict[str, Any]]:
+    """Spend since ``start`` (the first day of this month) of every key and team that has a budget (of
+    ``teams`` only, when given)."""
     rows = []
     for model, log_field in ((ApiKey, "api_key"), (team_model(), team_field())):
         limit = budget_field(model)
         if limit is None or log_field is None:
             continue
-        holders = {o.pk: o for o in model.objects.filter(**{f"{limit}__isnull": False}).exclude(**{limit: 0})}
+        holding = model.objects.filter(**{f"{limit}__isnull": False}).exclude(**{limit: 0})
+        if teams is not None:
+            holding = holding.filter(**({"team_id__in": teams} if model is ApiKey else {"pk__in": teams}))
+        holders = {o.pk: o for o in holding}
         spent = dict(
             RequestLog.objects.filter(created_at__gte=start, **{f"{log_field}_id__in": list(holders)})
             .values_list(f"{log_field}_id")
@@ -114,6 +118,7 @@ class Filters:
     model: str = ""
     provider: int | None = None
     errors: list[str] = field(default_factory=list)
+    teams: list[int] | None = None  # a team lead's teams: nothing of other teams is read (None: all)
 
     @property
     def days(self) -> list[dt.date]:
@@ -128,11 +133,25 @@ class Filters:
         return out
 
 
+# Ids the database can hold (a 64-bit signed integer); dates whose next day still exists.
+MAX_ID = 2**63 - 1
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
+
+
 def _int(value: str | None) -> int | None:
     try:
-        return int(value) if value else None
+        number = int(value) if value else None
     except ValueError:
         return None
+    return number if number is None or 0 < number <= MAX_ID else None
+
+
+def _id_filter(params: Any, name: str, errors: list[str]) -> int | None:
+    """The id a filter names, or None with a message when it is not one (the page still answers)."""
+    number = _int(params.get(name))
+    if number is None and params.get(name):
+        errors.append(_("The filter “%(name)s” is not valid; it is ignored.") % {"name": name})
+    return number
 
 
 def parse_filters(params: Any) -> Filters:
@@ -154,6 +173,13 @@ def parse_filters(params: Any) -> Filters:
                 _("The start date is not a date (YYYY-MM-DD)."),
             ],
         )
+    if end > LAST_DAY:
+        end, errors = today, [*errors, _("The end date is out of range.")]
+    if start > LAST_DAY:
+        start, errors = (
+            end - dt.timedelta(days=DEFAULT_DAYS - 1),
+            [*errors, _("The start date is out of range.")],
+        )
     if start > end:
         start, end = end, start
     if (end - start).days > 366:
@@ -162,10 +188,10 @@ def parse_filters(params: Any) -> Filters:
     return Filters(
         start=start,
         end=end,
-        key=_int(params.get("key")),
-        team=_int(params.get("team")) if team_field() else None,
+        key=_id_filter(params, "key", errors),
+        team=_id_filter(params, "team", errors) if team_field() else None,
         model=(params.get("model") or "")[:200],
-        provider=_int(params.get("provider")),
+        provider=_id_filter(params, "provider", errors),
         errors=errors,
     )
 
@@ -174,6 +200,8 @@ def queryset(f: Filters) -> QuerySet[RequestLog]:
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
     end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
     qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+    if f.teams is not None:
+        qs = qs.filter(team_id__in=f.teams)
     if f.key:
         qs = qs.filter(api_key_id=f.key)
     if f.team and team_field():
@@ -368,7 +396,7 @@ def _usage(f: Filters) -> Usage:
         fallbacks=fallbacks,
         refusals=refusals,
         ttfe=percentiles(qs, provider_names),
-        budgets=budgets(month),
+        budgets=budgets(month, f.teams),
     )
 
 
@@ -387,9 +415,23 @@ class _Echo:
         return value
 
 
+# Cells a spreadsheet would read as a formula (OWASP's CSV injection list): model names, session ids, key
+# and team names are the clients' and the people's own strings.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutral(cell: Any) -> Any:
+    """A text cell made inert with a leading single quote when it starts like a formula; numbers kept."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def _csv_response(rows: Iterator[list[Any]], filename: str) -> StreamingHttpResponse:
     writer = csv.writer(_Echo())
-    response = StreamingHttpResponse((writer.writerow(r) for r in rows), content_type="text/csv")
+    response = StreamingHttpResponse(
+        (writer.writerow([neutral(c) for c in r]) for r in rows), content_type="text/csv"
+    )
     response["Content-Disposition"] = f'attachment; filename="{filename}"'
     return response
 
@@ -491,8 +533,15 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
             bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
         ),
     ]
+    scoped = RequestLog.objects.all()
+    keys = ApiKey.objects.all()
+    teams = team_model().objects.all() if team_field() else None
+    if u.filters.teams is not None:
+        scoped = scoped.filter(team_id__in=u.filters.teams)
+        keys = keys.filter(team_id__in=u.filters.teams)
+        teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
     models = (
-        RequestLog.objects.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
+        scoped.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
         .exclude(upstream_model="")
         .values_list("upstream_model", flat=True)
         .distinct()
@@ -501,10 +550,10 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     return {
         "usage": u,
         "charts": charts,
-        "keys": ApiKey.objects.order_by("name").values_list("pk", "name"),
+        "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),
         "models": list(models),
-        "teams": team_model().objects.all() if team_field() else None,
+        "teams": teams,
         "query": u.filters.query(),
         "endpoint_label": endpoint_label,
     }

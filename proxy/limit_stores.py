@@ -64,7 +64,7 @@ class LocalStore:
         return counters
 
     def take(
-        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock, reserve: int = 0
     ) -> tuple[int, int, list[Usage]]:
         with self.lock:
             all_counters = [self._of(q.scope, clock) for q in quotas]
@@ -76,17 +76,32 @@ class LocalStore:
             for counters in all_counters:
                 if counts != SOCKET:
                     counters.requests += 1
+                counters.day_spend += reserve  # held against the budgets until the turn settles
+                counters.month_spend += reserve
                 if lease:
                     (counters.sockets if counts == SOCKET else counters.slots)[lease] = clock.now + SLOT_TTL
             return 0, 0, usages
 
     def release(
-        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+        self,
+        quotas: tuple[Quota, ...],
+        counts: int,
+        lease: str,
+        tokens: int,
+        spend: int,
+        clock: Clock,
+        reserved: int = 0,
+        reserved_at: Clock | None = None,
     ) -> None:
         with self.lock:
             for quota in quotas:
                 counters = self._of(quota.scope, clock)
                 (counters.sockets if counts == SOCKET else counters.slots).pop(lease, None)
+                if reserved and reserved_at is not None:  # in the day and month it was reserved in
+                    if counters.day == reserved_at.day:
+                        counters.day_spend = max(counters.day_spend - reserved, 0)
+                    if counters.month == reserved_at.month:
+                        counters.month_spend = max(counters.month_spend - reserved, 0)
                 counters.tokens += tokens
                 counters.day_spend += spend
                 counters.month_spend += spend
@@ -116,13 +131,14 @@ class LocalStore:
 
 # KEYS, five per quota: requests, tokens, slots (a sorted set of leases), day spend, month spend.
 # ARGV: quota count, now, what is counted, lease, lease expiry, window ttl, then five limits per quota
-# (daily, monthly, rpm, tpm, slots; -1 for none). Returns what ran out, the quota's index, then the five
-# counters of each quota as they stood.
+# (daily, monthly, rpm, tpm, slots; -1 for none), then the micro-USD to reserve against the budgets.
+# Returns what ran out, the quota's index, then the five counters of each quota as they stood.
 _TAKE = """
 local n = tonumber(ARGV[1])
 local now = tonumber(ARGV[2])
 local counts = tonumber(ARGV[3])
 local lease = ARGV[4]
+local reserve = tonumber(ARGV[7 + n * 5])
 local out = {0, 0}
 for i = 0, n - 1 do
   local k = i * 5
@@ -162,17 +178,30 @@ if out[1] == 0 then
       redis.call('ZADD', KEYS[k + 3], tonumber(ARGV[5]), lease)
       redis.call('EXPIRE', KEYS[k + 3], SLOT_TTL)
     end
+    if reserve > 0 then
+      redis.call('INCRBY', KEYS[k + 4], reserve)
+      redis.call('EXPIRE', KEYS[k + 4], 172800)
+      redis.call('INCRBY', KEYS[k + 5], reserve)
+      redis.call('EXPIRE', KEYS[k + 5], 2764800)
+    end
   end
 end
 return out
 """.replace("SLOT_TTL", str(SLOT_TTL))
 
 
-# KEYS as for _TAKE; ARGV: lease, tokens, micro-USD spent, window ttl. One command, whatever the quotas.
+# KEYS as for _TAKE and two more per quota: the day and month spend of when the turn was admitted; ARGV:
+# lease, tokens, micro-USD spent, window ttl, micro-USD reserved. One command, whatever the quotas.
 _RELEASE = """
-local tokens, spend = tonumber(ARGV[2]), tonumber(ARGV[3])
-for k = 0, #KEYS - 1, 5 do
+local tokens, spend, reserved = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+for k = 0, #KEYS - 1, 7 do
   if ARGV[1] ~= '' then redis.call('ZREM', KEYS[k + 3], ARGV[1]) end
+  if reserved > 0 then
+    for j = 6, 7 do
+      local held = tonumber(redis.call('GET', KEYS[k + j]) or '0')
+      if held > 0 then redis.call('DECRBY', KEYS[k + j], math.min(held, reserved)) end
+    end
+  end
   if tokens > 0 then
     redis.call('INCRBY', KEYS[k + 2], tokens)
     redis.call('EXPIRE', KEYS[k + 2], tonumber(ARGV[4]))
@@ -224,7 +253,7 @@ class RedisStore:
         ]
 
     def take(
-        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+        self, quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock, reserve: int = 0
     ) -> tuple[int, int, list[Usage]]:
         client = self._client()
         if self.script is None:
@@ -242,14 +271,25 @@ class RedisStore:
             keys += self.keys(q.scope, counts, clock)
             slots = q.sockets if counts == SOCKET else q.concurrency
             args += [_limit(q.daily), _limit(q.monthly), _limit(q.rpm), _limit(q.tpm), _limit(slots)]
+        args.append(reserve)
         out = [int(v) for v in self.script(keys=keys, args=args, client=client)]
         usages = [Usage(*out[2 + 5 * i : 7 + 5 * i]) for i in range(len(quotas))]
         return out[0], out[1], usages
 
     def release(
-        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+        self,
+        quotas: tuple[Quota, ...],
+        counts: int,
+        lease: str,
+        tokens: int,
+        spend: int,
+        clock: Clock,
+        reserved: int = 0,
+        reserved_at: Clock | None = None,
     ) -> None:
-        future = executor.submit(self._release, quotas, counts, lease, tokens, spend, clock)
+        future = executor.submit(
+            self._release, quotas, counts, lease, tokens, spend, clock, reserved, reserved_at or clock
+        )
         scopes = [q.scope for q in quotas]
         for scope in scopes:
             self.pending[scope] = future
@@ -267,7 +307,15 @@ class RedisStore:
         return [f for q in quotas if (f := self.pending.get(q.scope)) is not None and not f.done()]
 
     def _release(
-        self, quotas: tuple[Quota, ...], counts: int, lease: str, tokens: int, spend: int, clock: Clock
+        self,
+        quotas: tuple[Quota, ...],
+        counts: int,
+        lease: str,
+        tokens: int,
+        spend: int,
+        clock: Clock,
+        reserved: int,
+        reserved_at: Clock,
     ) -> None:
         try:
             client = self._client()
@@ -275,9 +323,9 @@ class RedisStore:
                 self.give_back = client.register_script(_RELEASE)
             keys: list[str] = []
             for q in quotas:
-                keys += self.keys(q.scope, counts, clock)
+                keys += self.keys(q.scope, counts, clock) + self.keys(q.scope, counts, reserved_at)[3:]
             window = math.ceil(2 * settings.SLUICE_RATE_WINDOW_SECONDS)
-            self.give_back(keys=keys, args=[lease, tokens, spend, window], client=client)
+            self.give_back(keys=keys, args=[lease, tokens, spend, window, reserved], client=client)
         except Exception:  # noqa: BLE001 - logged; a lease left behind expires on its own
             log.warning("could not release a limit admission in Redis", exc_info=True)
 

@@ -11,7 +11,8 @@ The counters live in ``proxy.limit_stores``. The decision itself is a pure funct
 limits and the counters as they stand: fixed windows of ``SLUICE_RATE_WINDOW_SECONDS`` for requests and
 tokens, slots for turns in flight and open sockets (leases that expire, so a process that dies cannot hold
 them for ever), and spend per UTC day and month in micro-dollars. A budget never cuts a turn in flight:
-spend is counted when it ends.
+a turn reserves its estimated cost at admission (``estimate``), in the same atomic step that checks the
+budget, and its release settles it: the reservation given back, the real spend added.
 """
 
 import asyncio
@@ -30,6 +31,7 @@ from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
+from proxy.outcome import Outcome
 from proxy.refusals import Refusal, budget_refusal, model_refusal_message
 from proxy.wire import WireError
 from settings_app import shared
@@ -287,7 +289,7 @@ _process = f"{os.getpid()}-{os.urandom(3).hex()}"
 class Admission:
     """What one turn (or socket) holds until ``release``: its slots, and how to account for its usage."""
 
-    __slots__ = ("quotas", "counts", "lease", "headers", "prices", "released", "store")
+    __slots__ = ("quotas", "counts", "lease", "headers", "prices", "released", "store", "reserved", "clock")
 
     def __init__(
         self,
@@ -297,8 +299,12 @@ class Admission:
         headers: dict[str, str],
         prices: dict | None,
         store: Any = None,
+        reserved: int = 0,
+        clock: "Clock | None" = None,
     ) -> None:
         self.store = store  # the store that admitted it (the local one while Redis is unreachable)
+        self.reserved = reserved  # micro-USD held against the budgets until the turn settles
+        self.clock = clock  # when it was reserved: the day and month the reservation is counted in
         self.quotas = quotas
         self.counts = counts
         self.lease = lease
@@ -307,7 +313,8 @@ class Admission:
         self.released = not quotas
 
     def release(self, record: Any = None) -> None:
-        """Give back the slot and add the turn's tokens and spend; safe to call more than once."""
+        """Give back the slot and the reservation, and add the turn's tokens and spend; safe to call more
+        than once."""
         if self.released:
             return
         self.released = True
@@ -319,7 +326,16 @@ class Admission:
                 spend = spend_of(self.prices, o.model or record.upstream_model, o)
         try:
             store = self.store or _store()
-            store.release(self.quotas, self.counts, self.lease, tokens, spend, Clock.at(time.time()))
+            store.release(
+                self.quotas,
+                self.counts,
+                self.lease,
+                tokens,
+                spend,
+                Clock.at(time.time()),
+                self.reserved,
+                self.clock,
+            )
         except Exception:  # noqa: BLE001 - the cache being gone must not fail the turn
             log.warning("could not release a limit admission", exc_info=True)
 
@@ -362,9 +378,28 @@ def spend_of(prices: dict, model: str, outcome: Any) -> int:
     return math.ceil(usd * MICRO)
 
 
-async def admit(client: Any, model: str | None, counts: int = TURN) -> Admission:
+def estimate(body: dict[str, Any] | None, size: int) -> tuple[int, int]:
+    """A turn's tokens as guessed before it runs: its request's size in bytes / 4 as input, and its
+    ``max_output_tokens`` (else SLUICE_BUDGET_OUTPUT_TOKENS) as output."""
+    ceiling = (body or {}).get("max_output_tokens")
+    if not isinstance(ceiling, int) or isinstance(ceiling, bool) or ceiling <= 0:
+        ceiling = settings.SLUICE_BUDGET_OUTPUT_TOKENS
+    return size // 4, min(ceiling, 10_000_000)
+
+
+def reservation(prices: dict, model: str | None, guess: tuple[int, int]) -> int:
+    """The estimated cost in micro-USD of a turn of ``model`` (0 for a model without a price)."""
+    if not model or guess == (0, 0):
+        return 0
+    return spend_of(prices, model, Outcome(input_tokens=guess[0], output_tokens=guess[1]))
+
+
+async def admit(
+    client: Any, model: str | None, counts: int = TURN, guess: tuple[int, int] = (0, 0)
+) -> Admission:
     """Admit one turn (or, with REQUEST, one request that counts against the rate only) of ``client``;
-    raise a ``WireError`` when a limit, a budget, the model allow-list or a disabled team refuses it."""
+    raise a ``WireError`` when a limit, a budget, the model allow-list or a disabled team refuses it.
+    A turn under a budget reserves the cost of ``guess`` (see ``estimate``) until it is released."""
     policy: Policy | None = client.policy
     if policy is None:
         return UNLIMITED
@@ -393,11 +428,28 @@ async def admit(client: Any, model: str | None, counts: int = TURN) -> Admission
     if not policy.quotas:
         return UNLIMITED
     prices = None
+    reserve = 0
     if policy.budgets and counts == TURN:
         from proxy.logwriter import model_prices
 
         prices = await model_prices.aget()
-    return await _take(policy.quotas, counts, prices)
+        reserve = reservation(prices, model, guess)
+    return await _take(policy.quotas, counts, prices, reserve)
+
+
+async def count_invalid(client: Any, error: WireError) -> WireError:
+    """An invalid request (or WebSocket turn) of a rate-limited key counts against its rate like a valid
+    one: ``error``, or the 429 once the rate is used up (a flood of bad requests costs the key, not the
+    request log)."""
+    if client.policy is None:
+        return error
+    try:
+        (await admit(client, None, REQUEST)).release()
+    except LimitError as refused:
+        return refused
+    except WireError:  # a disabled team: the request's own error says what is wrong with it
+        pass
+    return error
 
 
 async def admit_socket(client: Any) -> Admission:
@@ -411,7 +463,7 @@ async def admit_socket(client: Any) -> Admission:
     return await _take(quotas, SOCKET, None) if quotas else UNLIMITED
 
 
-async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> Admission:
+async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None, reserve: int = 0) -> Admission:
     lease = "" if counts == REQUEST else f"{_process}-{next(_lease_ids)}"
     clock = Clock.at(time.time())
     store = _store()
@@ -421,7 +473,7 @@ async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> 
 
         store = local_store
     if store.local:
-        what, index, usages = store.take(quotas, counts, lease, clock)
+        what, index, usages = store.take(quotas, counts, lease, clock, reserve)
     else:
         from proxy.limit_stores import executor, local_store
 
@@ -429,30 +481,36 @@ async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None) -> 
             await asyncio.wrap_future(release)
         # The script may run to the end after this task is cancelled: give back what it took.
         future = asyncio.get_running_loop().run_in_executor(
-            executor, store.take, quotas, counts, lease, clock
+            executor, store.take, quotas, counts, lease, clock, reserve
         )
         try:
             what, index, usages = await asyncio.shield(future)
         except asyncio.CancelledError:
-            future.add_done_callback(lambda f: _abandoned(f, quotas, counts, lease, clock))
+            future.add_done_callback(lambda f: _abandoned(f, quotas, counts, lease, clock, reserve))
             raise
         except Exception as exc:  # noqa: BLE001 - Redis unreachable: limits hold per process meanwhile
             shared.report_failure(exc)  # logged once per outage; later turns skip Redis until it is back
             store = local_store
-            what, index, usages = store.take(quotas, counts, lease, clock)
+            what, index, usages = store.take(quotas, counts, lease, clock, reserve)
     if what:
         quota = quotas[index]
         error = socket_refusal(quota) if counts == SOCKET else refusal(quota, what, usages[index], clock)
         error.headers.update(rate_headers(quotas, usages, clock, counted=False))
         raise error
-    return Admission(quotas, counts, lease, rate_headers(quotas, usages, clock, counted=True), prices, store)
+    headers = rate_headers(quotas, usages, clock, counted=True)
+    return Admission(quotas, counts, lease, headers, prices, store, reserve, clock)
 
 
 def _abandoned(
-    future: "asyncio.Future[Any]", quotas: tuple[Quota, ...], counts: int, lease: str, clock: Clock
+    future: "asyncio.Future[Any]",
+    quotas: tuple[Quota, ...],
+    counts: int,
+    lease: str,
+    clock: Clock,
+    reserve: int,
 ) -> None:
     if not future.cancelled() and future.exception() is None and not future.result()[0]:
-        Admission(quotas, counts, lease, {}, None).release()
+        Admission(quotas, counts, lease, {}, None, None, reserve, clock).release()
 
 
 _chosen: Any = None

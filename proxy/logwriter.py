@@ -70,26 +70,40 @@ _pending = 0
 _idle = threading.Condition(_lock)
 _wake = threading.Event()  # flush() asks the writer not to wait for the rest of its batch
 _last_used_written: dict[int, float] = {}  # key id -> when its last_used_at was last written
+_failing: tuple[float, str] | None = None  # since when (monotonic) and why the database refuses writes
 LAST_USED_RESOLUTION = 60.0
 
 
-# Refusals of requests without a valid key: at most this many rows per client address per minute, so
-# that a flood of anonymous requests cannot fill the database (the metrics still count every one).
+# Refusals of requests without a valid key: at most this many rows per client address per minute, and
+# this many across all addresses, so that a flood of anonymous requests (from one address or thousands)
+# cannot fill the database (the metrics still count every one).
 ANONYMOUS_ROWS_PER_MINUTE = 60
+ANONYMOUS_ROWS_PER_MINUTE_ALL = 600
+_ALL = "*"  # the entry of all addresses together (never an address)
 _anonymous: dict[str, tuple[int, float]] = {}  # client address -> (rows this minute, minute started)
+
+
+def _counted(address: str, now: float) -> int:
+    """Rows of ``address`` this minute before this one; counts this one."""
+    count, since = _anonymous.get(address, (0, now))
+    if now - since >= 60:
+        count, since = 0, now
+    _anonymous[address] = (count + 1, since)
+    return count
 
 
 def _over_allowance(record: TurnRecord) -> bool:
     if record.key_id is not None or record.status < 400:
         return False
     now = time.monotonic()
-    count, since = _anonymous.get(record.client_addr, (0, now))
-    if now - since >= 60:
-        count, since = 0, now
     if len(_anonymous) > 10_000:  # addresses of a wide flood: forget them all rather than grow
+        everyone = _anonymous.get(_ALL)
         _anonymous.clear()
-    _anonymous[record.client_addr] = (count + 1, since)
-    return count >= ANONYMOUS_ROWS_PER_MINUTE
+        if everyone is not None:  # the cap of all addresses together is never forgotten
+            _anonymous[_ALL] = everyone
+    if _counted(record.client_addr, now) >= ANONYMOUS_ROWS_PER_MINUTE:
+        return True
+    return _counted(_ALL, now) >= ANONYMOUS_ROWS_PER_MINUTE_ALL
 
 
 def submit(record: TurnRecord) -> None:
@@ -104,6 +118,9 @@ def submit(record: TurnRecord) -> None:
     if record.key_id is None and record.status >= 400 and _over_allowance(record):
         record.dropped = True
     with _lock:
+        if _pending >= settings.SLUICE_LOG_QUEUE_ROWS:  # the database is behind: memory stays bounded
+            metrics.log_dropped.labels("queue_full").inc()
+            return
         _pending += 1
         if _thread is None or not _thread.is_alive():
             if _thread is None:  # a process that exits without a server shutdown still writes its rows
@@ -175,7 +192,7 @@ def _run() -> None:
             except queue.Empty:
                 break
         try:
-            write_keeping_good_rows(batch)
+            _write_retrying(batch)
         except Exception:  # noqa: BLE001 - the writer outlives any batch; its rows are counted as dropped
             log.exception("could not write %d request log rows", len(batch))
             metrics.log_dropped.labels("write_failed").inc(len(batch))
@@ -190,17 +207,58 @@ def _run() -> None:
             log.exception("could not check the request log's database connection")
 
 
+def waiting() -> str:
+    """What keeps rows waiting ("" when the database takes them): /readyz reports the node degraded."""
+    failing = _failing
+    if failing is None or not _pending:
+        return ""
+    return f"{_pending} rows waiting for {time.monotonic() - failing[0]:.0f} s: {failing[1]}"
+
+
+def _write_retrying(batch: list[TurnRecord]) -> None:
+    """Write a batch, retrying with backoff while the database itself fails (gone, locked past its
+    timeout) for up to SLUICE_LOG_RETRY_SECONDS; the rows wait meanwhile (submit() bounds how many)."""
+    from django.db import connection  # like the module's other database imports: once Django is set up
+
+    global _failing
+    first = delay = 0.0
+    while True:
+        try:
+            write_keeping_good_rows(batch)
+            _failing = None
+            return
+        except DatabaseDown as down:
+            batch, exc = down.rows, down.error  # the rows written before it failed are not written again
+            now = time.monotonic()
+            if not first:
+                first, delay = now, 0.1
+                if _failing is None:
+                    log.warning("the database refuses request log rows (%r); retrying, rows wait", exc)
+            _failing = (_failing[0] if _failing else now, f"{type(exc).__name__}: {str(exc)[:200]}")
+            if now - first >= settings.SLUICE_LOG_RETRY_SECONDS:
+                log.error(
+                    "dropped %d request log rows after %.0f s of retries: %r", len(batch), now - first, exc
+                )
+                metrics.log_dropped.labels("write_failed").inc(len(batch))
+                return
+            try:
+                connection.close()  # a connection the server dropped is opened again on the next try
+            except Exception:  # noqa: BLE001 - closing a broken connection may fail too
+                pass
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
     """Write a batch; when it fails, write its halves, down to the rows that fail alone, which are dropped
-    and logged once each: one bad row never costs the others theirs."""
+    and logged once each: one bad row never costs the others theirs. A failure of the database itself
+    (gone, locked) is raised: no row would get through alone, and the caller retries the batch."""
     from django.db import InterfaceError, OperationalError
 
     try:
         write(batch)
-    except (OperationalError, InterfaceError):
-        # The database itself failed (gone, locked past its timeout): no row would get through alone.
-        log.exception("could not write %d request log rows", len(batch))
-        metrics.log_dropped.labels("write_failed").inc(len(batch))
+    except (OperationalError, InterfaceError) as exc:
+        raise DatabaseDown(batch, exc) from exc
     except Exception as exc:  # noqa: BLE001 - a row the database refuses must not cost the others theirs
         if len(batch) == 1:
             r = batch[0]
@@ -214,8 +272,21 @@ def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
             return
         tidy_connections()
         middle = len(batch) // 2
-        write_keeping_good_rows(batch[:middle])
+        try:
+            write_keeping_good_rows(batch[:middle])
+        except DatabaseDown as down:
+            down.rows = [*down.rows, *batch[middle:]]
+            raise
         write_keeping_good_rows(batch[middle:])
+
+
+class DatabaseDown(Exception):
+    """The database itself failed; ``rows`` are those of the batch not written yet."""
+
+    def __init__(self, rows: list[TurnRecord], error: Exception) -> None:
+        super().__init__(str(error))
+        self.rows = rows
+        self.error = error
 
 
 def write(batch: list[TurnRecord]) -> None:

@@ -1,8 +1,11 @@
 """What a turn produced, read from its terminal event (the only event the gateway parses whole)."""
 
 import json
+import logging
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("sluice.upstream")
 
 
 @dataclass(slots=True)
@@ -23,10 +26,23 @@ class Outcome:
         self.status = response.get("status") or self.status
         self.output = response.get("output") or []
         usage = response.get("usage") or {}
-        self.input_tokens = int(usage.get("input_tokens") or 0)
-        self.output_tokens = int(usage.get("output_tokens") or 0)
-        self.cached_input_tokens = int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0)
-        self.reasoning_tokens = int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0)
+        counts = (
+            int(usage.get("input_tokens") or 0),
+            int(usage.get("output_tokens") or 0),
+            int((usage.get("input_tokens_details") or {}).get("cached_tokens") or 0),
+            int((usage.get("output_tokens_details") or {}).get("reasoning_tokens") or 0),
+        )
+        if min(counts) < 0:
+            # The upstream's fault: counted as nothing (never as a refund), the turn's row kept.
+            log.warning(
+                "upstream reported negative usage for response %s of model %s (%s): counted as 0",
+                str(self.response_id)[:200],
+                str(self.model)[:200],
+                ", ".join(str(c) for c in counts),
+            )
+        self.input_tokens, self.output_tokens, self.cached_input_tokens, self.reasoning_tokens = (
+            max(c, 0) for c in counts
+        )
         error = response.get("error") or {}
         if isinstance(error, dict) and error.get("code"):
             self.error_code = str(error["code"])

@@ -5,17 +5,25 @@ They are served by the lean /v1 handler (see config/asgi.py): no middleware, so 
 """
 
 import asyncio
+import concurrent.futures
 import json
+import time
 
-from asgiref.sync import sync_to_async
 from django.core.cache import caches
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from proxy import lifecycle
+from proxy import lifecycle, logwriter
 from settings_app import shared
 
 CHECK_TIMEOUT = 3.0
+CHECK_EVERY = 1.0  # a flood of probes costs the database one check per second, whatever its size
+
+# The checks' own threads: a probe flood must never queue behind turns (or turns behind it) in the
+# thread pool the turns use.
+_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="sluice-readyz")
+_last: tuple[float, str, str] | None = None  # when, the database's answer, the cache's
+_running: "asyncio.Future[tuple[str, str]] | None" = None  # the check in progress, shared by probes
 
 
 async def healthz(request: HttpRequest) -> HttpResponse:
@@ -42,7 +50,7 @@ async def _check(check: object) -> str:
     """ "" when the check passes, else what went wrong, in a few words."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT):
-            await sync_to_async(check, thread_sensitive=False)()  # type: ignore[arg-type]
+            await asyncio.get_running_loop().run_in_executor(_executor, check)  # type: ignore[arg-type]
     except TimeoutError:
         return f"no answer in {CHECK_TIMEOUT:g} s"
     except Exception as exc:  # noqa: BLE001 - any failure means not ready
@@ -57,13 +65,34 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     serves from its last configuration snapshot with limits counted locally, so a failing cache makes it
     "degraded" (200, named in the body) rather than unready. Taking every node out of the balancer at once
     because Redis went away would turn a degraded fleet into a dead one."""
-    database, cache = await asyncio.gather(_check(_database), _check(_cache))
+    database, cache = await _checked()
     down = {"database": database} if database else {}
     if lifecycle.draining():
         down["lifecycle"] = "draining"
     degraded = {"cache": cache} if cache else {}
+    if waiting := logwriter.waiting():
+        degraded["request_log"] = waiting
     if shared.degraded() and not cache:
         degraded["cache"] = str(shared.status()["error"] or "recently unreachable")
     status = "down" if down else "degraded" if degraded else "ok"
     body = {"status": status, "down": down, "degraded": degraded}
     return HttpResponse(json.dumps(body) + "\n", status=503 if down else 200, content_type="application/json")
+
+
+async def _checked() -> tuple[str, str]:
+    """The database's and the cache's answers, at most ``CHECK_EVERY`` seconds old; probes that arrive
+    while a check runs wait for that one instead of starting their own."""
+    global _last, _running
+    if _last is not None and time.monotonic() - _last[0] < CHECK_EVERY:
+        return _last[1], _last[2]
+    loop = asyncio.get_running_loop()
+    if _running is None or _running.done() or _running.get_loop() is not loop:
+        _running = asyncio.ensure_future(_check_both())
+    return await asyncio.shield(_running)
+
+
+async def _check_both() -> tuple[str, str]:
+    global _last
+    database, cache = await asyncio.gather(_check(_database), _check(_cache))
+    _last = (time.monotonic(), database, cache)
+    return database, cache

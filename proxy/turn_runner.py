@@ -178,11 +178,14 @@ async def open_for_lane(
 
 
 @asynccontextmanager
-async def admitted(client: Client, record: TurnRecord) -> AsyncIterator[None]:
+async def admitted(
+    client: Client, record: TurnRecord, guess: tuple[int, int] = (0, 0)
+) -> AsyncIterator[None]:
     """One turn's admission, released on every exit path, whatever the ingress and the lane: the place
-    where per-key limits are taken and given back. Refusals are ``WireError``s."""
+    where per-key limits are taken and given back (with ``guess``, the turn's estimated tokens, reserved
+    against its budgets until then). Refusals are ``WireError``s."""
     with tracing.child(record, "admission"):
-        admission = await limits.admit(client, record.requested_model or None)
+        admission = await limits.admit(client, record.requested_model or None, limits.TURN, guess)
     try:
         yield
     finally:

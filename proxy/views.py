@@ -61,18 +61,13 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             client = await authenticate(raw_key)
             key_id = client.key_id if client is not None else None
             if request.method not in methods:
-                response = error_response(
-                    _refused(
-                        request,
-                        key_id,
-                        WireError(
-                            405,
-                            "method_not_allowed",
-                            f"Method {request.method} is not allowed on {request.path}.",
-                        ),
-                    )
+                error = WireError(
+                    405, "method_not_allowed", f"Method {request.method} is not allowed on {request.path}."
                 )
-                response["Allow"] = ", ".join(methods)
+                counted = await _counted(client, error)
+                response = error_response(_refused(request, key_id, counted))
+                if counted is error:
+                    response["Allow"] = ", ".join(methods)
                 return response
             if client is None:
                 return error_response(
@@ -91,12 +86,16 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                         error.message,
                     )
                 else:
-                    _refused(request, key_id, error)
+                    error = _refused(request, key_id, await _counted(client, error))
                 return error_response(for_client(error, headers))
 
         return wrapper
 
     return decorate
+
+
+async def _counted(client: Client | None, error: WireError) -> WireError:
+    return error if client is None else await limits.count_invalid(client, error)
 
 
 def _refused(request: HttpRequest, key_id: int | None, error: WireError) -> WireError:
@@ -146,8 +145,9 @@ async def _relay(
     admission = limits.UNLIMITED
     if endpoint in LIMITED_ENDPOINTS:
         try:
+            guess = limits.estimate(body, len(raw or b""))
             with tracing.child(record, "admission"):
-                admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint])
+                admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint], guess)
         except WireError as error:
             raise _reject(record, error) from None
     try:

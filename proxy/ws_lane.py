@@ -17,7 +17,7 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
-from proxy import pipeline, tracing, ws_relay
+from proxy import limits, pipeline, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
@@ -187,16 +187,20 @@ class Lane:
         )
         parent = tracing.turn_parent(frame)
         tracing.start_turn(record, parent, key_name=connection.client.key_name, link=connection.trace_link)
+        counted = False  # by the admission: an error before it still counts against the key's rate
         try:
             model = validate_create_frame(frame)
             record.requested_model = model
             tracing.set_model(record, model)
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
-            async with admitted(connection.client, record):
+            counted = True
+            async with admitted(connection.client, record, limits.estimate(frame, len(text))):
                 self.current = turn
                 await self._route(turn)
         except WireError as error:
+            if not counted:
+                error = await limits.count_invalid(connection.client, error)
             log.info("WebSocket turn refused: %s %s", error.code, error.message)
             record.status, record.error_code = error.status, error.code
             if not isinstance(error, LimitError):  # refused before it reached anyone: the cache holds

@@ -41,6 +41,8 @@ Failure switches are plain attributes, settable from the test thread while the s
   (`unsupported_event_type`, `unknown_event_type`).
 - `ws_lanes`: the WebSocket speaks `stream_id` lanes (turns of different lanes run concurrently on one
   connection, their events echo the `stream_id`); off, a `stream_id` is accepted and ignored.
+- `usage_override`: fields that replace those of the usage every turn reports (e.g. negative token counts,
+  as a faulty upstream sends).
 - `handshake_headers`: headers added to every WebSocket accept and streamed HTTP answer (e.g.
   `x-codex-turn-state`).
 
@@ -406,6 +408,7 @@ class FakeUpstream:
         self.events_per_chunk = 1
         self.ignore_stream = False
         self.stall_after_events: int | None = None
+        self.usage_override: dict[str, Any] | None = None
 
     # lifecycle
 
@@ -558,6 +561,7 @@ class FakeUpstream:
                 events += more
                 output_tokens += deltas
             usage = usage_for(full_input, previous is not None, output_tokens)
+            usage = {**usage, **(self.usage_override or {})}
             done = response_object(body, response_id, created_at, "completed", output, usage)
         events.append({"type": "response.completed", "response": done})
         if self.fail_event is not None:
