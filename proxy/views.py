@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import limits, logwriter, pipeline, turn_runner, turn_state
+from proxy import limits, logwriter, ownership, pipeline, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
@@ -134,7 +134,11 @@ async def _relay(
     body: dict[str, Any] | None = None
     model: str | None = None
     record = TurnRecord(
-        key_id=client.key_id, team_id=client.team_id, client_transport="http", endpoint=endpoint
+        key_id=client.key_id,
+        team_id=client.team_id,
+        client_transport="http",
+        endpoint=endpoint,
+        owner_id=client.owner_id,
     )
     request.sluice_turn = record  # type: ignore[attr-defined] # the handler logs it if the client leaves
     if with_body:
@@ -184,6 +188,11 @@ async def _open(
     response_id: str | None,
     record: TurnRecord,
 ) -> HttpResponse:
+    if response_id is not None:  # another's response, or one never made here: as if it did not exist
+        try:
+            await ownership.require(client, response_id, previous=body is not None)
+        except WireError as error:
+            raise _reject(record, error) from None
     record.session_id = routing.session_of(body, headers)
     affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
     state = await turn_state.resume(headers.get(turn_state.HEADER))

@@ -17,7 +17,7 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
-from proxy import pipeline, ws_relay
+from proxy import ownership, pipeline, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
@@ -55,6 +55,10 @@ class LaneTurn:
     relayed: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # client events sent upstream
     stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
     waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
+
+
+def previous_of(frame: dict[str, Any]) -> object:
+    return frame.get("previous_response_id")
 
 
 class Lane:
@@ -136,6 +140,7 @@ class Lane:
             team_id=connection.client.team_id,
             client_transport="websocket",
             endpoint="provider_test" if connection.pinned is not None else "responses",
+            owner_id=connection.client.owner_id,
         )
         try:
             model = validate_create_frame(frame)
@@ -143,6 +148,9 @@ class Lane:
             connection.check_age()
             turn = self.prepare(frame, text, model, record)
             async with admitted(connection.client, record):
+                if turn.cached is None and turn.frame.get("previous_response_id"):
+                    # Not this connection's own (those are in its cache): whose is it?
+                    await ownership.require(connection.client, previous_of(turn.frame), previous=True)
                 self.current = turn
                 await self._route(turn)
         except WireError as error:
