@@ -352,7 +352,12 @@ def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
     from providers.models import Provider
     from proxy.models import ApiKey, Team
 
-    links = (("api_key_id", ApiKey), ("provider_id", Provider), ("team_id", Team), ("owner_id", get_user_model()))
+    links = (
+        ("api_key_id", ApiKey),
+        ("provider_id", Provider),
+        ("team_id", Team),
+        ("owner_id", get_user_model()),
+    )
     existing = []
     for column, model in links:
         at = COLUMNS.index(column)
