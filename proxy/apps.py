@@ -1,3 +1,5 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.utils.translation import gettext_lazy as _
 
@@ -7,6 +9,7 @@ class ProxyConfig(AppConfig):
     verbose_name = _("Gateway")
 
     def ready(self) -> None:
+        from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
         from proxy.models import ApiKey, ModelPrice, Team
@@ -28,6 +31,18 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-changed")
         post_delete.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-deleted")
+
+        def owner_changed(instance: Any, **kwargs: Any) -> None:
+            """A person deactivated (the admin, a command, SCIM) stops being served on every node."""
+            fields = kwargs.get("update_fields")
+            if kwargs.get("created") or (fields is not None and "is_active" not in fields):
+                return  # a sign-in saves last_login only: the key table stays as it is
+            bump_version("api-keys")  # the keys' snapshot carries their owner's active state
+            if not instance.is_active:
+                for key_id in ApiKey.objects.filter(owner=instance).values_list("pk", flat=True):
+                    _revoke(key_id)
+
+        post_save.connect(owner_changed, sender=get_user_model(), weak=False, dispatch_uid="owner-changed")
 
         def price_changed(**kwargs: object) -> None:
             bump_version("prices")
