@@ -11,6 +11,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
 from tests.test_governance_http import make_team
+from tests.test_ws_control import open_socket, slow
 
 
 def two_teams() -> tuple[tuple, tuple]:
@@ -187,3 +188,37 @@ def test_owner_is_known_as_soon_as_the_stream_names_the_id(gateway, upstream):
         assert reached(upstream, rid) == 1, "the owner's cancel reached the upstream"
         for _ in stream:
             pass
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"type": "response.steer", "input": "x"},
+        {"type": "response.inject", "input": "x"},
+        {"type": "response.cancel"},
+        {"type": "response.interrupt"},
+    ],
+    ids=["steer", "inject", "cancel", "interrupt"],
+)
+def test_control_events_naming_another_teams_response_never_reach_the_upstream(gateway, upstream, event):
+    make_provider(upstream)
+    (_, raw_a), (_, raw_b) = two_teams()
+    theirs = sdk(gateway, raw_a).responses.create(model="gpt-5.5", input="mine").id
+    slow(upstream, deltas=50)  # b's own turn is in flight while it names a's response
+    with open_socket(gateway, raw_b) as ws:
+        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "long"}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "response.created"
+        ws.send(json.dumps({**event, "response_id": theirs}))
+        events = [json.loads(ws.recv(timeout=10))]
+        while events[-1]["type"] not in ("response.completed", "response.incomplete", "response.failed"):
+            events.append(json.loads(ws.recv(timeout=10)))
+    frames = [r.body for r in upstream.requests if r.transport == "websocket"]
+    assert [f["type"] for f in frames] == ["response.create"], "nothing naming a's response went upstream"
+    refused = [
+        e
+        for e in events
+        if e["type"] in ("response.steer.failed", "response.inject.failed", "response.interrupt.failed")
+        or (e["type"] == "error" and e["error"]["code"] == "response_not_found")
+    ]
+    assert len(refused) == 1, events
+    assert events[-1]["type"] == "response.completed", "b's own turn went on"
