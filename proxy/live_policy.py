@@ -34,7 +34,7 @@ class KeyWatch:
         self.client = client
         self._end = end  # sends the error frame and closes the connection
         self._timer: asyncio.TimerHandle | None = None
-        self._ending: asyncio.Task[None] | None = None
+        self._ending: asyncio.Task[None] | None = None  # a reference keeps the check's task alive
         self._arm()
 
     def _arm(self) -> None:
@@ -65,10 +65,10 @@ class KeyWatch:
             self.cancel()
             await self._end(revoked_error())
             return None
-        if fresh.expires_at != self.client.expires_at:
-            self.client = fresh
-            self._arm()
+        moved = fresh.expires_at != self.client.expires_at
         self.client = fresh
+        if moved:
+            self._arm()
         return fresh
 
     def cancel(self) -> None:

@@ -14,13 +14,12 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db.models import Q
 
+from proxy.models import RequestLog
 from proxy.wire import WireError
 from settings_app import shared
 from settings_app.runtime import tidy_connections
 
-OWNER = "owner"
-TEAM = "team"
-SHARING_CHOICES = (OWNER, TEAM)
+TEAM = "team"  # SLUICE_RESPONSE_SHARING: also the making key's team (the default, "owner": the person)
 
 
 class ResponseNotFound(WireError):
@@ -54,9 +53,6 @@ async def claim(record: Any, response_id: str) -> None:
 
 
 def _from_log(response_id: str) -> dict[str, Any] | None:
-    # Imported here: this module is imported by the ingress before the apps' models are needed.
-    from proxy.models import RequestLog
-
     tidy_connections()
     row = (
         RequestLog.objects.filter(response_id=response_id)

@@ -169,7 +169,9 @@ class Connection:
 
     def _refused(self, error: WireError) -> WireError:
         """A response.create refused before it reached a lane still leaves its request-log row."""
-        record = TurnRecord(key_id=self.client.key_id, client_transport="websocket")
+        record = TurnRecord(
+            key_id=self.client.key_id, client_transport="websocket", owner_id=self.client.owner_id
+        )
         record.status, record.error_code = error.status, error.code
         self.submit(record)
         return error

@@ -170,6 +170,9 @@ def test_sharing_within_a_team_when_the_operator_says_so(gateway, upstream, sett
     assert get(gateway, raw_bob, "GET", f"/responses/{rid}").json()["id"] == rid
     follow = sdk(gateway, raw_bob).responses.create(model="gpt-5.5", input="more", previous_response_id=rid)
     assert follow.status == "completed"
+    with sdk(gateway, raw_bob).responses.connect(max_retries=0) as conn:
+        events = sdk_turn(conn, model="gpt-5.5", input="on a socket", previous_response_id=rid)
+        assert events[-1].type == "response.completed"
     assert get(gateway, raw_eve, "GET", f"/responses/{rid}").status_code == 404, "another team: never"
 
 
