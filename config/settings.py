@@ -6,6 +6,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 from django.utils.translation import gettext_lazy as _
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -248,6 +249,11 @@ SLUICE_BREAKER_THRESHOLD = env.int("SLUICE_BREAKER_THRESHOLD", default=3)
 SLUICE_BREAKER_COOLDOWN = env.int("SLUICE_BREAKER_COOLDOWN", default=30)
 SLUICE_SESSION_AFFINITY_TTL = env.int("SLUICE_SESSION_AFFINITY_TTL", default=6 * 3600)
 SLUICE_RESPONSE_AFFINITY_TTL = env.int("SLUICE_RESPONSE_AFFINITY_TTL", default=7 * 24 * 3600)
+# Who may use a stored response (retrieve, continue, delete): "owner", the person whose key made it;
+# "team", also the members of that key's team.
+SLUICE_RESPONSE_SHARING = env("SLUICE_RESPONSE_SHARING", default="owner").strip().lower()
+if SLUICE_RESPONSE_SHARING not in ("owner", "team"):
+    raise ImproperlyConfigured("SLUICE_RESPONSE_SHARING must be 'owner' or 'team'.")
 # "on"/"off" forces a system-settings switch regardless of the admin; empty leaves it to the admin.
 SLUICE_FORCE_CLIENT_WEBSOCKETS = env("SLUICE_FORCE_CLIENT_WEBSOCKETS", default="")
 SLUICE_FORCE_UPSTREAM_WEBSOCKETS = env("SLUICE_FORCE_UPSTREAM_WEBSOCKETS", default="")

@@ -36,18 +36,17 @@ class ProxyConfig(AppConfig):
         post_save.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-changed")
         post_delete.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-deleted")
 
-        def user_changed(instance: Any, update_fields: Any = None, **kwargs: object) -> None:
-            if update_fields is not None and set(update_fields) <= {"last_login"}:
-                return  # a sign-in changes nothing the keys depend on
-            keys = list(ApiKey.objects.filter(owner=instance).values_list("pk", flat=True))
-            if not keys:
-                return
-            bump_version("api-keys")  # a deactivated user's keys stop working with the next snapshot
+        def owner_changed(instance: Any, **kwargs: Any) -> None:
+            """A person deactivated (the admin, a command, SCIM) stops being served on every node."""
+            fields = kwargs.get("update_fields")
+            if kwargs.get("created") or (fields is not None and "is_active" not in fields):
+                return  # a sign-in saves last_login only: the key table stays as it is
+            bump_version("api-keys")  # the keys' snapshot carries their owner's active state
             if not instance.is_active:
-                for key_id in keys:
+                for key_id in ApiKey.objects.filter(owner=instance).values_list("pk", flat=True):
                     _revoke(key_id)
 
-        post_save.connect(user_changed, sender=get_user_model(), weak=False, dispatch_uid="user-changed")
+        post_save.connect(owner_changed, sender=get_user_model(), weak=False, dispatch_uid="owner-changed")
 
         def price_changed(**kwargs: object) -> None:
             bump_version("prices")

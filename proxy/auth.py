@@ -19,31 +19,59 @@ class Client:
     expires_at: dt.datetime | None
     team_id: int | None = None
     policy: Policy | None = None  # None: nothing limits this key (admission costs nothing)
+    owner_active: bool = True  # the owner may sign in (a deactivated person's keys serve nothing)
+
+    def usable(self) -> bool:
+        """Whether the key may serve now: its owner active and, by the clock, not expired."""
+        return self.owner_active and (self.expires_at is None or self.expires_at > timezone.now())
 
 
-def _load() -> dict[str, Client]:
-    rows = ApiKey.objects.filter(enabled=True, owner__is_active=True).select_related("team")
+class KeyTable(dict[str, Client]):
+    """The enabled keys by hash, and by id (for open sockets, which read their key's policy per turn)."""
+
+    def __init__(self, clients: dict[str, Client]) -> None:
+        super().__init__(clients)
+        self.by_id = {c.key_id: c for c in clients.values()}
+
+
+def _load() -> KeyTable:
+    rows = ApiKey.objects.filter(enabled=True).select_related("team", "owner")
     clients = {
-        k.hashed_key: Client(k.pk, k.name, k.owner_id, k.expires_at, k.team_id, policy_for(k, k.team))
+        k.hashed_key: Client(
+            k.pk,
+            k.name,
+            k.owner_id,
+            k.expires_at,
+            k.team_id,
+            policy_for(k, k.team),
+            k.owner.is_active,
+        )
         for k in rows
     }
     seed_spend([q for c in clients.values() if c.policy is not None for q in c.policy.quotas])
-    return clients
+    return KeyTable(clients)
+
+
+def _serving(table: dict[str, Client]) -> set[int | None]:
+    return {
+        c.key_id
+        for c in table.values()
+        if c.usable() and not (c.policy is not None and c.policy.team_disabled)
+    }
 
 
 def _close_sockets_of_vanished_keys(old: dict[str, Client], new: dict[str, Client]) -> None:
-    """A key disabled or deleted by another process (``manage.py``, another server) disappears from the
-    snapshot here: close its sockets in this process, whatever channel layer there is (the in-memory one
-    does not cross processes)."""
+    """A key disabled, deleted or expired by another process (``manage.py``, another server), or whose
+    team was disabled or owner deactivated there, stops serving in the snapshot here: close its sockets
+    in this process, whatever channel layer there is (the in-memory one does not cross processes)."""
     from proxy.apps import revoke_here
 
-    gone = {c.key_id for c in old.values()} - {c.key_id for c in new.values()}
-    for key_id in gone:
+    for key_id in _serving(old) - _serving(new):
         if key_id is not None:
             revoke_here(key_id)
 
 
-keys: Snapshot[dict[str, Client]] = Snapshot("api-keys", _load, on_change=_close_sockets_of_vanished_keys)
+keys: Snapshot[KeyTable] = Snapshot("api-keys", _load, on_change=_close_sockets_of_vanished_keys)
 
 PROTOCOL_PREFIX = "openai-insecure-api-key."
 
@@ -66,6 +94,15 @@ async def authenticate(raw: str | None) -> Client | None:
     if not raw:
         return None
     client = (await keys.aget()).get(hash_key(raw))
-    if client is None or (client.expires_at is not None and client.expires_at <= timezone.now()):
+    if client is None or not client.usable():
         return None
     return client
+
+
+async def current(client: Client) -> Client | None:
+    """The key of an open connection as it is now (limits, budgets, models, team), or None when it may no
+    longer serve (disabled, deleted, expired, its owner deactivated)."""
+    fresh = (await keys.aget()).by_id.get(client.key_id)
+    if fresh is None or not fresh.usable():
+        return None
+    return fresh

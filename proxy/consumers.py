@@ -127,7 +127,7 @@ class ResponsesConsumer(AsyncConsumer):
             self.groups = [key_group(client.key_id)]
         # Never echo the subprotocol that carries the key; pick another one the client offered, if any.
         subprotocol = next((p for p in offered if not p.startswith(PROTOCOL_PREFIX)), None)
-        state = await turn_state.resume(headers.get(turn_state.HEADER))
+        state = await turn_state.resume(headers.get(turn_state.HEADER), client.key_id)
         await self.send(
             {"type": "websocket.accept", "subprotocol": subprotocol, "headers": accept_headers(state)}
         )

@@ -41,6 +41,8 @@ class TurnRecord:
     client_addr: str = ""  # for the allowance of refusals without a key; not stored
     dropped: bool = False  # counted in the metrics, not written (over the anonymous allowance)
     stored: bool = True  # store was not false: the response id may be used from anywhere later
+    owner_id: int | None = None  # the key's owner: whose the response is (proxy.ownership)
+    claimed: str = ""  # the response id whose owner was recorded (once per turn)
     created_at: float = field(default_factory=time.time)  # a datetime only in the writer thread
     started: float = field(default_factory=time.perf_counter)
     first_event_at: float | None = None
@@ -340,6 +342,7 @@ def write(batch: list[TurnRecord]) -> None:
                 o.response_id[:200],
                 r.session_id[:200],
                 r.team_id,
+                r.owner_id,
                 r.trace_id,
             )
         )
@@ -396,6 +399,7 @@ COLUMNS = (
     "response_id",
     "session_id",
     "team_id",
+    "owner_id",
     "trace_id",
 )
 
@@ -435,10 +439,18 @@ def _insert(rows: list[tuple]) -> None:
 
 
 def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
+    # Imported here: the user model is only ready once the apps are (this module loads with them).
+    from django.contrib.auth import get_user_model
+
     from providers.models import Provider
     from proxy.models import ApiKey, Team
 
-    links = (("api_key_id", ApiKey), ("provider_id", Provider), ("team_id", Team))
+    links = (
+        ("api_key_id", ApiKey),
+        ("provider_id", Provider),
+        ("team_id", Team),
+        ("owner_id", get_user_model()),
+    )
     existing = []
     for column, model in links:
         at = COLUMNS.index(column)

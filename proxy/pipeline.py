@@ -11,7 +11,7 @@ from typing import Any
 
 from providers import health, routing
 from providers.routing import Affinity, Plan, Route
-from proxy import logwriter
+from proxy import logwriter, ownership
 from proxy.logwriter import TurnRecord
 from proxy.outcome import INVALID, NOT_KEPT, scan_json_response, terminal_status
 from proxy.upstream_http import Opened, TransportError, open_request
@@ -262,6 +262,7 @@ async def finish(
     if relay_route is None:
         return
     provider_id = relay_route.provider.id
+    await ownership.claim(record, record.outcome.response_id)
     if record.status < 400:
         await health.record_success(provider_id, relay_route.breaker_state)
     # A response with store: false cannot be continued or fetched through another connection: no pin.
@@ -284,6 +285,8 @@ async def relay_sse(relay: Relay, record: TurnRecord, affinity: Affinity, plan: 
             for event in batch:
                 if event.type in SCRUBBED_EVENTS:
                     event = scrubbed_sse(event, relay.route.provider.api_key)
+                elif event.type == "response.created" and not record.claimed:
+                    await ownership.claim(record, ownership.created_id(event.data))
                 out.append(event.as_sse())
                 if event.type in TERMINAL_TYPES:
                     terminal = True

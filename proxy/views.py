@@ -16,7 +16,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import limits, logwriter, pipeline, tracing, turn_runner, turn_state
+from proxy import limits, logwriter, ownership, pipeline, tracing, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
 from proxy.logwriter import TurnRecord
@@ -130,7 +130,11 @@ async def _relay(
     body: dict[str, Any] | None = None
     model: str | None = None
     record = TurnRecord(
-        key_id=client.key_id, team_id=client.team_id, client_transport="http", endpoint=endpoint
+        key_id=client.key_id,
+        team_id=client.team_id,
+        client_transport="http",
+        endpoint=endpoint,
+        owner_id=client.owner_id,
     )
     request.sluice_turn = record  # type: ignore[attr-defined] # the handler logs it if the client leaves
     tracing.start_turn(record, headers, key_name=client.key_name)
@@ -167,8 +171,25 @@ async def _relay(
     return response
 
 
-# The endpoints that create work: a turn holds a slot while it runs; counting tokens only counts a request.
-LIMITED_ENDPOINTS = {"responses": limits.TURN, "compact": limits.TURN, "input_tokens": limits.REQUEST}
+# Every endpoint counts against the key's request rate. Those that create work hold a turn's slot while
+# they run; the others only count a request.
+LIMITED_ENDPOINTS = {
+    "responses": limits.TURN,
+    "compact": limits.TURN,
+    "input_tokens": limits.REQUEST,
+    "retrieve": limits.REQUEST,
+    "delete": limits.REQUEST,
+    "cancel": limits.REQUEST,
+    "input_items": limits.REQUEST,
+}
+
+
+async def count_request(client: Client) -> dict[str, str]:
+    """One request of an endpoint the upstream is not asked for (the model list): it counts against the
+    key's rate like any other; a ``WireError`` (429) when that is used up. Its rate headers."""
+    admission = await limits.admit(client, None, limits.REQUEST)
+    admission.release()
+    return admission.headers
 
 
 async def _open(
@@ -184,9 +205,14 @@ async def _open(
     response_id: str | None,
     record: TurnRecord,
 ) -> HttpResponse:
+    if response_id is not None:  # another's response, or one never made here: as if it did not exist
+        try:
+            await ownership.require(client, response_id, previous=body is not None)
+        except WireError as error:
+            raise _reject(record, error) from None
     record.session_id = routing.session_of(body, headers)
     affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
-    state = await turn_state.resume(headers.get(turn_state.HEADER))
+    state = await turn_state.resume(headers.get(turn_state.HEADER), client.key_id)
     if state.provider_id is not None:
         affinity = dataclasses.replace(affinity, provider_id=state.provider_id)
     plan = await routing.plan(model, affinity)
@@ -346,9 +372,13 @@ def model_object(name: str, owner: str) -> dict[str, Any]:
 
 @api_view(("GET",))
 async def models(request: HttpRequest, client: Client, headers: dict[str, str]) -> HttpResponse:
+    rate = await count_request(client)
     owners = await visible_models(client)
     data = [model_object(name, owner) for name, owner in sorted(owners.items())]
-    return HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")
+    response = HttpResponse(json.dumps({"object": "list", "data": data}), content_type="application/json")
+    for name, value in rate.items():
+        response[name] = value
+    return response
 
 
 @api_view(("GET",))
@@ -356,6 +386,7 @@ async def model_detail(
     request: HttpRequest, client: Client, headers: dict[str, str], name: str
 ) -> HttpResponse:
     """One model as ``/models`` lists it; like the service, a model the caller may not use does not exist."""
+    await count_request(client)
     owner = (await visible_models(client)).get(name)
     if owner is None:
         raise WireError(

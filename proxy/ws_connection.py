@@ -17,6 +17,7 @@ from providers.registry import ProviderInfo
 from providers.routing import Affinity
 from proxy import turn_runner, ws_controls
 from proxy.auth import Client
+from proxy.live_policy import KeyWatch
 from proxy.logwriter import TurnRecord
 from proxy.turn_state import TurnState, forwarded, remember
 from proxy.upstream_lanes import LaneView, SharedUpstream
@@ -50,7 +51,8 @@ class Connection:
         turn_state: TurnState | None = None,
         send_many: SendMany | None = None,
     ) -> None:
-        self.client = client
+        self.client = client  # as of the last response.create (``watch`` keeps it current)
+        self.watch = KeyWatch(client, self._revoked)
         self.headers = headers
         self.send_text = send_text
         self.send_many = send_many or self._one_by_one
@@ -121,6 +123,7 @@ class Connection:
     async def shutdown(self) -> None:
         self.ended = True
         self._timer.cancel()
+        self.watch.cancel()
         tasks = [lane.task for lane in self.all_lanes()] + [self._closing]
         for task in tasks:
             if task is not None and not task.done():
@@ -169,7 +172,9 @@ class Connection:
 
     def _refused(self, error: WireError) -> WireError:
         """A response.create refused before it reached a lane still leaves its request-log row."""
-        record = TurnRecord(key_id=self.client.key_id, client_transport="websocket")
+        record = TurnRecord(
+            key_id=self.client.key_id, client_transport="websocket", owner_id=self.client.owner_id
+        )
         record.status, record.error_code = error.status, error.code
         self.submit(record)
         return error
@@ -246,7 +251,15 @@ class Connection:
 
     # ----- client events -----
 
+    async def _revoked(self, error: WireError) -> None:
+        await self.send_text(self._refused(error).ws_frame())
+        await self.close_client(1008, "API key revoked")
+
     async def _create(self, frame: dict[str, Any], text: str) -> None:
+        fresh = await self.watch.refresh()  # the key's policy now, not at connect time
+        if fresh is None:
+            return
+        self.client = fresh
         stream_id = frame.get("stream_id")
         if stream_id is None:
             lane = self.default

@@ -34,11 +34,20 @@ def in_flight(
     return None
 
 
+def names_another(frame: dict[str, Any], turn: LaneTurn) -> bool:
+    """Whether a client event also names a response other than the turn in flight it acts on: it is
+    not relayed (the upstream would act on a response that may be another key's)."""
+    named = (frame.get("response_id"), frame.get("previous_response_id"))
+    return any(rid and rid != turn.response_id for rid in named)
+
+
 async def control(connection: "Connection", kind: str, frame: dict[str, Any], text: str) -> None:
     """Interrupt or cancel the turn in flight, at once: relayed on its upstream socket, or (over
     upstream HTTP) its request dropped and the service's events written here."""
     response_id = frame.get("response_id")
     found = in_flight(connection, response_id, frame.get("stream_id"))
+    if found is not None and names_another(frame, found[1]):
+        found = None
     if found is None:
         await not_in_flight(connection, kind, frame, response_id)
         return
@@ -88,6 +97,8 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     socket of the turn in flight; otherwise refused in the service's shape, the socket stays open."""
     target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
     found = in_flight(connection, target, frame.get("stream_id"))
+    if found is not None and names_another(frame, found[1]):
+        found = None
     if found is not None and found[1].socket is not None and found[1].socket.is_open:
         socket = found[1].socket
         if await over_limits(connection, found[1], text):

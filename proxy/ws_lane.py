@@ -17,7 +17,7 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Affinity, Plan, Route
-from proxy import limits, pipeline, tracing, ws_relay
+from proxy import limits, ownership, pipeline, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
 from proxy.logwriter import TurnRecord
@@ -104,6 +104,10 @@ class LaneTurn:
     waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
 
 
+def previous_of(frame: dict[str, Any]) -> object:
+    return frame.get("previous_response_id")
+
+
 class Lane:
     def __init__(self, connection: "Connection", name: str | None) -> None:
         self.connection = connection
@@ -184,6 +188,7 @@ class Lane:
             team_id=connection.client.team_id,
             client_transport="websocket",
             endpoint="provider_test" if connection.pinned is not None else "responses",
+            owner_id=connection.client.owner_id,
         )
         parent = tracing.turn_parent(frame)
         tracing.start_turn(record, parent, key_name=connection.client.key_name, link=connection.trace_link)
@@ -196,6 +201,9 @@ class Lane:
             turn = self.prepare(frame, text, model, record)
             counted = True
             async with admitted(connection.client, record, limits.estimate(frame, len(text))):
+                if turn.cached is None and turn.frame.get("previous_response_id"):
+                    # Not this connection's own (those are in its cache): whose is it?
+                    await ownership.require(connection.client, previous_of(turn.frame), previous=True)
                 self.current = turn
                 await self._route(turn)
         except WireError as error:

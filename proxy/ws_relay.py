@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from providers.routing import Plan, Route
-from proxy import turn_runner
+from proxy import ownership, turn_runner
 from proxy.deadline import Deadline
 from proxy.outcome import terminal_status
 from proxy.pipeline import SCRUBBED_EVENTS, Relay, scrub_event, scrubbed_sse
@@ -64,6 +64,7 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
                         # Not always the first event: a late answer to an earlier control event
                         # (response.interrupt.failed) may come before it; it is relayed as is.
                         turn.response_id = response_id_of(data)
+                        await ownership.claim(record, turn.response_id)
                     elif kind in TERMINAL_TYPES:
                         if kind == "error" and turn.relayed and refuses_event_type(data):
                             # The upstream does not know a client event the gateway relayed: that
@@ -127,6 +128,7 @@ async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -
                 if kind in ("response.created", "response.output_item.added", "response.output_item.done"):
                     progress.see(kind, event.data)
                     turn.response_id = progress.response_id
+                    await ownership.claim(record, turn.response_id)
                 else:
                     progress.events += 1
                 out.append(event.data)
@@ -296,6 +298,7 @@ async def local_warmup(lane: "Lane", turn: "LaneTurn") -> None:
     }
     record.upstream_transport = ""
     record.outcome.response_id = response_id
+    await ownership.claim(record, response_id)
     lane.connection.cache.keep(lane.name, Cached(response_id, turn.full_input, [], None))
     completed = {**response, "status": "completed", "usage": usage}
     await lane.send(json.dumps({"type": "response.completed", "sequence_number": 1, "response": completed}))

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from tests.conftest import make_provider
+from tests.conftest import make_provider, sdk
 
 
 def dechunk(body: bytes) -> bytes:
@@ -76,6 +76,8 @@ def test_dot_dot_id_is_a_400_naming_the_parameter(gateway, upstream, api_key):
 
 def test_a_valid_id_with_a_query_reaches_only_its_own_path(gateway, upstream, api_key):
     make_provider(upstream)
-    status, _ = raw_request(gateway, api_key, "GET", "/v1/responses/resp_123/input_items?limit=2&order=asc")
-    assert status == 404  # the fake upstream has no such response, and says so
-    assert [(r.method, r.path) for r in upstream.requests] == [("GET", "/v1/responses/resp_123/input_items")]
+    rid = sdk(gateway, api_key).responses.create(model="gpt-5.5", input="hi").id  # one of the key's own
+    upstream.requests.clear()
+    status, _ = raw_request(gateway, api_key, "GET", f"/v1/responses/{rid}/input_items?limit=2&order=asc")
+    assert status == 200
+    assert [(r.method, r.path) for r in upstream.requests] == [("GET", f"/v1/responses/{rid}/input_items")]
