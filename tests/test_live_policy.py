@@ -39,7 +39,7 @@ def test_a_narrowed_model_list_refuses_the_next_turn_of_an_open_socket(gateway, 
         key.allowed_models = ["gpt-5-mini"]
         key.save()
         refused = sdk_turn(conn, model="gpt-5.5", input="two")[-1].model_dump()
-        assert (refused["status"], refused["error"]["code"]) == (403, "model_not_allowed")
+        assert (refused["status"], refused["error"]["code"]) == (403, "model_not_found")
         assert sdk_turn(conn, model="gpt-5-mini", input="three")[-1].type == "response.completed"
     inputs = [r.body["input"] for r in upstream.requests if r.transport == "websocket"]
     assert inputs == ["one", "three"]

@@ -155,9 +155,13 @@ def check_turn_tree(spans: list[dict[str, Any]], key_name: str, ws: bool) -> dic
 
 
 def test_turns_are_traced_over_both_transports_with_failover(receiver, upstream):
-    from proxy.models import Team
+    from proxy.models import ModelPrice, Team
 
     team = Team.objects.create(name="research")
+    # Shipped by a migration, but a transactional test before this one may have flushed it.
+    ModelPrice.objects.update_or_create(
+        model="gpt-5.5", defaults={"input_per_million": 5, "output_per_million": 30}
+    )
     make_provider(None, name="broken", priority=1)
     make_provider(upstream, name="alpha", priority=2)
     key, raw = make_key(name="tracer", team=team)
