@@ -46,10 +46,20 @@ def retrieve(task: "asyncio.Future[Any]") -> None:
 
 
 _relayed_total = 0  # bytes of relayed client events held by all turns of this process
+_turns_total = 0  # bytes of response.create frames queued or running in all lanes of this process
 
 
 def relayed_total() -> int:
     return _relayed_total
+
+
+def turns_total() -> int:
+    return _turns_total
+
+
+def hold_turn(size: int) -> None:
+    global _turns_total
+    _turns_total += size
 
 
 class RelayedEvents:
@@ -121,6 +131,7 @@ class Lane:
     def enqueue(self, frame: dict[str, Any], text: str) -> None:
         self.pending.append((frame, text))
         self.connection.pending_bytes += len(text)
+        hold_turn(len(text))  # given back when the turn ends, or dropped unrun (``drop_pending``)
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
             self.task.add_done_callback(retrieve)
@@ -146,9 +157,16 @@ class Lane:
                         )
                     )
                 finally:
+                    hold_turn(-len(text))
                     self.connection.last_activity = time.monotonic()
         finally:
             self.task = None
+
+    def drop_pending(self) -> None:
+        """The connection closes: turns still queued never run."""
+        for _, text in self.pending:
+            hold_turn(-len(text))
+        self.pending.clear()
 
     # ----- what reaches the client -----
 
