@@ -24,7 +24,7 @@ from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
 from proxy.ws_cache import ConnectionCache
-from proxy.ws_lane import Lane, relayed_total, turns_total
+from proxy.ws_lane import Lane, drop_pending, relayed_total, turns_total
 
 log = logging.getLogger("sluice.ws")
 
@@ -130,7 +130,7 @@ class Connection:
                 except (asyncio.CancelledError, Exception):
                     pass
         for lane in self.all_lanes():
-            lane.drop_pending()
+            drop_pending(lane)
             await lane.drop_upstream()
         self.pending_bytes = 0
         if self.shared is not None:

@@ -62,6 +62,13 @@ def hold_turn(size: int) -> None:
     _turns_total += size
 
 
+def drop_pending(lane: "Lane") -> None:
+    """The connection closes: the lane's turns still queued never run."""
+    for _, text in lane.pending:
+        hold_turn(-len(text))
+    lane.pending.clear()
+
+
 class RelayedEvents:
     """Client events relayed to the turn's upstream socket, kept until the turn ends (to refuse one in
     the service's shape if the upstream does not know it). Their bytes count against the connection's
@@ -131,7 +138,7 @@ class Lane:
     def enqueue(self, frame: dict[str, Any], text: str) -> None:
         self.pending.append((frame, text))
         self.connection.pending_bytes += len(text)
-        hold_turn(len(text))  # given back when the turn ends, or dropped unrun (``drop_pending``)
+        hold_turn(len(text))  # given back when the turn ends, or by drop_pending
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
             self.task.add_done_callback(retrieve)
@@ -161,12 +168,6 @@ class Lane:
                     self.connection.last_activity = time.monotonic()
         finally:
             self.task = None
-
-    def drop_pending(self) -> None:
-        """The connection closes: turns still queued never run."""
-        for _, text in self.pending:
-            hold_turn(-len(text))
-        self.pending.clear()
 
     # ----- what reaches the client -----
 
@@ -325,8 +326,7 @@ class Lane:
         return upstream
 
     @property
-    def client_gone(self) -> bool:
-        """The client's socket is closing: a failure from now on is not the provider's."""
+    def client_gone(self) -> bool:  # the client's socket is closing: a failure now is not the provider's
         return self.connection.ended
 
     async def drop_upstream(self) -> None:
