@@ -14,6 +14,7 @@ import asyncio
 import functools
 import hmac
 import ipaddress
+import logging
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -213,7 +214,14 @@ _render = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sluice-metrics")
 
 @functools.lru_cache(maxsize=8)
 def allowed_networks(setting: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
-    return tuple(ipaddress.ip_network(n.strip(), strict=False) for n in setting.split(",") if n.strip())
+    """The networks of SLUICE_METRICS_ALLOW; one that does not parse is left out, and said once."""
+    networks = []
+    for entry in filter(None, (n.strip() for n in setting.split(","))):
+        try:
+            networks.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            logging.getLogger("sluice.metrics").error("SLUICE_METRICS_ALLOW: %r is not a network", entry)
+    return tuple(networks)
 
 
 def from_allowed_network(request: HttpRequest) -> bool:

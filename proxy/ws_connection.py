@@ -13,6 +13,7 @@ from typing import Any
 
 from django.conf import settings
 
+from config.ws_protocol import waiting_total
 from providers.registry import ProviderInfo
 from providers.routing import Affinity
 from proxy import turn_runner, ws_controls
@@ -24,7 +25,7 @@ from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
 from proxy.ws_cache import ConnectionCache
-from proxy.ws_lane import Lane
+from proxy.ws_lane import Lane, drop_pending, relayed_total, turns_total
 
 log = logging.getLogger("sluice.ws")
 
@@ -133,7 +134,7 @@ class Connection:
                 except (asyncio.CancelledError, Exception):
                     pass
         for lane in self.all_lanes():
-            lane.pending.clear()
+            drop_pending(lane)
             await lane.drop_upstream()
         self.pending_bytes = 0
         if self.shared is not None:
@@ -281,6 +282,14 @@ class Connection:
             # What waits is held in memory: all lanes' queued frames together stay within one frame.
             error = WireError(
                 429, "too_many_queued_requests", "Too much is already waiting on this connection."
+            )
+            await lane.send_error(self._refused(error))
+            return
+        if waiting_total() + relayed_total() + turns_total() > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
+            # This frame is counted already (the server holds it until this returns): the turns of all
+            # connections together hold no more than the process's total.
+            error = WireError(
+                429, "too_many_queued_requests", "The gateway is holding too much data; retry later."
             )
             await lane.send_error(self._refused(error))
             return

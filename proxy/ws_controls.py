@@ -11,7 +11,7 @@ from config.ws_protocol import waiting_total
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
 from proxy.ws_cache import interrupt_failed, refusal
-from proxy.ws_lane import Lane, LaneTurn, relayed_total
+from proxy.ws_lane import Lane, LaneTurn, relayed_total, turns_total
 
 if TYPE_CHECKING:
     from proxy.ws_connection import Connection
@@ -122,7 +122,8 @@ async def over_limits(connection: "Connection", turn: LaneTurn, text: str) -> bo
     size = len(text)
     if connection.pending_bytes + held + size > settings.SLUICE_WS_MAX_FRAME_BYTES:
         why = "Too much is already waiting on this connection."
-    elif waiting_total() + relayed_total() + size > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
+    elif waiting_total() + relayed_total() + turns_total() > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
+        # (this event is counted in waiting_total() already: the server holds it until this returns)
         why = "The gateway is holding too much data; retry later."
     else:
         return False

@@ -47,10 +47,27 @@ def retrieve(task: "asyncio.Future[Any]") -> None:
 
 
 _relayed_total = 0  # bytes of relayed client events held by all turns of this process
+_turns_total = 0  # bytes of response.create frames queued or running in all lanes of this process
 
 
 def relayed_total() -> int:
     return _relayed_total
+
+
+def turns_total() -> int:
+    return _turns_total
+
+
+def hold_turn(size: int) -> None:
+    global _turns_total
+    _turns_total += size
+
+
+def drop_pending(lane: "Lane") -> None:
+    """The connection closes: the lane's turns still queued never run."""
+    for _, text in lane.pending:
+        hold_turn(-len(text))
+    lane.pending.clear()
 
 
 class RelayedEvents:
@@ -126,6 +143,7 @@ class Lane:
     def enqueue(self, frame: dict[str, Any], text: str) -> None:
         self.pending.append((frame, text))
         self.connection.pending_bytes += len(text)
+        hold_turn(len(text))  # given back when the turn ends, or by drop_pending
         if self.task is None:
             self.task = asyncio.ensure_future(self._drain())
             self.task.add_done_callback(retrieve)
@@ -151,6 +169,7 @@ class Lane:
                         )
                     )
                 finally:
+                    hold_turn(-len(text))
                     self.connection.last_activity = time.monotonic()
         finally:
             self.task = None
@@ -323,8 +342,7 @@ class Lane:
         return upstream
 
     @property
-    def client_gone(self) -> bool:
-        """The client's socket is closing: a failure from now on is not the provider's."""
+    def client_gone(self) -> bool:  # the client's socket is closing: a failure now is not the provider's
         return self.connection.ended
 
     async def drop_upstream(self) -> None:

@@ -51,6 +51,8 @@ WebSocket client events besides `response.create`, as the service answers them w
 `response.incomplete` with reason `interrupted`; the connection can continue from it), `response.cancel`
 (the same without acknowledgement), `response.steer` (`response.steer.accepted`); an interrupt for a
 response not in flight gets the non-terminal `response.interrupt.failed`.
+- `escape_key`: streamed events (SSE and WebSocket) write the fake's own `api_key`, wherever it appears,
+  with a JSON `\\u` escape for every character (the same string to a JSON reader).
 - `error_event`: a dict sent as the turn's second event (after `response.created`), ending the turn;
   e.g. an `error` event whose message echoes the upstream's own key, as some proxies do.
 
@@ -395,6 +397,7 @@ class FakeUpstream:
         self.cut_json_body: str | None = None
         self.event_delay = 0.0
         self.error_event: dict[str, Any] | None = None
+        self.escape_key = False
         self.text_deltas = 3
         self.responder: Responder | None = None
         self.ws_turn_limit: int | None = None
@@ -618,6 +621,12 @@ class FakeUpstream:
             await emit(event)
         return True
 
+    def dumps(self, event: dict[str, Any]) -> str:
+        text = json.dumps(event)
+        if self.escape_key and self.api_key:
+            text = text.replace(self.api_key, "".join(f"\\u{ord(c):04x}" for c in self.api_key))
+        return text
+
     # ASGI
 
     async def _app(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -717,7 +726,7 @@ class FakeUpstream:
             held: list[bytes] = []  # events sent together, `events_per_chunk` at a time
 
             async def emit(event: dict[str, Any]) -> None:
-                held.append(f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
+                held.append(f"event: {event['type']}\ndata: {self.dumps(event)}\n\n".encode())
                 if len(held) >= self.events_per_chunk or event is turn.events[-1]:
                     await send({"type": "http.response.body", "body": b"".join(held), "more_body": True})
                     held.clear()
@@ -860,7 +869,7 @@ class _WsSession:
     async def emit(self, event: dict[str, Any], lane: str | None = None) -> None:
         if lane is not None:
             event = {**event, "stream_id": lane}
-        await self.send({"type": "websocket.send", "text": json.dumps(event)})
+        await self.send({"type": "websocket.send", "text": self.fake.dumps(event)})
 
     async def fail(self, status: int, error: dict[str, Any], lane: str | None = None) -> None:
         self.cached.pop(lane, None)  # a failed turn evicts the lane's cached response

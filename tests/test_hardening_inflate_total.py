@@ -9,16 +9,22 @@ import time
 import tracemalloc
 import zlib
 
-import pytest
+from tests.conftest import make_provider
 
 MIB = 1024 * 1024
 SOCKETS = 16
 
 
-def bomb_frame(size: int) -> bytes:
-    """One masked, compressed text frame (RSV1) whose payload inflates to ``size`` bytes of not-JSON."""
+def bomb_frame(size: int, turn: bool) -> bytes:
+    """One masked, compressed text frame (RSV1) whose payload inflates to ``size`` bytes: not JSON, or a
+    turn whose input is that long."""
+    if turn:
+        head = b'{"type": "response.create", "model": "gpt-5.5", "store": false, "input": "'
+        message = head + b"a" * (size - len(head) - 2) + b'"}'
+    else:
+        message = b" " * (size - 1) + b"x"
     compressor = zlib.compressobj(wbits=-15)
-    data = compressor.compress(b" " * (size - 1) + b"x") + compressor.flush(zlib.Z_SYNC_FLUSH)
+    data = compressor.compress(message) + compressor.flush(zlib.Z_SYNC_FLUSH)
     payload = data.removesuffix(b"\x00\x00\xff\xff")
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -51,10 +57,10 @@ def answered(sock: socket.socket) -> bytes:
         return b""
 
 
-@pytest.mark.usefixtures("upstream")
-def test_bombs_on_many_sockets_stay_within_the_process_total(gateway, api_key, settings):
+def test_bombs_on_many_sockets_stay_within_the_process_total(gateway, upstream, api_key, settings):
+    make_provider(upstream)
     settings.SLUICE_WS_TOTAL_BUFFER_BYTES = 48 * MIB
-    frame = bomb_frame(30 * MIB)
+    frame = bomb_frame(30 * MIB, turn=False)
     assert len(frame) < 64 * 1024
     sockets = [open_deflate_socket(gateway, api_key) for _ in range(SOCKETS)]
     tracemalloc.start()
@@ -73,3 +79,33 @@ def test_bombs_on_many_sockets_stay_within_the_process_total(gateway, api_key, s
     # The total, plus one message's worth for the text decoded from the one being handed over (before
     # the limit counted what was held per socket only: 123 MiB here).
     assert peak < 48 * MIB + 32 * MIB, f"peak {peak / MIB:.0f} MiB"
+
+
+def test_turns_inflated_on_many_sockets_stay_within_the_process_total(gateway, upstream, api_key, settings):
+    """Turns that were bombs: the frames the lanes hold (queued or running) count against the total too,
+    so with room for one 30 MiB turn in 48 MiB, one runs and the others are refused or closed."""
+    make_provider(upstream)
+    upstream.hang = True  # the admitted turn holds its frame while the others arrive
+    settings.SLUICE_WS_TOTAL_BUFFER_BYTES = 48 * MIB
+    frame = bomb_frame(30 * MIB, turn=True)
+    sockets = [open_deflate_socket(gateway, api_key) for _ in range(SOCKETS)]
+    try:
+        replies = []
+        for index, sock in enumerate(sockets):  # one after the other: each inflates with the server idle
+            sock.sendall(frame)
+            if index:
+                replies.append(answered(sock))
+            else:
+                time.sleep(0.5)
+
+        def turns() -> int:
+            return sum(1 for r in upstream.requests if r.transport == "websocket" and r.body.get("input"))
+
+        upstream.wait_for(lambda: turns() > 0, timeout=20)
+        time.sleep(0.5)
+        held = turns()
+    finally:
+        for sock in sockets:
+            sock.close()
+    assert all(replies), "every other socket got an answer: an error frame, or a close"
+    assert held == 1, f"{held} turns of 30 MiB held at once"

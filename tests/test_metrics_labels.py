@@ -48,6 +48,7 @@ def test_made_up_models_are_labelled_other(gateway, upstream):
     [
         ("127.0.0.0/8,::1/128", "", "", 200),  # the default: loopback
         ("10.0.0.0/8, 192.168.0.0/16", "", "", 403),  # a Prometheus elsewhere, not this client
+        ("not-a-network, 127.0.0.1", "", "", 200),  # a mistyped entry is left out, not a 500
         ("10.0.0.0/8", "scrape-secret", "scrape-secret", 200),  # the token opens it from any network
         ("127.0.0.0/8", "scrape-secret", "", 401),  # with a token set, loopback needs it too
     ],

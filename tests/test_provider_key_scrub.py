@@ -84,3 +84,32 @@ def test_the_provider_key_is_scrubbed_from_every_forwarded_field(
     assert_nowhere(provider_key, seen_everywhere(body), caplog, rows)
     assert all(provider_key[:12] not in (row.error_code or "") for row in rows)
     assert all(row.error_code for row in rows), "the code is stored, scrubbed"
+
+
+@pytest.mark.parametrize("provider_key", KEYS.values(), ids=KEYS.keys())
+@pytest.mark.parametrize("path", ["sse", "websocket"])
+def test_a_streamed_error_with_the_key_escaped_is_scrubbed(
+    gateway, upstream, api_key, caplog, provider_key, path
+):
+    upstream.api_key = provider_key
+    upstream.escape_key = True
+    upstream.error_event = {
+        "type": "error",
+        "error": {"type": f"t_{provider_key}", "code": provider_key, "message": f"Bad key {provider_key}."},
+    }
+    make_provider(upstream, websocket_mode="auto" if path == "websocket" else "never")
+    with caplog.at_level(logging.DEBUG):
+        if path == "sse":
+            body = httpx.post(
+                gateway.url + "/v1/responses",
+                json={"model": "gpt-5.5", "input": "x", "stream": True},
+                headers={"authorization": f"Bearer {api_key}"},
+                timeout=20,
+            ).text
+            body = "\n".join(line.removeprefix("data: ") for line in body.splitlines())
+        else:
+            body = ws_first_terminal(gateway, api_key, '{"type": "response.create", "model": "gpt-5.5"}')
+        rows = request_logs(1)
+    assert "Bad key" in body and "\\u" not in body.split("Bad key")[1][:12], body
+    assert_nowhere(provider_key, seen_everywhere(body), caplog, rows)
+    assert rows[0].error_code, "the code is stored, scrubbed"
