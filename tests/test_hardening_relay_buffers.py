@@ -74,8 +74,11 @@ def test_steering_past_the_process_limit_closes_the_socket_over_it(gateway, upst
         for _ in range(3):  # 3 MiB held for the first socket, under its own limit
             steer(first, first_id, MIB)
         time.sleep(0.5)
-        for _ in range(4):  # the second takes the process over 6 MiB
-            steer(second, second_id, MIB)
+        try:
+            for _ in range(4):  # the second takes the process over 6 MiB
+                steer(second, second_id, MIB)
+        except Exception:  # noqa: BLE001 - the gateway may close it before the last send
+            pass
         frames, code = until_closed(second)
         assert code == 1009
         assert any(f.get("type") == "error" for f in frames)
