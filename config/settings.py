@@ -60,6 +60,7 @@ INSTALLED_APPS = [
     "providers",
     "proxy",
     "identity",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -70,6 +71,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who is acting, for the audit log (admin and portal pages; /v1 does not pass through here).
+    "audit.entry.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -257,3 +260,6 @@ SLUICE_LOG_RETENTION_DAYS = env.int("SLUICE_LOG_RETENTION_DAYS", default=90)
 # Requests and tokens per minute are counted in fixed windows of this many seconds (60: per minute; tests
 # shorten it).
 SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.0)
+
+# Audit rows older than this are deleted by `manage.py pruneaudit` (the chain stays verifiable).
+SLUICE_AUDIT_RETENTION_DAYS = env.int("SLUICE_AUDIT_RETENTION_DAYS", default=400)

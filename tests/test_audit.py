@@ -1,0 +1,255 @@
+"""The audit log: every configured model's changes, sign-ins, revocations, with the actor of each entry
+point (admin page, management command), chained so that an edited or removed row is found."""
+
+import getpass
+import json
+from collections.abc import Callable
+from decimal import Decimal
+from io import StringIO
+from typing import Any
+
+import pytest
+from django.apps import apps
+from django.contrib.auth import get_user_model
+from django.core.management import call_command
+from django.urls import reverse
+
+from audit.models import AuditEvent
+from audit.signals import AUDITED, NOT_AUDITED
+from tests.conftest import make_key, make_provider
+
+pytestmark = pytest.mark.django_db
+
+PROVIDER_SECRET = "sk-upstream-audit-secret-0123456789"
+
+
+def same(logged: Any, value: Any) -> bool:
+    if isinstance(value, int | Decimal) and not isinstance(value, bool):
+        return Decimal(logged) == Decimal(value)
+    return logged == value
+
+
+def events(**filters: Any) -> list[AuditEvent]:
+    return list(AuditEvent.objects.filter(**filters).order_by("seq"))
+
+
+def _team() -> Any:
+    from proxy.models import Team
+
+    return Team.objects.create(name="blue", daily_budget=5)
+
+
+def _membership() -> Any:
+    from identity.models import Membership
+
+    user = get_user_model().objects.create(username="member")
+    return Membership.objects.create(user=user, team=_team())
+
+
+def _price() -> Any:
+    from proxy.models import ModelPrice
+
+    return ModelPrice.objects.create(model="audit-model", input_per_million=1, output_per_million=2)
+
+
+def _settings() -> Any:
+    from settings_app.models import SystemSettings
+
+    return SystemSettings.load()
+
+
+def _channel() -> Any:
+    from audit.models import AlertChannel
+
+    channel = AlertChannel(name="ops")
+    channel.set_url("json://127.0.0.1:9/hook")
+    channel.save()
+    return channel
+
+
+def _policy() -> Any:
+    from audit.models import TeamAlertPolicy
+
+    return TeamAlertPolicy.objects.create(team=_team())
+
+
+MAKERS: dict[str, tuple[Callable[[], Any], str, Any]] = {
+    # label: (make one, a field to change, its new value)
+    "providers.Provider": (lambda: make_provider(None), "priority", 7),
+    "proxy.ApiKey": (lambda: make_key()[0], "name", "renamed"),
+    "proxy.Team": (_team, "monthly_budget", 100),
+    "proxy.ModelPrice": (_price, "output_per_million", 3),
+    "identity.Membership": (_membership, "role", "lead"),
+    "auth.User": (lambda: get_user_model().objects.create(username="bob"), "email", "bob@example.test"),
+    "auth.Group": (lambda: apps.get_model("auth.Group").objects.create(name="ops"), "name", "sre"),
+    "settings_app.SystemSettings": (_settings, "client_websockets", False),
+    "audit.AlertChannel": (_channel, "enabled", False),
+    "audit.TeamAlertPolicy": (_policy, "thresholds", [50, 100]),
+}
+
+
+def test_every_model_is_either_audited_or_named_as_bookkeeping():
+    labels = {m._meta.label for m in apps.get_models(include_auto_created=False)}
+    assert labels - set(AUDITED) - set(NOT_AUDITED) == set()
+    assert set(MAKERS) == set(AUDITED)
+
+
+@pytest.mark.parametrize("label", AUDITED)
+def test_a_change_through_the_orm_is_recorded_with_before_and_after(label):
+    make, field, value = MAKERS[label]
+    obj = make()
+    created = events(object_type=label, action="create")
+    assert [e.object_id for e in created] == [str(obj.pk)]
+    before = getattr(obj, field)
+    setattr(obj, field, value)
+    obj.save()
+    (update,) = events(object_type=label, action="update")
+    assert update.object_id == str(obj.pk) and update.actor == "system" and update.source == "system"
+    old, new = update.changes[field]
+    assert same(old, before) and same(new, value)
+    obj.delete()
+    assert [e.action for e in events(object_type=label)] == ["create", "update", "delete"]
+
+
+def test_secrets_are_logged_only_as_changed():
+    provider = make_provider(None, extra_headers={"Authorization": "Bearer hdr-secret"})
+    provider.set_api_key(PROVIDER_SECRET)
+    provider.save()
+    key, raw = make_key()
+    user = get_user_model().objects.create_user("carol", password="pw-very-secret-1")
+    user.set_password("pw-very-secret-2")
+    user.save()
+    dumped = json.dumps([e.changes for e in AuditEvent.objects.all()])
+    for secret in (PROVIDER_SECRET, "hdr-secret", raw, key.hashed_key, "pw-very-secret", user.password):
+        assert secret not in dumped
+    (update,) = events(object_type="providers.Provider", action="update")
+    assert update.changes == {"api_key_encrypted": "changed"}
+    assert events(object_type="auth.User", action="update")[0].changes == {"password": "changed"}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [{"enabled": False}, {"expires_at": "past"}],
+    ids=["disabled", "expired"],
+)
+def test_revoking_a_key_is_its_own_action(change):
+    import datetime as dt
+
+    from django.utils import timezone
+
+    key, _raw = make_key()
+    for field, value in change.items():
+        setattr(key, field, timezone.now() - dt.timedelta(minutes=1) if value == "past" else value)
+    key.save()
+    key.name = "still revoked, renamed"
+    key.save()
+    assert [e.action for e in events(object_type="proxy.ApiKey")] == ["create", "revoke", "update"]
+
+
+def test_group_membership_of_a_user_is_recorded():
+    group = apps.get_model("auth.Group").objects.create(name="admins")
+    user = get_user_model().objects.create(username="dave")
+    user.groups.add(group)
+    (row,) = events(object_type="auth.User", action="update")
+    assert row.changes == {"groups": {"added": ["admins"]}}
+
+
+def test_commands_act_as_the_login_that_ran_them():
+    call_command("createteam", "--name", "green", "--daily-budget", "3", stdout=StringIO())
+    call_command("createapikey", "--name", "ci", "--user", "deploy", "--create-user", stdout=StringIO())
+    rows = events(source="cli")
+    assert {e.object_type for e in rows} >= {"proxy.Team", "proxy.ApiKey", "auth.User"}
+    assert {e.actor for e in rows} == {f"cli:{getpass.getuser()}"}
+    assert len({e.request_id for e in rows}) == 2  # one id per command run
+    assert AuditEvent.objects.exclude(source="cli").count() == 0
+
+
+def test_admin_changes_and_sign_ins_name_the_person_and_address(client):
+    from proxy.models import ModelPrice
+
+    get_user_model().objects.create_superuser("root", "root@example.test", "pw-admin-123")
+    assert not client.login(username="root", password="wrong-password-xyz")
+    assert client.login(username="root", password="pw-admin-123")
+    failed, signed = events(action="sign-in-failed"), events(action="sign-in")
+    assert [(e.actor, e.actor_user_id) for e in failed] == [("root", None)]
+    assert "wrong-password-xyz" not in json.dumps([e.changes for e in failed])
+    assert [e.actor for e in signed] == ["root"]
+    response = client.post(
+        reverse("admin:proxy_modelprice_add"),
+        {"model": "audit-model", "input_per_million": "1", "cached_input_per_million": "0",
+         "output_per_million": "4"},
+        HTTP_X_REQUEST_ID="req-abc-123",
+        REMOTE_ADDR="192.0.2.7",
+    )  # fmt: skip
+    assert response.status_code == 302
+    assert response["X-Request-ID"] == "req-abc-123"
+    (row,) = events(object_type="proxy.ModelPrice")
+    price = ModelPrice.objects.get(model="audit-model")
+    root = get_user_model().objects.get(username="root")
+    assert (row.actor, row.actor_user_id, row.source) == ("root", root.pk, "admin")
+    assert (row.client_ip, row.request_id, row.object_id) == ("192.0.2.7", "req-abc-123", str(price.pk))
+    assert row.changes["output_per_million"] == [None, "4.0000"]
+
+
+def _rows(count: int) -> list[AuditEvent]:
+    from audit.chain import record
+
+    return [
+        record("update", object_type="proxy.Team", object_id=i, changes={"n": [i, i + 1]})
+        for i in range(count)
+    ]
+
+
+def verifyaudit() -> tuple[int, str]:
+    out, err = StringIO(), StringIO()
+    try:
+        call_command("verifyaudit", stdout=out, stderr=err)
+    except SystemExit as exit:
+        return int(exit.code or 0), err.getvalue()
+    return 0, out.getvalue()
+
+
+def test_verifyaudit_names_the_first_edited_row_and_then_the_removed_one():
+    rows = _rows(6)
+    assert verifyaudit() == (0, "The audit log is intact.\n")
+    AuditEvent.objects.filter(pk=rows[2].pk).update(actor="someone else")
+    AuditEvent.objects.filter(pk=rows[4].pk).delete()
+    code, message = verifyaudit()
+    assert (code, message.strip()) == (1, f"Audit row {rows[2].seq} was edited.")
+    AuditEvent.objects.filter(pk=rows[2].pk).update(actor=rows[2].actor)  # put back: the removal shows
+    code, message = verifyaudit()
+    assert code == 1 and message.startswith(f"Audit row {rows[4].seq} was removed")
+
+
+@pytest.mark.parametrize("tamper", ["changes", "time", "last", "first"])
+def test_verifyaudit_finds_each_kind_of_tampering(tamper):
+    import datetime as dt
+
+    rows = _rows(3)
+    target = {"changes": rows[1], "time": rows[1], "last": rows[2], "first": rows[0]}[tamper]
+    query = AuditEvent.objects.filter(pk=target.pk)
+    if tamper == "changes":
+        query.update(changes={"n": [1, 99]})
+    elif tamper == "time":
+        query.update(time=target.time - dt.timedelta(seconds=1))
+    else:
+        query.delete()
+    code, message = verifyaudit()
+    assert code == 1 and message.startswith(f"Audit row {target.seq}")
+
+
+def test_pruning_keeps_the_chain_verifiable_from_its_anchor():
+    import datetime as dt
+
+    from django.utils import timezone
+
+    rows = _rows(5)
+    old = timezone.now() - dt.timedelta(days=500)
+    AuditEvent.objects.filter(pk__in=[r.pk for r in rows[:3]]).update(time=old)
+    out = StringIO()
+    call_command("pruneaudit", stdout=out)
+    assert out.getvalue().strip() == "Deleted 3 audit rows older than 400 days."
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [r.seq for r in rows[3:]]
+    assert verifyaudit()[0] == 0
+    AuditEvent.objects.filter(pk=rows[3].pk).delete()  # the first row after the anchor is still checked
+    assert verifyaudit()[1].startswith(f"Audit row {rows[3].seq} was removed")
