@@ -263,3 +263,8 @@ SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.
 
 # Audit rows older than this are deleted by `manage.py pruneaudit` (the chain stays verifiable).
 SLUICE_AUDIT_RETENTION_DAYS = env.int("SLUICE_AUDIT_RETENTION_DAYS", default=400)
+# Alerts (docs/audit.md): Apprise URLs, comma-separated, besides the channels set in the admin.
+SLUICE_ALERT_URLS = env("SLUICE_ALERT_URLS", default="")
+# A failing channel is tried this many times, pausing SLUICE_ALERT_BACKOFF_SECONDS, then twice that, ...
+SLUICE_ALERT_ATTEMPTS = env.int("SLUICE_ALERT_ATTEMPTS", default=3)
+SLUICE_ALERT_BACKOFF_SECONDS = env.float("SLUICE_ALERT_BACKOFF_SECONDS", default=2.0)

@@ -253,3 +253,55 @@ def test_pruning_keeps_the_chain_verifiable_from_its_anchor():
     assert verifyaudit()[0] == 0
     AuditEvent.objects.filter(pk=rows[3].pk).delete()  # the first row after the anchor is still checked
     assert verifyaudit()[1].startswith(f"Audit row {rows[3].seq} was removed")
+
+
+def test_the_admin_shows_the_log_but_lets_nobody_add_change_or_delete(admin_client):
+    rows = _rows(2)
+    changelist = reverse("admin:audit_auditevent_changelist")
+    assert admin_client.get(changelist).status_code == 200
+    change = reverse("admin:audit_auditevent_change", args=[rows[0].pk])
+    page = admin_client.get(change)
+    assert page.status_code == 200 and b'name="_save"' not in page.content  # view only
+    assert admin_client.post(change, {"actor": "x"}).status_code == 403
+    assert admin_client.get(reverse("admin:audit_auditevent_add")).status_code == 403
+    assert (
+        admin_client.post(
+            reverse("admin:audit_auditevent_delete", args=[rows[0].pk]), {"post": "yes"}
+        ).status_code
+        == 403
+    )
+    response = admin_client.post(changelist, {"action": "delete_selected", "_selected_action": [rows[0].pk]})
+    assert AuditEvent.objects.filter(pk=rows[0].pk).exists(), response.status_code
+    assert verifyaudit()[0] == 0
+
+
+def test_history_of_an_object_opens_its_audit_rows_and_exports_them(admin_client):
+    import csv
+
+    from proxy.models import ModelPrice
+
+    first, second = (
+        ModelPrice.objects.create(model=name, input_per_million=1, output_per_million=2)
+        for name in ("m-a", "m-b")
+    )
+    first.output_per_million = 5
+    first.save()
+    history = admin_client.get(reverse("admin:proxy_modelprice_history", args=[first.pk]))
+    assert history.status_code == 302
+    listed = admin_client.get(history["Location"])
+    assert [e.object_id for e in listed.context["cl"].result_list] == [str(first.pk)] * 2
+    assert b"audit/auditevent/export.csv?" in listed.content
+    query = history["Location"].split("?", 1)[1]
+    exported = admin_client.get(reverse("admin:audit_auditevent_export") + "?" + query)
+    lines = list(csv.reader(b"".join(exported.streaming_content).decode().splitlines()))
+    assert lines[0][:3] == ["seq", "time", "actor"]
+    assert [(r[5], r[7]) for r in lines[1:]] == [("create", str(first.pk)), ("update", str(first.pk))]
+    assert json.loads(lines[2][9]) == {"output_per_million": ["2.0000", "5.0000"]}
+    assert second.pk != first.pk
+
+
+def test_the_export_is_refused_to_a_person_who_may_not_see_the_log(client):
+    staff = get_user_model().objects.create_user("staff", password="pw-staff-123", is_staff=True)
+    client.force_login(staff)
+    assert client.get(reverse("admin:audit_auditevent_export")).status_code == 403
+    assert client.get(reverse("admin:audit_auditevent_changelist")).status_code == 403
