@@ -87,7 +87,7 @@ def spend_check(key_ids: Iterable[int], team_ids: Iterable[int]) -> None:
         check_budget(team)
 
 
-def turn_recorded(records: list[Any], costs: list[Decimal], **_: Any) -> None:
+def turn_recorded(records: list[Any], costs: list[Decimal], **kwargs: Any) -> None:
     """From the log writer's thread: hand the spending keys and teams to the alert worker, nothing more."""
     keys = {r.key_id for r, c in zip(records, costs, strict=False) if c and r.key_id is not None}
     teams = {r.team_id for r, c in zip(records, costs, strict=False) if c and r.team_id is not None}
@@ -105,7 +105,7 @@ def _window() -> str:
     return str(int(time.time() // max(settings.SLUICE_BREAKER_COOLDOWN, 1)))
 
 
-def breaker_changed(provider_id: int, opened: bool, **_: Any) -> None:
+def breaker_changed(provider_id: int, opened: bool, **kwargs: Any) -> None:
     window = _window()
 
     def job() -> None:
@@ -122,7 +122,7 @@ def breaker_changed(provider_id: int, opened: bool, **_: Any) -> None:
     alerts.submit(job)
 
 
-def websocket_refused(provider_id: int, **_: Any) -> None:
+def websocket_refused(provider_id: int, **kwargs: Any) -> None:
     day = f"{timezone.now():%Y-%m-%d}"
 
     def job() -> None:
@@ -134,7 +134,7 @@ def websocket_refused(provider_id: int, **_: Any) -> None:
     alerts.submit(job)
 
 
-def readiness_lost(down: dict[str, str], **_: Any) -> None:
+def readiness_lost(down: dict[str, str], **kwargs: Any) -> None:
     if set(down) <= {"lifecycle"}:  # draining for a shutdown is planned, not an outage
         return
     hour = f"{timezone.now():%Y-%m-%dT%H}"

@@ -247,6 +247,7 @@ def write(batch: list[TurnRecord]) -> None:
                 o.response_id[:200],
                 r.session_id[:200],
                 r.team_id,
+                "",
             )
         )
     now = time.monotonic()
@@ -303,6 +304,7 @@ COLUMNS = (
     "response_id",
     "session_id",
     "team_id",
+    "trace_id",  # NOT NULL without a database default: empty until traces fill it
 )
 
 
