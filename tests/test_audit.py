@@ -305,3 +305,47 @@ def test_the_export_is_refused_to_a_person_who_may_not_see_the_log(client):
     client.force_login(staff)
     assert client.get(reverse("admin:audit_auditevent_export")).status_code == 403
     assert client.get(reverse("admin:audit_auditevent_changelist")).status_code == 403
+
+
+WRITER = """
+import os, sys
+import django
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+django.setup()
+from audit.chain import record
+for i in range(int(sys.argv[1])):
+    record("update", object_type="proxy.Team", object_id=i, object_label=sys.argv[2])
+"""
+
+
+def test_two_processes_writing_at_once_keep_one_linear_chain(transactional_db):
+    """Each row's previous hash is read and its own written under one lock, whichever process writes."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    from tests.serveproc import ROOT, database_url
+
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "SECRET_KEY": settings.SECRET_KEY,
+        "LOG_LEVEL": "WARNING",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, "60", name], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+        )
+        for name in ("one", "two")
+    ]
+    for proc in procs:
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    seqs = list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True))
+    assert seqs == list(range(1, 121))
+    labels = list(AuditEvent.objects.order_by("seq").values_list("object_label", flat=True))
+    assert labels.count("one") == labels.count("two") == 60
+    assert labels != sorted(labels), "the two writers did not overlap: the test proves nothing"
+    assert verifyaudit() == (0, "The audit log is intact.\n")
