@@ -163,22 +163,30 @@ _lock = threading.Condition()
 _pending = 0
 _thread: threading.Thread | None = None
 _periodic: list[Callable[[], None]] = []
-PERIOD_SECONDS = 30.0
 
 
 def every_period(job: Callable[[], None]) -> None:
-    """Run ``job`` in the worker about every PERIOD_SECONDS (counters read from this process's metrics)."""
+    """Run ``job`` in the worker every SLUICE_ALERT_CHECK_SECONDS (checks of this process's counters, the
+    expiry timer)."""
     _periodic.append(job)
+
+
+def start() -> None:
+    """Start the worker (the server's start-up does, so that the periodic checks run without a first
+    alert); idempotent."""
+    global _thread
+    with _lock:
+        if _thread is None or not _thread.is_alive():
+            _thread = threading.Thread(target=_run, name="sluice-alerts", daemon=True)
+            _thread.start()
 
 
 def submit(job: Callable[[], Any]) -> None:
     """Queue work for the worker thread; never blocks and never touches the database."""
-    global _pending, _thread
+    global _pending
     with _lock:
         _pending += 1
-        if _thread is None or not _thread.is_alive():
-            _thread = threading.Thread(target=_run, name="sluice-alerts", daemon=True)
-            _thread.start()
+    start()
     _queue.put(job)
 
 
@@ -202,8 +210,9 @@ def _run() -> None:
     global _pending
     last_periodic = time.monotonic()
     while True:
+        period = settings.SLUICE_ALERT_CHECK_SECONDS
         try:
-            job = _queue.get(timeout=PERIOD_SECONDS)
+            job = _queue.get(timeout=max(0.01, period - (time.monotonic() - last_periodic)))
         except queue.Empty:
             job = None
         if job is not None:
@@ -215,7 +224,7 @@ def _run() -> None:
                 with _lock:
                     _pending -= 1
                     _lock.notify_all()
-        if time.monotonic() - last_periodic >= PERIOD_SECONDS:
+        if time.monotonic() - last_periodic >= period:
             last_periodic = time.monotonic()
             for periodic in _periodic:
                 try:

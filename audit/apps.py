@@ -8,7 +8,7 @@ class AuditConfig(AppConfig):
 
     def ready(self) -> None:
         # Imported here: the modules use the models, which exist only once the registry is ready.
-        from django.contrib.auth.signals import user_logged_in, user_login_failed
+        from django.contrib.auth.signals import user_logged_in, user_logged_out, user_login_failed
 
         from audit import alerts, entry, events, signals
 
@@ -16,6 +16,7 @@ class AuditConfig(AppConfig):
         events.connect()
         entry.wrap_commands()
         user_logged_in.connect(entry.signed_in, weak=False, dispatch_uid="audit:sign-in")
+        user_logged_out.connect(entry.signed_out, weak=False, dispatch_uid="audit:sign-out")
         user_login_failed.connect(entry.sign_in_failed, weak=False, dispatch_uid="audit:sign-in-failed")
         alerts.check_env_urls()
         _history_links()

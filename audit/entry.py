@@ -90,6 +90,14 @@ def signed_in(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> 
     record(Action.SIGN_IN, object_type="auth.User", object_id=user.pk, object_label=str(user), actor=actor)
 
 
+def signed_out(sender: Any, request: HttpRequest | None, user: Any, **_: Any) -> None:
+    if user is None:  # the session had expired: nobody to name
+        return
+    base = request_actor(request) if request is not None else current()
+    actor = Actor(user.get_username(), base.source, user.pk, base.client_ip, base.request_id)
+    record(Action.SIGN_OUT, object_type="auth.User", object_id=user.pk, object_label=str(user), actor=actor)
+
+
 def sign_in_failed(
     sender: Any, credentials: dict[str, Any], request: HttpRequest | None = None, **_: Any
 ) -> None:

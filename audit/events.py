@@ -144,15 +144,17 @@ def readiness_lost(down: dict[str, str], **kwargs: Any) -> None:
 
 
 _dropped_seen = 0.0
+_expiry_checked = 0.0
 
 
 def dropped_rows() -> None:
-    """Periodic, in the worker: the request log's dropped-row counter of this process went up."""
+    """Periodic, in the worker: the request log's dropped-row counter of this process went up (rows
+    that could not be written, and refusals without a key past their allowance)."""
     global _dropped_seen
     samples = [s for m in metrics.log_dropped.collect() for s in m.samples]
     total = sum(s.value for s in samples if s.name.endswith("_total"))
     if total > _dropped_seen:
-        count, _dropped_seen = total - _dropped_seen, total
+        count, _dropped_seen = int(total - _dropped_seen), total
         hour = f"{timezone.now():%Y-%m-%dT%H}"
         title = _("Sluice: node %(node)s dropped request-log rows") % {"node": NODE}
         body = _("%(count)d rows could not be written; see the node's log.") % {"count": count}
@@ -182,6 +184,15 @@ def expiring_keys(now: dt.datetime | None = None) -> tuple[int, int]:
     return sent, expired
 
 
+def expiry_timer() -> None:
+    """Periodic, in the worker: the expiry check about once an hour (every node runs it; the claims
+    make each alert and each expiry row once)."""
+    global _expiry_checked
+    if time.monotonic() - _expiry_checked >= settings.SLUICE_ALERT_EXPIRY_CHECK_SECONDS:
+        _expiry_checked = time.monotonic()
+        expiring_keys()
+
+
 def connect() -> None:
     from proxy import signals  # the gateway's signals; proxy never imports the audit app
 
@@ -190,3 +201,4 @@ def connect() -> None:
     signals.upstream_websocket_refused.connect(websocket_refused, weak=False, dispatch_uid="audit:ws")
     signals.readiness_lost.connect(readiness_lost, weak=False, dispatch_uid="audit:ready")
     alerts.every_period(dropped_rows)
+    alerts.every_period(expiry_timer)

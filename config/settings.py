@@ -268,3 +268,6 @@ SLUICE_ALERT_URLS = env("SLUICE_ALERT_URLS", default="")
 # A failing channel is tried this many times, pausing SLUICE_ALERT_BACKOFF_SECONDS, then twice that, ...
 SLUICE_ALERT_ATTEMPTS = env.int("SLUICE_ALERT_ATTEMPTS", default=3)
 SLUICE_ALERT_BACKOFF_SECONDS = env.float("SLUICE_ALERT_BACKOFF_SECONDS", default=2.0)
+# How often the alert worker reads this process's dropped-row counter, and how often it checks expiries.
+SLUICE_ALERT_CHECK_SECONDS = env.float("SLUICE_ALERT_CHECK_SECONDS", default=30.0)
+SLUICE_ALERT_EXPIRY_CHECK_SECONDS = env.float("SLUICE_ALERT_EXPIRY_CHECK_SECONDS", default=3600.0)

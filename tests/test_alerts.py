@@ -278,3 +278,61 @@ def test_a_budget_alert_is_sent_once_by_two_gateway_processes(transactional_db, 
         "Sluice: API key “team” reached 100% of its daily budget"
     ]
     assert AlertDelivery.objects.count() == 1
+
+
+def test_rows_dropped_by_the_request_log_are_alerted(gateway, hook, settings):
+    """Refusals without a valid key past their allowance per address are not written (the metrics count
+    them); the worker's periodic check notices the counter rising."""
+    from audit.events import dropped_rows
+    from proxy import logwriter
+
+    settings.SLUICE_ALERT_URLS = ""
+    alerts.submit(dropped_rows)  # what this process dropped before this test is not this test's
+    assert alerts.flush(10)
+    settings.SLUICE_ALERT_URLS = hook.url()
+    with httpx.Client(base_url=gateway.url, timeout=10) as client:
+        for _ in range(logwriter.ANONYMOUS_ROWS_PER_MINUTE + 5):
+            client.post(
+                "/v1/responses", json={"model": "m", "input": "x"}, headers={"Authorization": "Bearer no"}
+            )
+    settings.SLUICE_ALERT_CHECK_SECONDS = 0.1
+    alerts.submit(lambda: None)  # wake the worker so that it reads the shorter period
+    received = hook.wait(1)
+    assert [body["title"] for _path, body in received] == [
+        f"Sluice: node {events_node()} dropped request-log rows"
+    ]
+    count, rest = received[0][1]["message"].split(" ", 1)
+    # At least the 5 over the allowance; more when earlier tests of this process used part of this minute's.
+    assert int(count) >= 5 and rest == "rows could not be written; see the node's log."
+
+
+def events_node() -> str:
+    from audit.events import NODE
+
+    return NODE
+
+
+def test_an_upstream_refusing_websockets_is_alerted_once(gateway, upstream, api_key, hook, settings):
+    from tests.test_ws_sdk import chain_three_turns
+
+    settings.SLUICE_ALERT_URLS = hook.url()
+    upstream.ws_refuse_status = 426
+    make_provider(upstream, name="no-ws")
+    chain_three_turns(gateway, api_key)
+    settle()
+    assert [body["title"] for _path, body in hook.received] == ["Sluice: provider “no-ws” refuses WebSockets"]
+
+
+def test_a_node_losing_readiness_is_alerted_once_an_hour_but_not_for_a_drain(
+    hook, settings, transactional_db
+):
+    from proxy import signals
+
+    settings.SLUICE_ALERT_URLS = hook.url()
+    signals.readiness_lost.send(sender=None, down={"lifecycle": "draining"})
+    for _ in range(2):
+        signals.readiness_lost.send(sender=None, down={"database": "connection refused"})
+    assert alerts.flush(15)
+    ((_path, body),) = hook.received
+    assert body["title"] == f"Sluice: node {events_node()} is not ready"
+    assert body["message"] == "database: connection refused"

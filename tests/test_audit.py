@@ -154,13 +154,16 @@ def test_group_membership_of_a_user_is_recorded():
     assert row.changes == {"groups": {"added": ["admins"]}}
 
 
-def test_commands_act_as_the_login_that_ran_them():
+def test_commands_act_as_the_login_that_ran_them(tmp_path):
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"audit-model": {"input_per_million": 1, "output_per_million": 2}}))
+    call_command("loadprices", str(prices), stdout=StringIO())
     call_command("createteam", "--name", "green", "--daily-budget", "3", stdout=StringIO())
     call_command("createapikey", "--name", "ci", "--user", "deploy", "--create-user", stdout=StringIO())
     rows = events(source="cli")
-    assert {e.object_type for e in rows} >= {"proxy.Team", "proxy.ApiKey", "auth.User"}
+    assert {e.object_type for e in rows} >= {"proxy.ModelPrice", "proxy.Team", "proxy.ApiKey", "auth.User"}
     assert {e.actor for e in rows} == {f"cli:{getpass.getuser()}"}
-    assert len({e.request_id for e in rows}) == 2  # one id per command run
+    assert len({e.request_id for e in rows}) == 3  # one id per command run
     assert AuditEvent.objects.exclude(source="cli").count() == 0
 
 
@@ -189,6 +192,9 @@ def test_admin_changes_and_sign_ins_name_the_person_and_address(client):
     assert (row.actor, row.actor_user_id, row.source) == ("root", root.pk, "admin")
     assert (row.client_ip, row.request_id, row.object_id) == ("192.0.2.7", "req-abc-123", str(price.pk))
     assert row.changes["output_per_million"] == [None, "4.0000"]
+    client.logout()
+    (out,) = events(action="sign-out")
+    assert (out.actor, out.actor_user_id, out.object_id) == ("root", root.pk, str(root.pk))
 
 
 def _rows(count: int) -> list[AuditEvent]:
