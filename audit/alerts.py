@@ -33,6 +33,9 @@ class Alert:
     body: str
     team_id: int | None = None
     once: tuple[str, str, str] | None = None  # (subject, threshold, period)
+    # People the alert concerns (a key's owner, its team's leads): e-mailed too, through each e-mail
+    # channel's server, besides the channel's own recipients.
+    recipients: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,11 +153,28 @@ def handle(alert: Alert) -> None:
         targets = channels(alert.team_id)
     except Exception:  # noqa: BLE001 - without the database, the environment's channels still work
         targets = [Channel(f"SLUICE_ALERT_URLS #{n}", u) for n, u in enumerate(env_urls(), start=1)]
-    for channel in targets:
+    for channel in targets + personal(targets, alert.recipients):
         try:
             deliver(channel, alert)
         except Exception:  # noqa: BLE001 - one channel's failure never costs the others theirs
             log.exception("could not deliver alert %s to channel %s", alert.event, channel.name)
+
+
+def personal(targets: list[Channel], recipients: tuple[str, ...]) -> list[Channel]:
+    """The first e-mail channel, addressed to ``recipients`` instead of its own ``to``."""
+    if not recipients:
+        return []
+    for channel in targets:
+        scheme, _sep, rest = channel.url.partition("://")
+        if scheme not in ("mailto", "mailtos"):
+            continue
+        base, _q, query = rest.partition("?")
+        params = [p for p in query.split("&") if p and not p.lower().startswith("to=")]
+        params.append("to=" + ",".join(recipients))
+        # The path names recipients too (mailto://host/ops@example.com): keep only host and port.
+        host = base.split("/", 1)[0]
+        return [Channel(f"{channel.name} (people)", f"{scheme}://{host}?{'&'.join(params)}")]
+    return []
 
 
 # The worker: jobs are callables (an Alert's delivery, a spend check); a queue keeps callers unblocked.

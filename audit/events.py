@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db.models import Sum
 from django.utils import timezone
@@ -161,6 +162,16 @@ def dropped_rows() -> None:
         alerts.handle(Alert("log-dropped", title, body, once=(f"node:{NODE}"[:100], "log-dropped", hour)))
 
 
+def _owner_and_leads(key: ApiKey) -> tuple[str, ...]:
+    """E-mail addresses of the key's owner and its team's leads, where known."""
+    emails = [key.owner.email]
+    if key.team_id is not None:
+        membership = apps.get_model("identity", "Membership")  # by name: the identity app is optional here
+        leads = membership.objects.filter(team_id=key.team_id, role="lead").select_related("user")
+        emails += [m.user.email for m in leads]
+    return tuple(sorted({e for e in emails if e}))
+
+
 def expiring_keys(now: dt.datetime | None = None) -> tuple[int, int]:
     """Alert once per key expiring within 7 days; record keys whose expiry passed as expired (by the
     system). Returns (alerts, expiries)."""
@@ -169,11 +180,12 @@ def expiring_keys(now: dt.datetime | None = None) -> tuple[int, int]:
     sent = 0
     for key in soon.select_related("owner"):
         if alerts.claim(f"key:{key.pk}", "expiring", f"{key.expires_at:%Y-%m-%dT%H:%M}"):
+            people = _owner_and_leads(key)
             when = f"{key.expires_at:%Y-%m-%d %H:%M} UTC"
             values = {"name": key.name, "owner": key.owner.get_username(), "when": when}
             title = _("Sluice: API key “%(name)s” of %(owner)s expires on %(when)s") % values
             body = _("Make a new key before then; turns with this key are refused once it expires.")
-            alerts.handle(Alert("key-expiring", title, body, team_id=key.team_id))
+            alerts.handle(Alert("key-expiring", title, body, team_id=key.team_id, recipients=people))
             sent += 1
     expired = 0
     with acting(SYSTEM):

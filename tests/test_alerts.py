@@ -336,3 +336,31 @@ def test_a_node_losing_readiness_is_alerted_once_an_hour_but_not_for_a_drain(
     ((_path, body),) = hook.received
     assert body["title"] == f"Sluice: node {events_node()} is not ready"
     assert body["message"] == "database: connection refused"
+
+
+def test_an_expiring_key_is_mailed_to_its_owner_and_team_leads_too(smtp, settings, transactional_db):
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from django.utils import timezone
+
+    from identity.models import Membership
+    from proxy.models import Team
+
+    port, mails = smtp
+    settings.SLUICE_ALERT_URLS = f"mailto://127.0.0.1:{port}/ops@example.test?from=gw@example.test"
+    team = Team.objects.create(name="blue")
+    users = get_user_model().objects
+    for name, role in (("bob", "lead"), ("carol", "member"), ("dan", "lead")):
+        email = "" if name == "dan" else f"{name}@example.test"  # dan's address is not known
+        Membership.objects.create(user=users.create(username=name, email=email), team=team, role=role)
+    users.create(username="alice", email="alice@example.test")
+    make_key("soon", team=team, expires_at=timezone.now() + dt.timedelta(days=2))
+    call_command("checkexpiries", stdout=open("/dev/null", "w"))  # noqa: SIM115
+    assert alerts.flush(15)
+    # Apprise mails each recipient on its own; carol is no lead, dan has no address.
+    recipients = sorted(r for m in mails for r in m.rcpt_tos)
+    assert recipients == ["alice@example.test", "bob@example.test", "ops@example.test"]
+    assert set(AlertDelivery.objects.values_list("channel", "status")) == {
+        ("SLUICE_ALERT_URLS #1", "sent"),
+        ("SLUICE_ALERT_URLS #1 (people)", "sent"),
+    }
