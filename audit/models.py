@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
@@ -112,6 +113,13 @@ def default_thresholds() -> list[int]:
     return [80, 100]
 
 
+def _validate_thresholds(value: object) -> None:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= 1000 for v in value
+    ):
+        raise ValidationError(_("Enter a JSON list of whole percentages from 1 to 1000."))
+
+
 class TeamAlertPolicy(models.Model):
     """Budget thresholds (percent of the daily and monthly budgets) for a team and its keys."""
 
@@ -122,6 +130,7 @@ class TeamAlertPolicy(models.Model):
         _("budget thresholds (%)"),
         default=default_thresholds,
         blank=True,
+        validators=[_validate_thresholds],
         help_text=_("A JSON list of percentages of the daily and monthly budgets, e.g. [50, 80, 100]."),
     )
 

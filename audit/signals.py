@@ -104,12 +104,20 @@ def before_save(sender: type[models.Model], instance: models.Model, raw: bool = 
 
 
 def after_save(
-    sender: type[models.Model], instance: models.Model, created: bool, raw: bool = False, **_: Any
+    sender: type[models.Model],
+    instance: models.Model,
+    created: bool,
+    raw: bool = False,
+    update_fields: frozenset[str] | None = None,
+    **_: Any,
 ) -> None:
     if raw:
         return
     before = getattr(instance, "_audit_before", None)
     after = snapshot(instance)
+    if update_fields is not None and before is not None:  # only what was written, not what was only set
+        written = {sender._meta.get_field(name).attname for name in update_fields}
+        after = {k: v if k in written else before.get(k) for k, v in after.items()}
     if created or before is None:
         changes = diff({}, {k: v for k, v in after.items() if v not in (None, "", [], {})})
         action = Action.CREATE

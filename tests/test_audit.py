@@ -355,3 +355,27 @@ def test_two_processes_writing_at_once_keep_one_linear_chain(transactional_db):
     assert labels.count("one") == labels.count("two") == 60
     assert labels != sorted(labels), "the two writers did not overlap: the test proves nothing"
     assert verifyaudit() == (0, "The audit log is intact.\n")
+
+
+def test_a_save_of_some_fields_records_only_those():
+    user = get_user_model().objects.create(username="erin")
+    user.first_name = "set but not saved"
+    user.email = "erin@example.test"
+    user.save(update_fields=["email"])
+    (row,) = events(object_type="auth.User", action="update")
+    assert row.changes == {"email": ["", "erin@example.test"]}
+
+
+@pytest.mark.parametrize("thresholds", ["[0.5]", "[80, 2000]", '["80"]', "80"])
+def test_a_team_policy_takes_whole_percentages_only(admin_client, thresholds):
+    from audit.models import TeamAlertPolicy
+
+    team = _team()
+    response = admin_client.post(
+        reverse("admin:audit_teamalertpolicy_add"), {"team": team.pk, "thresholds": thresholds}
+    )
+    assert response.status_code == 200
+    assert response.context["adminform"].form.errors["thresholds"] == [
+        "Enter a JSON list of whole percentages from 1 to 1000."
+    ]
+    assert not TeamAlertPolicy.objects.exists()

@@ -111,7 +111,7 @@ class Migration(migrations.Migration):
             name='TeamAlertPolicy',
             fields=[
                 ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('thresholds', models.JSONField(blank=True, default=audit.models.default_thresholds, help_text='A JSON list of percentages of the daily and monthly budgets, e.g. [50, 80, 100].', verbose_name='budget thresholds (%)')),
+                ('thresholds', models.JSONField(blank=True, default=audit.models.default_thresholds, help_text='A JSON list of percentages of the daily and monthly budgets, e.g. [50, 80, 100].', validators=[audit.models._validate_thresholds], verbose_name='budget thresholds (%)')),
                 ('team', models.OneToOneField(on_delete=django.db.models.deletion.CASCADE, related_name='alert_policy', to='proxy.team', verbose_name='team')),
             ],
             options={
