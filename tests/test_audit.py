@@ -379,3 +379,24 @@ def test_a_team_policy_takes_whole_percentages_only(admin_client, thresholds):
         "Enter a JSON list of whole percentages from 1 to 1000."
     ]
     assert not TeamAlertPolicy.objects.exists()
+
+
+def test_auditlog_prints_rows_since_a_time_as_json_lines():
+    import datetime as dt
+
+    from django.core.management import CommandError
+    from django.utils import timezone
+
+    rows = _rows(3)
+    AuditEvent.objects.filter(pk=rows[0].pk).update(time=timezone.now() - dt.timedelta(days=10))
+    for since in ("7d", (timezone.now() - dt.timedelta(days=1)).date().isoformat()):
+        out = StringIO()
+        call_command("auditlog", "--since", since, "--json", stdout=out)
+        lines = [json.loads(line) for line in out.getvalue().splitlines()]
+        assert [line["seq"] for line in lines] == [rows[1].seq, rows[2].seq]
+        assert lines[0]["changes"] == {"n": [1, 2]} and lines[0]["actor"] == "system"
+    out = StringIO()
+    call_command("auditlog", stdout=out)
+    assert len(out.getvalue().splitlines()) == 3 and "proxy.Team 0" in out.getvalue().splitlines()[0]
+    with pytest.raises(CommandError, match="--since takes"):
+        call_command("auditlog", "--since", "last tuesday", stdout=StringIO())
