@@ -78,6 +78,11 @@ def check_env_urls() -> None:
             log.error("SLUICE_ALERT_URLS entry %d is not a usable Apprise URL, skipped: %s", number, reason)
 
 
+def configured() -> bool:
+    """Whether any channel exists: without one, nothing is worth deciding (or writing) at all."""
+    return bool(env_urls()) or AlertChannel.objects.filter(enabled=True).exists()
+
+
 def channels(team_id: int | None) -> list[Channel]:
     found = [Channel(f"SLUICE_ALERT_URLS #{n}", url) for n, url in enumerate(env_urls(), start=1)]
     for channel in AlertChannel.objects.filter(enabled=True).prefetch_related("teams"):
@@ -147,12 +152,12 @@ def _claimed(once: tuple[str, str, str]) -> bool:
 
 
 def handle(alert: Alert) -> None:
-    if alert.once is not None and not _claimed(alert.once):
-        return
     try:
         targets = channels(alert.team_id)
     except Exception:  # noqa: BLE001 - without the database, the environment's channels still work
         targets = [Channel(f"SLUICE_ALERT_URLS #{n}", u) for n, u in enumerate(env_urls(), start=1)]
+    if not targets or (alert.once is not None and not _claimed(alert.once)):
+        return
     for channel in targets + personal(targets, alert.recipients):
         try:
             deliver(channel, alert)

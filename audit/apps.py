@@ -25,6 +25,7 @@ class AuditConfig(AppConfig):
 def _history_links() -> None:
     """Every audited model's admin "History" opens its audit rows (the admin registry is complete here:
     the admin app, listed before this one, discovered every admin module in its own ready())."""
+    # Imported here, like ready()'s: the admin module needs the models loaded.
     from django.apps import apps
     from django.contrib import admin
 

@@ -82,6 +82,8 @@ def _budget_alert(
 
 
 def spend_check(key_ids: Iterable[int], team_ids: Iterable[int]) -> None:
+    if not alerts.configured():
+        return
     for key in ApiKey.objects.filter(pk__in=set(key_ids)).exclude(daily_budget=None, monthly_budget=None):
         check_budget(key)
     for team in Team.objects.filter(pk__in=set(team_ids)).exclude(daily_budget=None, monthly_budget=None):
@@ -154,8 +156,10 @@ def dropped_rows() -> None:
     global _dropped_seen
     samples = [s for m in metrics.log_dropped.collect() for s in m.samples]
     total = sum(s.value for s in samples if s.name.endswith("_total"))
-    if total > _dropped_seen:
-        count, _dropped_seen = int(total - _dropped_seen), total
+    if total <= _dropped_seen:
+        return
+    count, _dropped_seen = int(total - _dropped_seen), total
+    if alerts.configured():
         hour = f"{timezone.now():%Y-%m-%dT%H}"
         title = _("Sluice: node %(node)s dropped request-log rows") % {"node": NODE}
         body = _("%(count)d rows could not be written; see the node's log.") % {"count": count}
@@ -178,7 +182,7 @@ def expiring_keys(now: dt.datetime | None = None) -> tuple[int, int]:
     now = now or timezone.now()
     soon = ApiKey.objects.filter(enabled=True, expires_at__gt=now, expires_at__lte=now + dt.timedelta(days=7))
     sent = 0
-    for key in soon.select_related("owner"):
+    for key in soon.select_related("owner") if alerts.configured() else ():
         if alerts.claim(f"key:{key.pk}", "expiring", f"{key.expires_at:%Y-%m-%dT%H:%M}"):
             people = _owner_and_leads(key)
             when = f"{key.expires_at:%Y-%m-%d %H:%M} UTC"
