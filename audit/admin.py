@@ -50,6 +50,13 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+def _cell(value: object) -> object:
+    """A text a spreadsheet would run as a formula (a label or name someone chose) is quoted."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 class _Echo:
     def write(self, value: str) -> str:
         return value
@@ -85,7 +92,7 @@ class AuditEventAdmin(ReadOnlyAdmin):
             for row in rows.values_list(*CSV_FIELDS).iterator(chunk_size=2000):
                 values = list(row)
                 values[CSV_FIELDS.index("changes")] = json.dumps(values[9], ensure_ascii=False)
-                yield writer.writerow(values)
+                yield writer.writerow([_cell(v) for v in values])
 
         response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
         response["Content-Disposition"] = 'attachment; filename="audit.csv"'

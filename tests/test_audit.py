@@ -288,7 +288,7 @@ def test_history_of_an_object_opens_its_audit_rows_and_exports_them(admin_client
 
     first, second = (
         ModelPrice.objects.create(model=name, input_per_million=1, output_per_million=2)
-        for name in ("m-a", "m-b")
+        for name in ("=m-a", "m-b")  # a spreadsheet would take the first for a formula
     )
     first.output_per_million = 5
     first.save()
@@ -303,6 +303,7 @@ def test_history_of_an_object_opens_its_audit_rows_and_exports_them(admin_client
     assert lines[0][:3] == ["seq", "time", "actor"]
     assert [(r[5], r[7]) for r in lines[1:]] == [("create", str(first.pk)), ("update", str(first.pk))]
     assert json.loads(lines[2][9]) == {"output_per_million": ["2.0000", "5.0000"]}
+    assert lines[1][8] == "'=m-a"
     assert second.pk != first.pk
 
 
