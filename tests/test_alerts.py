@@ -364,3 +364,26 @@ def test_an_expiring_key_is_mailed_to_its_owner_and_team_leads_too(smtp, setting
         ("SLUICE_ALERT_URLS #1", "sent"),
         ("SLUICE_ALERT_URLS #1 (people)", "sent"),
     }
+
+
+def test_a_channel_limited_to_teams_hears_only_about_them(hook, transactional_db):
+    from proxy.models import Team
+
+    red, blue = Team.objects.create(name="red"), Team.objects.create(name="blue")
+    for name in ("red", "all"):
+        channel = AlertChannel(name=name)
+        channel.set_url(hook.url(name))
+        channel.save()
+    AlertChannel.objects.get(name="red").teams.add(red)
+    for team_id in (red.pk, blue.pk, None):
+        alerts.send(alerts.Alert("test", f"about {team_id}", "body", team_id=team_id))
+    assert alerts.flush(15)
+    heard = sorted((path, body["title"]) for path, body in hook.received)
+    assert heard == sorted(
+        [
+            ("/red", f"about {red.pk}"),
+            ("/all", f"about {red.pk}"),
+            ("/all", f"about {blue.pk}"),
+            ("/all", "about None"),
+        ]
+    )
