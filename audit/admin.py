@@ -105,7 +105,7 @@ def history_link(model_admin: admin.ModelAdmin) -> None:
     label = model_admin.model._meta.label
 
     def history_view(request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
-        query = urlencode({"object_type__exact": label, "q": object_id})
+        query = urlencode({"object_type__exact": label, "object_id__exact": object_id})
         return HttpResponseRedirect(f"{reverse('admin:audit_auditevent_changelist')}?{query}")
 
     model_admin.history_view = history_view  # type: ignore[method-assign]

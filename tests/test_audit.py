@@ -286,10 +286,9 @@ def test_history_of_an_object_opens_its_audit_rows_and_exports_them(admin_client
 
     from proxy.models import ModelPrice
 
-    first, second = (
-        ModelPrice.objects.create(model=name, input_per_million=1, output_per_million=2)
-        for name in ("=m-a", "m-b")  # a spreadsheet would take the first for a formula
-    )
+    # A spreadsheet would take the first name for a formula; the second holds the first's id.
+    first = ModelPrice.objects.create(model="=m-a", input_per_million=1, output_per_million=2)
+    second = ModelPrice.objects.create(model=f"m-{first.pk}", input_per_million=1, output_per_million=2)
     first.output_per_million = 5
     first.save()
     history = admin_client.get(reverse("admin:proxy_modelprice_history", args=[first.pk]))
