@@ -188,6 +188,7 @@ _lock = threading.Condition()
 _pending = 0
 _thread: threading.Thread | None = None
 _periodic: list[Callable[[], None]] = []
+_periodic_on = threading.Event()  # servers only: a command or a test process runs no timers
 
 
 def every_period(job: Callable[[], None]) -> None:
@@ -196,14 +197,21 @@ def every_period(job: Callable[[], None]) -> None:
     _periodic.append(job)
 
 
-def start() -> None:
-    """Start the worker (the server's start-up does, so that the periodic checks run without a first
-    alert); idempotent."""
+def start(periodic: bool = False) -> None:
+    """Start the worker; idempotent. The server's start-up asks for the periodic checks too, which then
+    run without waiting for a first alert."""
     global _thread
+    if periodic:
+        _periodic_on.set()
     with _lock:
         if _thread is None or not _thread.is_alive():
             _thread = threading.Thread(target=_run, name="sluice-alerts", daemon=True)
             _thread.start()
+
+
+def stop_periodic() -> None:
+    """No more periodic checks in this process (a test that turned them on, turning them off)."""
+    _periodic_on.clear()
 
 
 def submit(job: Callable[[], Any]) -> None:
@@ -249,7 +257,7 @@ def _run() -> None:
                 with _lock:
                     _pending -= 1
                     _lock.notify_all()
-        if time.monotonic() - last_periodic >= period:
+        if _periodic_on.is_set() and time.monotonic() - last_periodic >= period:
             last_periodic = time.monotonic()
             for periodic in _periodic:
                 try:

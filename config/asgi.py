@@ -41,7 +41,7 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             refresher = refresh_in_background()  # changes from other processes apply without a request
-            audit_alerts.start()  # its periodic checks: dropped request-log rows, expiring keys
+            audit_alerts.start(periodic=True)  # and its timers: dropped request-log rows, expiring keys
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if refresher is not None:

@@ -301,8 +301,12 @@ def test_rows_dropped_by_the_request_log_are_alerted(gateway, hook, settings):
     assert logwriter.flush(10)  # the writer counts the dropped rows
     settings.SLUICE_ALERT_URLS = hook.url()
     settings.SLUICE_ALERT_CHECK_SECONDS = 0.1
-    alerts.submit(lambda: None)  # wake the worker so that it reads the shorter period
-    received = hook.wait(1)
+    alerts.start(periodic=True)  # as a server's start-up does (the test's gateway runs without lifespan)
+    try:
+        alerts.submit(lambda: None)  # wake the worker so that it reads the shorter period
+        received = hook.wait(1)
+    finally:
+        alerts.stop_periodic()  # the other tests of this process run no timers
     assert [body["title"] for _path, body in received] == [
         f"Sluice: node {events_node()} dropped request-log rows"
     ]
