@@ -3,6 +3,7 @@ point (admin page, management command), chained so that an edited or removed row
 
 import getpass
 import json
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from io import StringIO
@@ -318,9 +319,12 @@ import os, sys
 import django
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 django.setup()
+import time
 from audit.chain import record
+time.sleep(max(0.0, float(sys.argv[3]) - time.time()))  # both start together
 for i in range(int(sys.argv[1])):
     record("update", object_type="proxy.Team", object_id=i, object_label=sys.argv[2])
+    time.sleep(0.01)  # changes come apart (SQLite would otherwise let one writer finish first)
 """
 
 
@@ -340,9 +344,14 @@ def test_two_processes_writing_at_once_keep_one_linear_chain(transactional_db):
         "SECRET_KEY": settings.SECRET_KEY,
         "LOG_LEVEL": "WARNING",
     }
+    start = time.time() + 4  # past both processes' start-up
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", WRITER, "60", name], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", WRITER, "60", name, str(start)],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for name in ("one", "two")
     ]
