@@ -33,4 +33,5 @@ async def record_success(provider_id: int, state: dict | None) -> None:
     if state:
         await shared.adelete(breaker_key(provider_id))
         metrics.breaker_closed(provider_id)
-        signals.breaker_changed.send_robust(sender=None, provider_id=provider_id, opened=False)
+        if state.get("open_until"):  # it had opened, not merely counted a failure
+            signals.breaker_changed.send_robust(sender=None, provider_id=provider_id, opened=False)

@@ -210,19 +210,34 @@ def test_a_failing_channel_is_retried_then_recorded_as_failed(hook, settings, tr
     assert "500" in delivery.error
 
 
-def test_an_opening_breaker_is_alerted_once(gateway, api_key, hook, settings):
+def test_a_breaker_opening_and_closing_is_alerted_once_each(
+    gateway, upstream, upstream_b, api_key, hook, settings
+):
     settings.SLUICE_ALERT_URLS = hook.url()
-    make_provider(None, name="dead", allowed_models=["gpt-5.5"], connect_timeout=1)
-    for _ in range(settings.SLUICE_BREAKER_THRESHOLD + 2):
-        httpx.post(
-            gateway.url + "/v1/responses",
-            json={"model": "gpt-5.5", "input": "x"},
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=20,
-        )
+    settings.SLUICE_BREAKER_THRESHOLD = 2
+    settings.SLUICE_BREAKER_COOLDOWN = 1
+    make_provider(upstream, name="flaky", priority=1)
+    make_provider(upstream_b, name="backup", priority=2)
+
+    def turns(count: int) -> None:
+        for _ in range(count):
+            turn(gateway, api_key)
+
+    upstream.http_fail_status = 500
+    turns(1)
+    upstream.http_fail_status = None
+    turns(1)  # a failure then a success: the breaker never opened, nothing to say
+    upstream.http_fail_status = 500
+    turns(4)  # opens at the second failure; the others go to the backup
     settle()
-    titles = [body["title"] for _path, body in hook.received]
-    assert titles == ["Sluice: provider “dead” is failing; its circuit breaker opened"]
+    time.sleep(1.1)  # the cooldown ends
+    upstream.http_fail_status = None
+    turns(2)  # tried again, answers: closed
+    settle()
+    assert [body["title"] for _path, body in hook.received] == [
+        "Sluice: provider “flaky” is failing; its circuit breaker opened",
+        "Sluice: provider “flaky” answers again; its circuit breaker closed",
+    ]
 
 
 def test_the_expiry_timer_alerts_once_and_records_expired_keys_as_the_system(
