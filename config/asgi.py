@@ -31,6 +31,7 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
     finish): close upstream connection pools and write the request-log rows still queued."""
     import asyncio
 
+    from audit import alerts as audit_alerts
     from proxy import logwriter, metrics
     from proxy.upstream_http import close_session
     from settings_app.runtime import refresh_in_background
@@ -40,6 +41,7 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
         message = await receive()
         if message["type"] == "lifespan.startup":
             refresher = refresh_in_background()  # changes from other processes apply without a request
+            audit_alerts.start(periodic=True)  # and its timers: dropped request-log rows, expiring keys
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
             if refresher is not None:
@@ -47,6 +49,7 @@ async def lifespan(scope: dict, receive: Any, send: Any) -> None:
             await close_session()
             if not await asyncio.to_thread(logwriter.flush, 15):
                 logwriter.log.error("request log rows were still queued at shutdown")
+            await asyncio.to_thread(audit_alerts.flush, 5)  # alerts already decided still go out
             metrics.process_exited()
             await send({"type": "lifespan.shutdown.complete"})
             return

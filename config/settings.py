@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "providers",
     "proxy",
     "identity",
+    "audit",
 ]
 
 MIDDLEWARE = [
@@ -71,6 +72,8 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Who is acting, for the audit log (admin and portal pages; /v1 does not pass through here).
+    "audit.entry.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -272,3 +275,14 @@ SLUICE_RATE_WINDOW_SECONDS = env.float("SLUICE_RATE_WINDOW_SECONDS", default=60.
 # A turn under a budget reserves its estimated cost at admission: this many output tokens when the request
 # names no max_output_tokens.
 SLUICE_BUDGET_OUTPUT_TOKENS = env.int("SLUICE_BUDGET_OUTPUT_TOKENS", default=8192)
+
+# Audit rows older than this are deleted by `manage.py pruneaudit` (the chain stays verifiable).
+SLUICE_AUDIT_RETENTION_DAYS = env.int("SLUICE_AUDIT_RETENTION_DAYS", default=400)
+# Alerts (docs/audit.md): Apprise URLs, comma-separated, besides the channels set in the admin.
+SLUICE_ALERT_URLS = env("SLUICE_ALERT_URLS", default="")
+# A failing channel is tried this many times, pausing SLUICE_ALERT_BACKOFF_SECONDS, then twice that, ...
+SLUICE_ALERT_ATTEMPTS = env.int("SLUICE_ALERT_ATTEMPTS", default=3)
+SLUICE_ALERT_BACKOFF_SECONDS = env.float("SLUICE_ALERT_BACKOFF_SECONDS", default=2.0)
+# How often the alert worker reads this process's dropped-row counter, and how often it checks expiries.
+SLUICE_ALERT_CHECK_SECONDS = env.float("SLUICE_ALERT_CHECK_SECONDS", default=30.0)
+SLUICE_ALERT_EXPIRY_CHECK_SECONDS = env.float("SLUICE_ALERT_EXPIRY_CHECK_SECONDS", default=3600.0)

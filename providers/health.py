@@ -4,7 +4,7 @@ import time
 
 from django.conf import settings
 
-from proxy import metrics
+from proxy import metrics, signals
 from settings_app import shared
 
 
@@ -24,6 +24,7 @@ async def record_failure(provider_id: int) -> None:
         state["open_until"] = time.time() + settings.SLUICE_BREAKER_COOLDOWN
         state["failures"] = 0
         metrics.breaker_opened(provider_id, state["open_until"])
+        signals.breaker_changed.send_robust(sender=None, provider_id=provider_id, opened=True)
     await shared.aset(key, state, settings.SLUICE_BREAKER_COOLDOWN * 10)
 
 
@@ -32,3 +33,5 @@ async def record_success(provider_id: int, state: dict | None) -> None:
     if state:
         await shared.adelete(breaker_key(provider_id))
         metrics.breaker_closed(provider_id)
+        if state.get("open_until"):  # it had opened, not merely counted a failure
+            signals.breaker_changed.send_robust(sender=None, provider_id=provider_id, opened=False)

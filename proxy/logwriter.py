@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from proxy import metrics, tracing
+from proxy import metrics, signals, tracing
 from proxy.outcome import Outcome
 from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
@@ -364,6 +364,7 @@ def write(batch: list[TurnRecord]) -> None:
         metrics.observe_batch(batch, costs)
     except Exception:  # metrics must never cost a row
         log.exception("could not update the metrics")
+    signals.turn_recorded.send_robust(sender=TurnRecord, records=batch, costs=costs)  # e.g. budget alerts
     dropped = sum(1 for r in batch if r.dropped)
     if dropped:
         metrics.log_dropped.labels("rate_limited").inc(dropped)

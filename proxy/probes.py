@@ -13,7 +13,7 @@ from django.core.cache import caches
 from django.db import connections
 from django.http import HttpRequest, HttpResponse
 
-from proxy import lifecycle, logwriter
+from proxy import lifecycle, logwriter, signals
 from settings_app import shared
 
 CHECK_TIMEOUT = 3.0
@@ -75,6 +75,8 @@ async def readyz(request: HttpRequest) -> HttpResponse:
     if shared.degraded() and not cache:
         degraded["cache"] = str(shared.status()["error"] or "recently unreachable")
     status = "down" if down else "degraded" if degraded else "ok"
+    if down:
+        signals.readiness_lost.send_robust(sender=None, down=down)
     body = {"status": status, "down": down, "degraded": degraded}
     return HttpResponse(json.dumps(body) + "\n", status=503 if down else 200, content_type="application/json")
 

@@ -11,7 +11,7 @@ from websockets.frames import Opcode
 from websockets.protocol import State
 
 from providers.registry import ProviderInfo
-from proxy import metrics, tracing
+from proxy import metrics, signals, tracing
 from proxy.transport import FallbackReason
 from proxy.upstream_http import upstream_headers
 from settings_app import shared
@@ -157,3 +157,4 @@ async def known_unsupported(provider_id: int) -> bool:
 
 async def remember_unsupported(provider_id: int, ttl: int) -> None:
     await shared.aset(unsupported_key(provider_id), True, ttl)
+    signals.upstream_websocket_refused.send_robust(sender=None, provider_id=provider_id)

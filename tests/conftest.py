@@ -123,11 +123,13 @@ def _short_log_batches() -> None:
 def _fresh_state() -> Iterator[None]:
     """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots, and no
     request-log row of an earlier test still waiting to be written into this one's tables."""
+    from audit import alerts
     from proxy import limits, logwriter
     from settings_app import shared
     from settings_app.runtime import invalidate_all
 
     logwriter.flush(10)
+    alerts.flush(10)  # alert jobs of an earlier test (spend checks, deliveries) write nothing into this one
     caches["default"].clear()
     limits.reset_local()
     invalidate_all()

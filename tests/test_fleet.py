@@ -507,3 +507,46 @@ def test_a_codex_session_survives_a_rolling_restart_between_turns(fleet, alpha, 
     assert "previous_response_id" not in last or not last["previous_response_id"], (
         "full input on a new socket"
     )
+
+
+def test_a_budget_alert_is_sent_once_by_the_fleet(fleet, alpha):
+    """Both nodes serve the key's turns and both check its spend after each; each threshold is alerted
+    once, by whichever node claims it first."""
+    from decimal import Decimal
+
+    from audit.models import AlertChannel, AlertDelivery, AlertSent
+    from proxy.models import ModelPrice
+    from tests.test_alerts import Hook
+
+    hook = Hook()
+    hook.thread.start()
+    try:
+        channel = AlertChannel(name="fleet-hook")
+        channel.set_url(f"json://{fleet.host_address}:{fleet.reachable(hook.port)}/hook")
+        channel.save()
+        # About 1.80 USD a turn: 80 % of the budget falls within the test's turns, 100 % a turn or two later.
+        ModelPrice.objects.update_or_create(
+            model="gpt-5.5",
+            defaults={"input_per_million": Decimal(100000), "output_per_million": Decimal(100000)},
+        )
+        key, raw = add_key()
+        key.daily_budget = Decimal("20.00")
+        key.save()
+        add_provider(fleet, alpha, "alpha")
+        every_node_ready(fleet, raw)
+        fleet.balancer.directory.joinpath("access.log").write_text("")
+        statuses = [post_turn(fleet.url, raw).status_code for _ in range(14)]
+        assert 200 in statuses and statuses[-1] == 429, statuses  # the budget ran out within the turns
+        assert len(set(fleet.balancer.upstreams_used())) == 2, "both nodes served the key's turns"
+        wait_for(lambda: len(hook.received) >= 2, 15)
+        time.sleep(2)  # a duplicate from the slower node would come within this
+        titles = sorted(body["title"] for _path, body in hook.received)
+        assert titles == [
+            "Sluice: API key “team” reached 100% of its daily budget",
+            "Sluice: API key “team” reached 80% of its daily budget",
+        ]
+        assert set(AlertSent.objects.values_list("threshold", flat=True)) == {"daily:80", "daily:100"}
+        assert AlertDelivery.objects.filter(status="sent").count() == 2
+    finally:
+        hook.server.shutdown()
+        hook.server.server_close()
