@@ -17,6 +17,7 @@ urlpatterns = [
     path("metrics", metrics.metrics_view),
     path("i18n/", include("django.conf.urls.i18n")),
     path("auth/", include("identity.urls")),
+    path("scim/v2/", include("identity.scim_urls")),
     # Signing out of the admin also ends the identity provider's session of people who signed in there.
     path("admin/logout/", identity_views.sign_out),
     path("admin/", admin.site.urls),

@@ -67,6 +67,11 @@ class ScimUser(models.Model):
         settings.AUTH_USER_MODEL, verbose_name=_("user"), on_delete=models.CASCADE, related_name="scim"
     )
     external_id = models.CharField(_("external id"), max_length=255, blank=True)
+    # The SCIM attributes as the client last wrote them (e-mails, names, display name), so that what it
+    # reads back is what it wrote; the user's own fields are derived from them.
+    data = models.JSONField(_("SCIM attributes"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("created at"), auto_now_add=True)
+    updated_at = models.DateTimeField(_("updated at"), auto_now=True)
 
     class Meta:
         verbose_name = _("SCIM account")
@@ -89,3 +94,19 @@ class BreakGlass(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} until {self.until:%Y-%m-%d %H:%M}"
+
+
+class ScimGroup(models.Model):
+    """What SCIM keeps about a team beyond the team: the provisioning client's id for its group."""
+
+    team = models.OneToOneField(
+        "proxy.Team", verbose_name=_("team"), on_delete=models.CASCADE, related_name="scim_group"
+    )
+    external_id = models.CharField(_("external id"), max_length=255, blank=True)
+
+    class Meta:
+        verbose_name = _("SCIM group")
+        verbose_name_plural = _("SCIM groups")
+
+    def __str__(self) -> str:
+        return self.external_id or str(self.team)

@@ -63,7 +63,9 @@ def test_password_sign_in_off_and_break_glass(gateway, superuser, settings):
 
 
 def test_createteam_sets_identity_provider_groups(transactional_db):
-    call_command("createteam", "--name", "Platform", "--idp-groups", "eng, sre,", "--lead-idp-groups", "eng-leads")
+    call_command(
+        "createteam", "--name", "Platform", "--idp-groups", "eng, sre,", "--lead-idp-groups", "eng-leads"
+    )
     team = Team.objects.get(name="Platform")
     assert (team.idp_groups, team.lead_idp_groups) == (["eng", "sre"], ["eng-leads"])
     call_command("createteam", "--name", "Platform", "--idp-groups", "")
