@@ -218,6 +218,9 @@ LOGGING = {
         # A refusal is logged once, by sluice.refusals; Django would log every 4xx again as a warning.
         # Its errors (5xx) still come through.
         "django.request": {"level": "ERROR"},
+        # django-axes logs every successful sign-in at INFO; its lockouts come through as warnings, and
+        # every failure is kept in the database (AccessFailureLog) for the audit log.
+        "axes": {"level": "WARNING"},
     },
 }
 

@@ -150,3 +150,30 @@ def test_deprovisioning_stops_keys(scim, how):
     assert scim.patch(f"/Users/{user.pk}", json=body).json()["active"] is True
     key.refresh_from_db()
     assert not key.enabled
+
+
+def test_deactivation_closes_a_live_websocket_and_refuses_the_key(scim, gateway, upstream):
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from tests.conftest import make_key, make_provider
+
+    make_provider(upstream)
+    person = new_user(scim, "leaver")
+    _key, raw = make_key("laptop", username="leaver")
+    headers = {"authorization": f"Bearer {raw}"}
+    assert httpx.get(gateway.url + "/v1/models", headers=headers, timeout=20).status_code == 200
+    with connect(gateway.url.replace("http", "ws") + "/v1/responses", additional_headers=headers) as ws:
+        body = {
+            "schemas": [PATCH_SCHEMA],
+            "Operations": [{"op": "replace", "path": "active", "value": False}],
+        }
+        assert scim.patch(f"/Users/{person['id']}", json=body).status_code == 200
+        error = json.loads(ws.recv(timeout=5))
+        assert error["type"] == "error" and error["status"] == 401
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=5)
+        assert closed.value.rcvd.code == 1008
+    assert httpx.get(gateway.url + "/v1/models", headers=headers, timeout=20).status_code == 401
