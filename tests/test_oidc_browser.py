@@ -14,6 +14,7 @@ from django.utils import translation
 from identity import oidc, signin
 from proxy.models import Team
 from tests.conftest import require
+from tests.oidcsupport import NodeProvider
 from tests.test_admin_browser import (
     ARTIFACTS,
     CHROMIUM,
@@ -22,7 +23,6 @@ from tests.test_admin_browser import (
     sync_playwright,
 )
 from tests.test_oidc import USERS, configure
-from tests.oidcsupport import NodeProvider
 
 
 @pytest.fixture
