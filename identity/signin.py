@@ -81,9 +81,12 @@ def _find_or_create(cfg: Config, claims: dict[str, Any]) -> AbstractUser:
     if link is not None:
         return link.user
     # A person provisioned by SCIM before their first sign-in: the provisioning client's externalId is the
-    # provider's subject (docs/identity.md). Never matched by e-mail or name.
+    # provider's subject, or Entra ID's object id (`oid`: its subject is per application and cannot be
+    # sent over SCIM). Never matched by e-mail or name (docs/identity.md).
+    oid = claims.get("oid")
+    known = [subject, oid] if isinstance(oid, str) and oid else [subject]
     scim = (
-        ScimUser.objects.select_related("user").filter(external_id=subject, user__oidc_subject=None).first()
+        ScimUser.objects.select_related("user").filter(external_id__in=known, user__oidc_subject=None).first()
     )
     if scim is not None:
         user = scim.user

@@ -307,3 +307,74 @@ def test_sign_in_off_without_configuration(gateway, settings):
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
         assert client.get("/auth/oidc/login/").status_code == 404
         assert "sluice-sso-button" not in client.get("/admin/login/").text
+
+
+def sign_in_with(client: httpx.Client, fake: FakeIssuer, **claims: Any) -> httpx.Response:
+    state, nonce = start(client)
+    fake.token_answer = (200, {"id_token": fake.sign(fake.claims(nonce, **claims))})
+    return client.get("/auth/oidc/callback/", params={"state": state, "code": "c"})
+
+
+@pytest.mark.parametrize("link", ["sub", "oid"])
+def test_a_person_provisioned_by_scim_is_linked_at_first_sign_in(fake_issuer, gateway, settings, link):
+    Team.objects.create(name="Platform", idp_groups=["eng"])
+    settings.SLUICE_SCIM_TOKEN = "scim-token"
+    body = {
+        "schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"],
+        "userName": "pat",
+        "externalId": "ext-7",
+    }
+    made = httpx.post(
+        gateway.url + "/scim/v2/Users", json=body, headers={"Authorization": "Bearer scim-token"}, timeout=20
+    )
+    assert made.status_code == 201
+    claims = {"sub": "ext-7"} if link == "sub" else {"sub": "pairwise-subject", "oid": "ext-7"}
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+        assert sign_in_with(client, fake_issuer, **claims).status_code == 302
+    assert get_user_model().objects.count() == 1
+    assert OidcSubject.objects.get().user.username == "pat"
+
+
+def test_staff_groups_give_the_admin_with_the_chosen_permissions_and_take_it_back(
+    fake_issuer, gateway, settings
+):
+    settings.SLUICE_OIDC_STAFF_GROUPS = ["helpdesk"]
+    settings.SLUICE_OIDC_STAFF_PERMISSION_GROUP = "Helpdesk permissions"
+    Team.objects.create(name="Platform", idp_groups=["eng"])
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+        answer = sign_in_with(client, fake_issuer, groups=["helpdesk"])
+        assert answer.status_code == 302 and answer.headers["location"] == "/admin/"
+        user = get_user_model().objects.get()
+        assert user.is_staff and not user.is_superuser
+        assert list(user.groups.values_list("name", flat=True)) == ["Helpdesk permissions"]
+        # Out of the staff group, still in a team: a member, no longer staff.
+        answer = sign_in_with(client, fake_issuer, groups=["eng"])
+        assert answer.status_code == 302 and answer.headers["location"] == "/portal/"
+    user.refresh_from_db()
+    assert not user.is_staff and not user.groups.exists()
+
+
+def test_deactivating_in_the_admin_disables_the_keys(gateway, transactional_db):
+    import re
+
+    from django.test import Client
+
+    from proxy.models import ApiKey
+    from tests.conftest import make_key
+
+    key, _raw = make_key("laptop", username="leaver")
+    admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw")
+    session = Client()
+    session.force_login(admin)
+    with httpx.Client(
+        base_url=gateway.url, cookies={"sessionid": session.cookies["sessionid"].value}
+    ) as browser:
+        url = f"/admin/auth/user/{key.owner_id}/change/"
+        page = browser.get(url)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+        form = {"csrfmiddlewaretoken": token, "username": "leaver", "date_joined_0": "2026-01-01"}
+        form |= {"date_joined_1": "00:00:00", "initial-date_joined_0": "2026-01-01"}
+        saved = browser.post(url, data=form, headers={"referer": gateway.url + url})  # "active" unticked
+        assert saved.status_code == 302, saved.text[:300]
+    assert not get_user_model().objects.get(pk=key.owner_id).is_active
+    assert not ApiKey.objects.get(pk=key.pk).enabled
