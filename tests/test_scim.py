@@ -100,8 +100,10 @@ def test_bad_requests_get_scim_errors(scim, method, path, body, status, scim_typ
 
 
 def test_filter_and_pagination(scim):
+    get_user_model().objects.create_superuser("root", "root@example.com", "pw")  # made by hand: not SCIM's
     for n in range(5):
         new_user(scim, f"user{n}")
+    assert scim.get("/Users", params={"filter": 'userName eq "root"'}).json()["totalResults"] == 0
     found = scim.get("/Users", params={"filter": 'userName eq "user3"'}).json()
     assert found["totalResults"] == 1 and found["Resources"][0]["userName"] == "user3"
     page = scim.get("/Users", params={"startIndex": 2, "count": 2}).json()
