@@ -62,17 +62,23 @@ class Outcome:
 
 def sign_in(cfg: Config, claims: dict[str, Any], groups: list[str], client_ip: str) -> Outcome:
     """Find or create the person, refresh their details, and set their teams and roles from ``groups``."""
-    with transaction.atomic():
+    arriving = str(claims.get("preferred_username") or claims.get("email") or claims["sub"])[:150]
+    with transaction.atomic(), acting(Actor(arriving, Source.SIGN_IN, None, client_ip)):
         user = _find_or_create(cfg, claims)
         if not user.is_active:
             raise SignInError(INACTIVE, f"user {user.pk} is deactivated")
-        with acting(Actor(user.get_username(), Source.SIGN_IN, user.pk, client_ip)):
+        with acting(actor_for(user, client_ip)):
             admin = bool(set(groups) & set(settings.SLUICE_OIDC_ADMIN_GROUPS))
             staff = admin or bool(set(groups) & set(settings.SLUICE_OIDC_STAFF_GROUPS))
             _set_details(user, claims, admin, staff)
             teams = set_memberships(user, groups, MembershipSource.OIDC)
             OidcSubject.objects.filter(user=user).update(groups=groups, last_sign_in=timezone.now())
     return Outcome(user, teams, admin, staff)
+
+
+def actor_for(user: AbstractUser, client_ip: str) -> Actor:
+    """Who changes things while someone signs in: that person, through sign-in."""
+    return Actor(user.get_username(), Source.SIGN_IN, user.pk, client_ip)
 
 
 def _find_or_create(cfg: Config, claims: dict[str, Any]) -> AbstractUser:

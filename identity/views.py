@@ -17,6 +17,7 @@ from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods
 
+from audit.context import acting
 from identity import oidc, signin
 from identity.oidc import SignInError
 
@@ -119,7 +120,8 @@ def _finish(request: HttpRequest, cfg: oidc.Config) -> HttpResponse:
             signin.NO_TEAM, f"user {outcome.user.pk} is in no mapped group ({len(groups)} groups)"
         )
     # The session is loaded again by this backend (ModelBackend.get_user: active users only).
-    login(request, outcome.user, backend="identity.passwords.PasswordBackend")
+    with acting(signin.actor_for(outcome.user, _client_ip(request))):  # login() saves last_login
+        login(request, outcome.user, backend="identity.passwords.PasswordBackend")
     request.session[SESSION_ID_TOKEN] = tokens["id_token"]
     log.info("sign-in: user %s with %s team(s)", outcome.user.pk, outcome.teams)
     admin_path = reverse("admin:index")

@@ -378,3 +378,37 @@ def test_deactivating_in_the_admin_disables_the_keys(gateway, transactional_db):
         assert saved.status_code == 302, saved.text[:300]
     assert not get_user_model().objects.get(pk=key.owner_id).is_active
     assert not ApiKey.objects.get(pk=key.pk).enabled
+
+
+def test_changes_are_made_as_the_signing_in_person_and_as_scim(fake_issuer, gateway, settings):
+    """The audit log reads the actor from audit.context in model signals: watch them the same way."""
+    from django.db.models.signals import post_save
+
+    from audit.context import Source, current
+
+    seen: list[tuple[str, str, str]] = []
+
+    def record(sender: Any, instance: Any, **kwargs: Any) -> None:
+        seen.append((sender.__name__, current().source, current().name))
+
+    post_save.connect(record, sender=Membership, weak=False, dispatch_uid="test-actor-membership")
+    post_save.connect(record, sender=get_user_model(), weak=False, dispatch_uid="test-actor-user")
+    try:
+        Team.objects.create(name="Platform", idp_groups=["eng"])
+        seen.clear()
+        with httpx.Client(base_url=gateway.url, timeout=20) as client:
+            assert sign_in_with(client, fake_issuer, preferred_username="pat").status_code == 302
+        settings.SLUICE_SCIM_TOKEN = "scim-token"
+        body = {"schemas": ["urn:ietf:params:scim:schemas:core:2.0:User"], "userName": "sam"}
+        headers = {"Authorization": "Bearer scim-token"}
+        assert (
+            httpx.post(gateway.url + "/scim/v2/Users", json=body, headers=headers, timeout=20).status_code
+            == 201
+        )
+    finally:
+        post_save.disconnect(sender=Membership, dispatch_uid="test-actor-membership")
+        post_save.disconnect(sender=get_user_model(), dispatch_uid="test-actor-user")
+    assert ("Membership", Source.SIGN_IN, "pat") in seen
+    assert ("User", Source.SIGN_IN, "pat") in seen
+    assert ("User", Source.SCIM, "scim") in seen
+    assert {source for _kind, source, _name in seen} == {Source.SIGN_IN, Source.SCIM}, seen
