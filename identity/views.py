@@ -102,6 +102,9 @@ def _finish(request: HttpRequest, cfg: oidc.Config) -> HttpResponse:
     if saved is None:
         raise SignInError(NO_FLOW, "callback: unknown or reused state")
     flow = oidc.Flow(**saved)
+    issuer = request.GET.get("iss")
+    if issuer is not None and issuer.rstrip("/") != cfg.issuer:  # RFC 9207: an answer meant for another
+        raise SignInError(oidc.REFUSED_CODE, f"callback: iss {issuer[:100]!r} is not the configured issuer")
     if "error" in request.GET:
         reason = request.GET.get("error", "")[:100]
         raise SignInError(oidc.REFUSED_CODE, f"callback: the provider sent error {reason!r}")

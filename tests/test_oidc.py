@@ -226,6 +226,18 @@ def test_bad_id_tokens_are_refused(fake_issuer, gateway, caplog, case):
     assert not OidcSubject.objects.exists()
 
 
+def test_an_answer_from_another_issuer_is_refused(fake_issuer, gateway, caplog):
+    """RFC 9207: a callback naming another issuer (a mix-up attack) is refused before the code is used."""
+    with httpx.Client(base_url=gateway.url, timeout=20) as client:
+        state, nonce = start(client)
+        fake_issuer.token_answer = (200, {"id_token": fake_issuer.sign(fake_issuer.claims(nonce))})
+        page = client.get(
+            "/auth/oidc/callback/", params={"state": state, "code": "c", "iss": "https://evil.example"}
+        )
+    assert page.status_code == 403 and on_page(oidc.REFUSED_CODE, page)
+    assert fake_issuer.token_forms == [] and len(refusals(caplog)) == 1
+
+
 def test_a_new_signing_key_is_fetched_once(fake_issuer, gateway):
     Team.objects.create(name="Platform", idp_groups=["eng"])
     with httpx.Client(base_url=gateway.url, timeout=20) as client:
