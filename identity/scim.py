@@ -145,7 +145,10 @@ def filter_value(request: HttpRequest, allowed: set[str]) -> tuple[str, str] | N
         raise ScimError(
             400, f'Only {" or ".join(sorted(allowed))} eq "..." filters are supported.', "invalidFilter"
         )
-    return match.group(1).lower(), json.loads(f'"{match.group(2)}"')
+    try:
+        return match.group(1).lower(), json.loads(f'"{match.group(2)}"')
+    except ValueError:
+        raise ScimError(400, "The filter's value is not a valid string.", "invalidFilter") from None
 
 
 # Users
@@ -185,7 +188,7 @@ def _store(user: Any, resource: User) -> None:
 
 
 def _user(pk: str) -> Any:
-    user = res.scim_users().filter(pk=int(pk)).first() if pk.isdigit() else None
+    user = res.scim_users().filter(pk=int(pk)).first() if res.is_id(pk) else None
     if user is None:
         raise ScimError(404, f"No user {pk[:40]}.")
     return user
@@ -254,7 +257,7 @@ def groups(request: HttpRequest) -> HttpResponse:
 
 
 def _team(pk: str) -> Team:
-    team = Team.objects.filter(pk=int(pk)).first() if pk.isdigit() else None
+    team = Team.objects.filter(pk=int(pk)).first() if res.is_id(pk) else None
     if team is None:
         raise ScimError(404, f"No group {pk[:40]}.")
     return team

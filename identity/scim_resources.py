@@ -43,6 +43,11 @@ USER_ATTRIBUTES = ("userName", "name", "displayName", "active", "emails", "group
 NAME_PARTS = ("formatted", "familyName", "givenName")
 
 
+def is_id(value: object) -> bool:
+    """A SCIM id of ours: a database key (digits, within a 64-bit integer)."""
+    return isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 18
+
+
 def scim_users() -> QuerySet:
     """Everyone but superusers made by hand (no identity provider link): SCIM never touches those."""
     return (
@@ -193,7 +198,7 @@ def group_dump(team: Team, base: str, shown: ResponseParameters | None = None) -
 
 def store_members(team: Team, resource: Group, pushed_name: str) -> None:
     """The team's SCIM memberships become the group's members (lead when the group is a lead group)."""
-    wanted = {int(m.value) for m in resource.members or [] if m.value and str(m.value).isdigit()}
+    wanted = {int(m.value) for m in resource.members or [] if is_id(m.value)}
     wanted &= set(scim_users().filter(pk__in=wanted).values_list("pk", flat=True))
     ScimGroup.objects.update_or_create(
         team=team, defaults={"external_id": (resource.external_id or "")[:255]}

@@ -54,12 +54,13 @@ def _client_ip(request: HttpRequest) -> str:
 def refused(request: HttpRequest, error: SignInError, status: int = 403) -> HttpResponse:
     """The one page every failed sign-in ends on: what happened in the person's language, logged once."""
     log.warning("sign-in refused from %s: %s", _client_ip(request), error.detail)
+    cfg = oidc.config()
     context = {
         **admin.site.each_context(request),
         "title": _("Sign-in refused"),
         "message": error.message,
         "retry_url": reverse("identity:oidc-login"),
-        "provider": oidc.config().name if oidc.config() else "",
+        "provider": cfg.name if cfg else "",
     }
     return render(request, "identity/refused.html", context, status=status)
 

@@ -87,6 +87,9 @@ def test_token_is_required(gateway, settings, headers, status):
         ("PUT", "/Users/{id}", b'{"userName": 5', 400, "invalidSyntax"),
         ("GET", "/Users?filter=emails%20co%20%22x%22", b"", 400, "invalidFilter"),
         ("GET", "/Users/999999", b"", 404, None),
+        ("GET", "/Users/99999999999999999999999", b"", 404, None),
+        ("GET", "/Groups/99999999999999999999999", b"", 404, None),
+        ("GET", "/Users?filter=userName%20eq%20%22%5Cx%22", b"", 400, "invalidFilter"),
         ("GET", "/Nothing", b"", 404, None),
     ],
 )
