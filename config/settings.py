@@ -303,3 +303,5 @@ AXES_LOCKOUT_CALLABLE = "identity.passwords.locked_out"
 # uvicorn already puts the client's address (X-Forwarded-For from FORWARDED_ALLOW_IPS) in REMOTE_ADDR.
 AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
 AXES_VERBOSE = False
+# Every failed password sign-in is kept (the admin's Axes → Access failures) for the audit log.
+AXES_ENABLE_ACCESS_FAILURE_LOG = True

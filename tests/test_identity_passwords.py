@@ -49,6 +49,10 @@ def test_lockout_after_failures_and_unlock_by_command(gateway, superuser, settin
                 minutes,
             ) % {"minutes": minutes}
         assert "15" in message and escape(message) in locked.text and "Please try again" not in message
+        from axes.models import AccessFailureLog  # the library's own record, read after the requests
+
+        # Kept for the audit log: the three failures and the attempt while locked out.
+        assert AccessFailureLog.objects.filter(username=USERNAME).count() == 4
         call_command("axes_reset", verbosity=0)
         assert sign_in(client, PASSWORD).status_code == 302
 
