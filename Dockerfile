@@ -17,8 +17,10 @@ COPY config ./config
 COPY proxy ./proxy
 COPY providers ./providers
 COPY settings_app ./settings_app
+COPY identity ./identity
+COPY audit ./audit
 COPY locale ./locale
-RUN /venv/bin/python -m compileall -q -j 0 config proxy providers settings_app
+RUN /venv/bin/python -m compileall -q -j 0 config proxy providers settings_app identity audit
 
 FROM python:3.11-slim
 # The command and environment that docker-compose.yml runs it with; WEB_CONCURRENCY is the number of

@@ -28,8 +28,8 @@ class SecretSafeFilter(SafeExceptionReporterFilter):
         return [(name, self.cleanse_setting(name, _plain(value))) for name, value in variables]
 
     def cleanse_setting(self, key: Any, value: Any) -> Any:
-        if isinstance(value, str):
-            value = _KEY_SHAPE.sub(r"\1***", value)
+        if isinstance(value, str):  # str(): django-axes' settings are lazy strings, which re cannot read
+            value = _KEY_SHAPE.sub(r"\1***", str(value))
         elif isinstance(value, bytes) and b"sk-" in value:
             value = _KEY_SHAPE.sub(r"\1***", value.decode("latin-1")).encode("latin-1")
         return super().cleanse_setting(key, value)

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
     "proxy",
     "identity",
     "audit",
+    # Password sign-in failures, counted in the database (every node sees them): identity/passwords.py.
+    "axes",
 ]
 
 MIDDLEWARE = [
@@ -76,6 +78,8 @@ MIDDLEWARE = [
     "audit.entry.ActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out sign-in (identity.passwords.locked_out).
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -92,6 +96,7 @@ TEMPLATES = [
                 "django.template.context_processors.i18n",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "identity.context.sign_in",
             ],
         },
     },
@@ -217,6 +222,9 @@ LOGGING = {
         # A refusal is logged once, by sluice.refusals; Django would log every 4xx again as a warning.
         # Its errors (5xx) still come through.
         "django.request": {"level": "ERROR"},
+        # django-axes logs every successful sign-in at INFO; its lockouts come through as warnings, and
+        # every failure is kept in the database (AccessFailureLog) for the audit log.
+        "axes": {"level": "WARNING"},
     },
 }
 
@@ -286,3 +294,43 @@ SLUICE_ALERT_BACKOFF_SECONDS = env.float("SLUICE_ALERT_BACKOFF_SECONDS", default
 # How often the alert worker reads this process's dropped-row counter, and how often it checks expiries.
 SLUICE_ALERT_CHECK_SECONDS = env.float("SLUICE_ALERT_CHECK_SECONDS", default=30.0)
 SLUICE_ALERT_EXPIRY_CHECK_SECONDS = env.float("SLUICE_ALERT_EXPIRY_CHECK_SECONDS", default=3600.0)
+
+# Sign-in with the organisation's identity provider (OpenID Connect, identity/oidc.py). Unset issuer,
+# client id or secret: no single sign-on, password sign-in only.
+SLUICE_OIDC_ISSUER = env("SLUICE_OIDC_ISSUER", default="")
+SLUICE_OIDC_CLIENT_ID = env("SLUICE_OIDC_CLIENT_ID", default="")
+SLUICE_OIDC_CLIENT_SECRET = env("SLUICE_OIDC_CLIENT_SECRET", default="")
+SLUICE_OIDC_SCOPES = env("SLUICE_OIDC_SCOPES", default="openid email profile groups")
+SLUICE_OIDC_GROUPS_CLAIM = env("SLUICE_OIDC_GROUPS_CLAIM", default="groups")
+# The button's label: "Sign in with <name>".
+SLUICE_OIDC_NAME = env("SLUICE_OIDC_NAME", default="")
+# client_secret_basic (the OpenID Connect default) or client_secret_post.
+SLUICE_OIDC_TOKEN_AUTH_METHOD = env("SLUICE_OIDC_TOKEN_AUTH_METHOD", default="client_secret_basic")
+# Members of these groups become superusers; of the staff groups, staff with the permissions of the
+# Django group named by SLUICE_OIDC_STAFF_PERMISSION_GROUP (made empty if missing; the operator gives it
+# permissions in the admin).
+SLUICE_OIDC_ADMIN_GROUPS = env.list("SLUICE_OIDC_ADMIN_GROUPS", default=[])
+SLUICE_OIDC_STAFF_GROUPS = env.list("SLUICE_OIDC_STAFF_GROUPS", default=[])
+SLUICE_OIDC_STAFF_PERMISSION_GROUP = env("SLUICE_OIDC_STAFF_PERMISSION_GROUP", default="Sluice staff")
+# Seconds to wait for the identity provider (discovery, keys, token endpoint).
+SLUICE_OIDC_TIMEOUT = env.float("SLUICE_OIDC_TIMEOUT", default=10.0)
+# "off" refuses password sign-in (single sign-on only); `manage.py breakglass USER` lets one superuser
+# sign in with a password for an hour when the identity provider is down (docs/identity.md).
+SLUICE_PASSWORD_LOGIN = env.bool("SLUICE_PASSWORD_LOGIN", default=True)
+# SCIM 2.0 provisioning at /scim/v2/ asks for "Authorization: Bearer <token>"; unset: no SCIM.
+SLUICE_SCIM_TOKEN = env("SLUICE_SCIM_TOKEN", default="")
+
+# Password sign-in throttling (django-axes): after SLUICE_LOGIN_FAILURE_LIMIT failures for one account,
+# or from one client address, sign-in is refused for SLUICE_LOGIN_COOLOFF_MINUTES.
+AUTHENTICATION_BACKENDS = ["axes.backends.AxesStandaloneBackend", "identity.passwords.PasswordBackend"]
+AXES_HANDLER = "axes.handlers.database.AxesDatabaseHandler"
+AXES_FAILURE_LIMIT = env.int("SLUICE_LOGIN_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("SLUICE_LOGIN_COOLOFF_MINUTES", default=15.0) / 60
+AXES_LOCKOUT_PARAMETERS = [["username"], ["ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "identity.passwords.locked_out"
+# uvicorn already puts the client's address (X-Forwarded-For from FORWARDED_ALLOW_IPS) in REMOTE_ADDR.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+AXES_VERBOSE = False
+# Every failed password sign-in is kept (the admin's Axes → Access failures) for the audit log.
+AXES_ENABLE_ACCESS_FAILURE_LOG = True

@@ -4,6 +4,7 @@ from django.templatetags.static import static
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from identity import views as identity_views
 from proxy import metrics, probes
 
 # /healthz, /readyz and /metrics: served by the lean handler too (config/asgi.py), whatever the Host.
@@ -15,6 +16,10 @@ urlpatterns = [
     path("readyz", probes.readyz),
     path("metrics", metrics.metrics_view),
     path("i18n/", include("django.conf.urls.i18n")),
+    path("auth/", include("identity.urls")),
+    path("scim/v2/", include("identity.scim_urls")),
+    # Signing out of the admin also ends the identity provider's session of people who signed in there.
+    path("admin/logout/", identity_views.sign_out),
     path("admin/", admin.site.urls),
     path("", lambda request: redirect("admin:index")),
     # Where browsers look for an icon when a page names none; the admin's pages name this one.

@@ -2,7 +2,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
@@ -62,6 +62,14 @@ USAGE_FIELDS = (
     "spend_today",
     "spend_this_month",
 )
+
+
+class GroupListField(ModelListField):
+    """Group names, one per line: any text an identity provider names a group with."""
+
+    def validate(self, value: list[str]) -> None:
+        if any(len(name) > 255 for name in value):
+            raise ValidationError(_("A group name has at most 255 characters."))
 
 
 class LimitsAdmin(admin.ModelAdmin):
@@ -141,6 +149,7 @@ class TeamAdmin(LimitsAdmin):
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
+        (_("People from the identity provider"), {"fields": ("idp_groups", "lead_idp_groups")}),
         (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
     )
     readonly_fields = USAGE_FIELDS
@@ -149,6 +158,14 @@ class TeamAdmin(LimitsAdmin):
         qs = super().get_queryset(request).annotate(key_count=Count("keys"))
         led = led_teams(request)
         return qs if led is None else qs.filter(pk__in=led)
+
+    def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """Identity provider groups as names, one per line (not a JSON text)."""
+        if db_field.name in ("idp_groups", "lead_idp_groups"):
+            return GroupListField(
+                label=capfirst(db_field.verbose_name), required=False, help_text=_("One group name per line.")
+            )
+        return super().formfield_for_dbfield(db_field, request, **kwargs)
 
     @admin.display(description=_("keys"), ordering="key_count")
     def keys(self, obj: Team) -> int:

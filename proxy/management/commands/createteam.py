@@ -7,6 +7,11 @@ from proxy.management.limit_options import add_limit_arguments, apply_limits, va
 from proxy.models import Team
 
 
+def group_list(value: str) -> list[str]:
+    """``a, b,,c`` as ``["a", "b", "c"]``; an empty value clears the list."""
+    return [name.strip() for name in value.split(",") if name.strip()]
+
+
 class Command(BaseCommand):
     help = _("Create a team (or update its limits); its keys share the team's limits and budgets.")
 
@@ -14,6 +19,16 @@ class Command(BaseCommand):
         parser.add_argument("--name", required=True)
         add_limit_arguments(parser)
         parser.add_argument("--disabled", action="store_true", help=_("Create the team disabled."))
+        parser.add_argument(
+            "--idp-groups",
+            type=group_list,
+            help=_("Identity provider groups whose members belong to the team (comma-separated)."),
+        )
+        parser.add_argument(
+            "--lead-idp-groups",
+            type=group_list,
+            help=_("Identity provider groups whose members lead the team (comma-separated)."),
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"].strip()
@@ -26,6 +41,10 @@ class Command(BaseCommand):
         apply_limits(team, options)
         if options["disabled"]:
             team.enabled = False
+        if options["idp_groups"] is not None:
+            team.idp_groups = options["idp_groups"]
+        if options["lead_idp_groups"] is not None:
+            team.lead_idp_groups = options["lead_idp_groups"]
         validated(team)
         team.save()
         message = _("Created team “%(name)s”.") if created else _("Updated team “%(name)s”.")
