@@ -23,6 +23,8 @@ AUDITED = (
     "proxy.Team",
     "proxy.ModelPrice",
     "identity.Membership",
+    "identity.ScimGroup",
+    "identity.BreakGlass",
     "auth.User",
     "auth.Group",
     "settings_app.SystemSettings",
@@ -41,6 +43,14 @@ NOT_AUDITED = (
     "audit.AuditChain",
     "audit.AlertSent",
     "audit.AlertDelivery",
+    # Sign-in bookkeeping: the sign-ins themselves, failures included, are audit rows through Django's
+    # signals, and what they change of a person (auth.User, identity.Membership) is audited.
+    "identity.OidcSubject",
+    "identity.ScimUser",
+    "axes.AccessAttempt",
+    "axes.AccessAttemptExpiration",
+    "axes.AccessFailureLog",
+    "axes.AccessLog",
 )
 
 # Values never written to the log, only that they changed: secrets, key hashes, passwords, channel URLs,

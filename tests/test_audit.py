@@ -13,6 +13,7 @@ import pytest
 from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
+from django.http import HttpRequest
 from django.urls import reverse
 
 from audit.models import AuditEvent
@@ -27,6 +28,8 @@ PROVIDER_SECRET = "sk-upstream-audit-secret-0123456789"
 def same(logged: Any, value: Any) -> bool:
     if isinstance(value, int | Decimal) and not isinstance(value, bool):
         return Decimal(logged) == Decimal(value)
+    if hasattr(value, "isoformat"):  # a date or time is logged as its text
+        return logged == str(value)
     return logged == value
 
 
@@ -74,6 +77,19 @@ def _policy() -> Any:
     return TeamAlertPolicy.objects.create(team=_team())
 
 
+def _in_hours(hours: int) -> Any:
+    import datetime as dt
+
+    from django.utils import timezone
+
+    return timezone.now().replace(microsecond=0) + dt.timedelta(hours=hours)
+
+
+def _break_glass() -> Any:
+    user = get_user_model().objects.create(username="glass")
+    return apps.get_model("identity.BreakGlass").objects.create(user=user, until=_in_hours(1))
+
+
 MAKERS: dict[str, tuple[Callable[[], Any], str, Any]] = {
     # label: (make one, a field to change, its new value)
     "providers.Provider": (lambda: make_provider(None), "priority", 7),
@@ -86,6 +102,12 @@ MAKERS: dict[str, tuple[Callable[[], Any], str, Any]] = {
     "settings_app.SystemSettings": (_settings, "client_websockets", False),
     "audit.AlertChannel": (_channel, "enabled", False),
     "audit.TeamAlertPolicy": (_policy, "thresholds", [50, 100]),
+    "identity.ScimGroup": (
+        lambda: apps.get_model("identity.ScimGroup").objects.create(team=_team(), external_id="g-1"),
+        "external_id",
+        "g-2",
+    ),
+    "identity.BreakGlass": (_break_glass, "until", _in_hours(2)),
 }
 
 
@@ -172,8 +194,9 @@ def test_admin_changes_and_sign_ins_name_the_person_and_address(client):
     from proxy.models import ModelPrice
 
     get_user_model().objects.create_superuser("root", "root@example.test", "pw-admin-123")
-    assert not client.login(username="root", password="wrong-password-xyz")
-    assert client.login(username="root", password="pw-admin-123")
+    # django-axes counts failures per client address: a sign-in needs its request.
+    assert not client.login(request=HttpRequest(), username="root", password="wrong-password-xyz")
+    assert client.login(request=HttpRequest(), username="root", password="pw-admin-123")
     failed, signed = events(action="sign-in-failed"), events(action="sign-in")
     assert [(e.actor, e.actor_user_id) for e in failed] == [("root", None)]
     assert "wrong-password-xyz" not in json.dumps([e.changes for e in failed])
