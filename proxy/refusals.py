@@ -158,10 +158,11 @@ def _why_not(hashed: str) -> str:
     key = ApiKey.objects.filter(hashed_key=hashed).select_related("owner").first()
     if key is None:
         return "Incorrect API key provided: this gateway has no such key."
-    if not key.enabled:
-        return f"The API key '{key.name}' was revoked (disabled by an administrator); ask for a new one."
+    # The owner first: deactivating a person also disables their keys (identity/deprovision.py).
     if not key.owner.is_active:
         return f"The API key '{key.name}' belongs to a deactivated user and no longer works."
+    if not key.enabled:
+        return f"The API key '{key.name}' was revoked (disabled by an administrator); ask for a new one."
     if key.expires_at is not None and key.expires_at <= dt.datetime.now(dt.UTC):
         expired = key.expires_at.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         return f"The API key '{key.name}' expired at {expired}; ask for a new one."
