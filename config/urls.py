@@ -16,6 +16,7 @@ urlpatterns = [
     path("metrics", metrics.metrics_view),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
+    path("portal/", include("portal.urls")),
     path("", lambda request: redirect("admin:index")),
     # Where browsers look for an icon when a page names none; the admin's pages name this one.
     path("favicon.ico", RedirectView.as_view(url=static("sluice/favicon.svg"), permanent=True)),

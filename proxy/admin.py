@@ -114,6 +114,7 @@ class TeamAdmin(LimitsAdmin):
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
         (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
+        (_("Portal"), {"fields": ("self_service", "max_keys_per_user", "key_max_days")}),
     )
     readonly_fields = USAGE_FIELDS
 
