@@ -52,15 +52,14 @@ def in_range(qs: QuerySet[RequestLog], f: dashboard.Filters) -> QuerySet[Request
     return qs.filter(created_at__gte=start, created_at__lt=end)
 
 
-def usage(rows: QuerySet[RequestLog], f: dashboard.Filters) -> dict[str, Any]:
-    """Per day, per model and per key over ``rows`` in the range, with key names."""
+def usage(rows: QuerySet[RequestLog], f: dashboard.Filters, keys: QuerySet[ApiKey]) -> dict[str, Any]:
+    """Per day, per model and per key over ``rows`` in the range; only ``keys`` are named (a row of a key
+    handed to someone else since is the person's, the key's name is not)."""
     qs = in_range(rows, f)
     days, _transports = dashboard.daily(qs, f)
     totals = {k: sum(d[k] for d in days) for k in dashboard.SUMS}
     ranked = dashboard.tops(qs, ["api_key_id", "upstream_model"], named_only=("upstream_model",))
-    names = dict(
-        ApiKey.objects.filter(pk__in=[r["id"] for r in ranked["api_key_id"]]).values_list("pk", "name")
-    )
+    names = dict(keys.filter(pk__in=[r["id"] for r in ranked["api_key_id"]]).values_list("pk", "name"))
     for r in ranked["api_key_id"]:
         r["name"] = names.get(r["id"], "—")
     return {"days": days, "totals": totals, "keys": ranked["api_key_id"], "models": ranked["upstream_model"]}

@@ -99,7 +99,7 @@ def _charts(days: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 def usage(request: HttpRequest) -> HttpResponse:
     f = queries.last_days()
     own = queries.own_rows(request.user)
-    got = queries.usage(own, f)
+    got = queries.usage(own, f, ApiKey.objects.filter(owner=request.user))
     context = {
         **got,
         "charts": _charts(got["days"]),
@@ -123,7 +123,7 @@ def neutral(value: Any) -> Any:
 
 CSV_COLUMNS = (
     "created_at",
-    "api_key__name",
+    "api_key_id",
     "endpoint",
     "requested_model",
     "upstream_model",
@@ -156,16 +156,17 @@ def usage_csv(request: HttpRequest) -> StreamingHttpResponse:
     f = queries.last_days(min(int(days), 366) if days.isdigit() and int(days) > 0 else queries.DAYS)
     rows = queries.in_range(queries.own_rows(request.user), f).order_by("created_at")
 
+    # Only the person's keys are named: a row of a key handed to someone else since shows no name.
+    names = dict(ApiKey.objects.filter(owner=request.user).values_list("pk", "name"))
+
     def lines() -> Iterator[str]:
         writer = csv.writer(_Echo())
-        yield writer.writerow(CSV_COLUMNS)
+        yield writer.writerow(["created_at", "key", *CSV_COLUMNS[2:]])
         for values in rows.values_list(*CSV_COLUMNS).iterator(2000):
-            yield writer.writerow(
-                [
-                    ("" if v is None else dashboard.usd(v)) if i == COST else neutral(v)
-                    for i, v in enumerate(values)
-                ]
-            )
+            cells = [neutral(v) for v in values]
+            cells[1] = neutral(names.get(values[1], ""))
+            cells[COST] = "" if values[COST] is None else dashboard.usd(values[COST])
+            yield writer.writerow(cells)
 
     response = StreamingHttpResponse(lines(), content_type="text/csv")
     response["Content-Disposition"] = f'attachment; filename="sluice-my-requests-{f.start}-{f.end}.csv"'
@@ -184,7 +185,7 @@ def team(request: HttpRequest, team_id: int) -> HttpResponse:
     found = led_team(request, team_id)
     f = queries.last_days()
     team_rows = queries.in_range(dashboard.RequestLog.objects.filter(team=found).order_by(), f)
-    got = queries.usage(team_rows, f)
+    got = queries.usage(team_rows, f, ApiKey.objects.filter(team=found))
     now = timezone.now()
     keys = (
         ApiKey.objects.filter(team=found)
