@@ -237,7 +237,9 @@ class RequestLog(models.Model):
         on_delete=models.SET_NULL,
         related_name="+",
     )
-    trace_id = models.CharField(_("trace id"), max_length=32, blank=True)
+    # A database default: the log writer's multi-row INSERT names its columns, and rows written without a
+    # trace (until tracing fills it) must not fail the NOT NULL.
+    trace_id = models.CharField(_("trace id"), max_length=32, blank=True, db_default="")
 
     class Meta:
         ordering = ["-created_at"]
