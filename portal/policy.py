@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.utils.translation import gettext as _
+from django.utils.translation import ngettext
 
 DEFAULT_KEY_DAYS = 90
 LIMIT_FIELDS = ("rpm", "tpm", "concurrency", "sockets", "daily_budget", "monthly_budget")
@@ -45,10 +46,11 @@ def check(team: Any, request: KeyRequest, keys_held: int) -> dict[str, str]:
         }
         return errors
     if team.max_keys_per_user is not None and keys_held >= team.max_keys_per_user:
-        errors[""] = _("You already have %(count)d active keys in “%(team)s”, its most per person.") % {
-            "count": keys_held,
-            "team": team.name,
-        }
+        errors[""] = ngettext(
+            "You already have %(count)d working key in “%(team)s”, its most per person.",
+            "You already have %(count)d working keys in “%(team)s”, its most per person.",
+            keys_held,
+        ) % {"count": keys_held, "team": team.name}
     longest = max_days(team)
     if request.days is not None and not 1 <= request.days <= longest:
         errors["days"] = _("A key of this team lives from 1 to %(days)d days.") % {"days": longest}

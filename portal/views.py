@@ -16,6 +16,7 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import render
 from django.urls import reverse, reverse_lazy
 from django.utils import timezone
+from django.utils.translation import gettext as _
 
 from portal import queries
 from proxy import dashboard
@@ -69,8 +70,6 @@ def teams(request: HttpRequest) -> HttpResponse:
 
 
 def _charts(days: list[dict[str, Any]]) -> list[tuple[str, Any]]:
-    from django.utils.translation import gettext as _
-
     labels = [d["day"].strftime("%m-%d") for d in days]
     count = lambda v: f"{v:,.0f}"  # noqa: E731
     return [

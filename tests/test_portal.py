@@ -106,7 +106,7 @@ GOOD = {"name": "new", "days": "", "models": ""}
         (
             {"max_keys_per_user": 1},
             {},
-            "You already have 1 active keys in “alpha-team”, its most per person.",
+            "You already have 1 working key in “alpha-team”, its most per person.",
         ),
         ({}, {"team": "beta"}, "Select a valid choice."),
     ],
