@@ -51,7 +51,7 @@ class LoginView(auth_views.LoginView):
 @signed_in
 def teams(request: HttpRequest) -> HttpResponse:
     rows = []
-    own = queries.own_rows(request.user)
+    own = queries.own_rows(request.user, queries.this_month())
     for membership in queries.memberships(request.user):
         team = membership.team
         day, month = queries.spend(own.filter(team=team))
@@ -97,7 +97,7 @@ def _charts(days: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 @signed_in
 def usage(request: HttpRequest) -> HttpResponse:
     f = queries.last_days()
-    own = queries.own_rows(request.user)
+    own = queries.own_rows(request.user, f)
     got = queries.usage(own, f, ApiKey.objects.filter(owner=request.user))
     context = {
         **got,
@@ -153,7 +153,7 @@ def usage_csv(request: HttpRequest) -> StreamingHttpResponse:
     """The person's own rows of the last 30 days (``?days=`` up to a year)."""
     days = request.GET.get("days", "")
     f = queries.last_days(min(int(days), 366) if days.isdigit() and int(days) > 0 else queries.DAYS)
-    rows = queries.in_range(queries.own_rows(request.user), f).order_by("created_at")
+    rows = queries.own_rows(request.user, f).order_by("created_at")
 
     # Only the person's keys are named: a row of a key handed to someone else since shows no name.
     names = dict(ApiKey.objects.filter(owner=request.user).values_list("pk", "name"))
@@ -183,8 +183,7 @@ def led_team(request: HttpRequest, team_id: int) -> Team:
 def team(request: HttpRequest, team_id: int) -> HttpResponse:
     found = led_team(request, team_id)
     f = queries.last_days()
-    team_rows = queries.in_range(dashboard.RequestLog.objects.filter(team=found).order_by(), f)
-    got = queries.usage(team_rows, f, ApiKey.objects.filter(team=found))
+    got = queries.team_usage(found, f)
     now = timezone.now()
     keys = (
         ApiKey.objects.filter(team=found)
@@ -194,7 +193,7 @@ def team(request: HttpRequest, team_id: int) -> HttpResponse:
     )
     context = {
         "team": found,
-        "members": queries.team_members_usage(found, f),
+        "members": got["members"],
         "keys": keys,
         "charts": _charts(got["days"]),
         "models": got["models"],

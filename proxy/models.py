@@ -268,6 +268,45 @@ class RequestLog(models.Model):
                 ],
                 name="requestlog_dashboard",
             ),
+            # The portal reads one person's, one key's or one team's rows of a date range: without these
+            # it scans every row of the range (the dashboard index does not hold the owner or the team).
+            models.Index(fields=["api_key", "created_at"], name="requestlog_key_time"),
+            # A person's own pages: from this index alone once every row has its owner.
+            models.Index(
+                fields=[
+                    "owner",
+                    "created_at",
+                    "api_key",
+                    "upstream_model",
+                    "client_transport",
+                    "upstream_transport",
+                    "cost",
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                    "session_id",
+                ],
+                name="requestlog_owner_time",
+            ),
+            # A lead's team page reads tens of thousands of rows a month: from this index alone.
+            models.Index(
+                fields=[
+                    "team",
+                    "created_at",
+                    "api_key",
+                    "owner",
+                    "upstream_model",
+                    "client_transport",
+                    "upstream_transport",
+                    "cost",
+                    "input_tokens",
+                    "cached_input_tokens",
+                    "output_tokens",
+                    "reasoning_tokens",
+                ],
+                name="requestlog_team_time",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -286,7 +286,7 @@ def test_sessions_group_the_turns_of_a_codex_session(world):
     row(key, alice, session_id="sess-alice", client_transport="websocket", cost=Decimal("0.02"))
     page = signed_in(alice).get("/portal/usage/").content.decode()
     sessions = page[page.index('id="sessions"') :]
-    cells = re.findall(r"<td>([^<]*)</td>", sessions.split("</tr>")[1])
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", sessions.split("</tr>")[1])
     assert cells[2:] == ["2", "30", "$0.03", "both"]
 
 
