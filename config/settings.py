@@ -64,6 +64,7 @@ INSTALLED_APPS = [
     "audit",
     # Password sign-in failures, counted in the database (every node sees them): identity/passwords.py.
     "axes",
+    "portal",
 ]
 
 MIDDLEWARE = [
@@ -97,6 +98,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "identity.context.sign_in",
+                "portal.context.nav",
             ],
         },
     },

@@ -21,6 +21,7 @@ urlpatterns = [
     # Signing out of the admin also ends the identity provider's session of people who signed in there.
     path("admin/logout/", identity_views.sign_out),
     path("admin/", admin.site.urls),
+    path("portal/", include("portal.urls")),
     path("", lambda request: redirect("admin:index")),
     # Where browsers look for an icon when a page names none; the admin's pages name this one.
     path("favicon.ico", RedirectView.as_view(url=static("sluice/favicon.svg"), permanent=True)),

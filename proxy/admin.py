@@ -151,6 +151,7 @@ class TeamAdmin(LimitsAdmin):
         (None, {"fields": ("name", "enabled")}),
         (_("People from the identity provider"), {"fields": ("idp_groups", "lead_idp_groups")}),
         (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
+        (_("Portal"), {"fields": ("self_service", "max_keys_per_user", "key_max_days")}),
     )
     readonly_fields = USAGE_FIELDS
 

@@ -135,12 +135,12 @@ def codex_config(
     )
 
 
-def _offline_env(codex_home: Path, home: Path, api_key: str) -> dict[str, str]:
+def _offline_env(codex_home: Path, home: Path, api_key: str, key_env: str = API_KEY_ENV) -> dict[str, str]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
         "HOME": str(home),
         "CODEX_HOME": str(codex_home),
-        API_KEY_ENV: api_key,
+        key_env: api_key,
         "LANG": "C.UTF-8",
         "NO_COLOR": "1",
         "TERM": "dumb",
@@ -187,9 +187,12 @@ def run_codex(
     model: str = "gpt-5.5",
     version: str = "pinned",
     default_retries: bool = False,
+    config_toml: str | None = None,
+    key_env: str = API_KEY_ENV,
 ) -> CodexResult:
     """Run one `codex exec` task (read-only sandbox) against base_url (e.g. http://127.0.0.1:8000/v1)
-    with the pinned Codex release or the latest one."""
+    with the pinned Codex release or the latest one. ``config_toml`` replaces the generated config.toml
+    (one a user was given, whose provider reads the key from ``key_env``)."""
     binary = codex_binary(version)
     if binary is None:
         raise RuntimeError("Codex CLI is not installed: run `npm ci` at the repository root")
@@ -198,7 +201,7 @@ def run_codex(
         home = Path(scratch) / "home"
         codex_home.mkdir()
         home.mkdir()
-        config = codex_config(
+        config = config_toml or codex_config(
             base_url,
             websockets=websockets,
             model=model,
@@ -214,7 +217,7 @@ def run_codex(
         process = subprocess.Popen(
             command,
             cwd=workdir,
-            env=_offline_env(codex_home, home, api_key),
+            env=_offline_env(codex_home, home, api_key, key_env),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -1,9 +1,10 @@
+from argparse import BooleanOptionalAction
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
-from proxy.management.limit_options import add_limit_arguments, apply_limits, validated
+from proxy.management.limit_options import _count, add_limit_arguments, apply_limits, validated
 from proxy.models import Team
 
 
@@ -29,6 +30,16 @@ class Command(BaseCommand):
             type=group_list,
             help=_("Identity provider groups whose members lead the team (comma-separated)."),
         )
+        parser.add_argument(
+            "--self-service",
+            action=BooleanOptionalAction,
+            default=None,
+            help=_("Whether members may create their own keys in the portal."),
+        )
+        parser.add_argument("--max-keys-per-user", type=_count, help=_("Most keys per person in the portal."))
+        parser.add_argument(
+            "--key-max-days", type=_count, help=_("Longest lifetime of a portal key, in days (default 90).")
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         name = options["name"].strip()
@@ -45,6 +56,9 @@ class Command(BaseCommand):
             team.idp_groups = options["idp_groups"]
         if options["lead_idp_groups"] is not None:
             team.lead_idp_groups = options["lead_idp_groups"]
+        for name in ("self_service", "max_keys_per_user", "key_max_days"):
+            if options[name] is not None:
+                setattr(team, name, options[name])
         validated(team)
         team.save()
         message = _("Created team “%(name)s”.") if created else _("Updated team “%(name)s”.")

@@ -44,6 +44,7 @@ def fake_row(rng: random.Random, when: float, keys: list[int], providers: list[i
             "",
             "",
             "",
+            None,
         )
     input_tokens = rng.randint(200, 60_000)
     cached = rng.randint(0, input_tokens)
@@ -75,6 +76,7 @@ def fake_row(rng: random.Random, when: float, keys: list[int], providers: list[i
         "",
         f"resp_{rng.getrandbits(64):x}",
         "",
+        None,
     )
 
 
@@ -108,7 +110,7 @@ class Command(BaseCommand):
         first, step = time.time() - days * 86400, days * 86400 / rows
         started = time.perf_counter()
         done = 0
-        assert len(COLUMNS) == 22
+        assert len(COLUMNS) == 23
         while done < rows:
             n = min(10_000, rows - done)
             batch = [fake_row(rng, first + (done + i) * step, keys, providers) for i in range(n)]
