@@ -18,7 +18,6 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -33,8 +32,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-if TYPE_CHECKING:
-    from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
+
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)

@@ -12,8 +12,8 @@ from typing import Any
 from providers import health, routing
 from providers.routing import Affinity, Plan, Route
 from proxy import logwriter, ownership
-from proxy.logwriter import TurnRecord
 from proxy.outcome import INVALID, NOT_KEPT, scan_json_response, terminal_status
+from proxy.record import TurnRecord
 from proxy.upstream_http import Opened, TransportError, open_request
 from proxy.wire import TERMINAL_TYPES, Event, WireError
 

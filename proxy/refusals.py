@@ -26,8 +26,8 @@ from typing import Any
 from asgiref.sync import sync_to_async
 
 from proxy import logwriter, tracing
-from proxy.logwriter import TurnRecord
 from proxy.models import ApiKey, hash_key
+from proxy.record import TurnRecord
 from proxy.wire import WireError
 
 log = logging.getLogger("sluice.refusals")

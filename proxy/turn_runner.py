@@ -18,8 +18,8 @@ from providers import health
 from providers.routing import Affinity, Plan, Route
 from proxy import limits, logwriter, pipeline, tracing
 from proxy.auth import Client
-from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure
+from proxy.record import TurnRecord
 from proxy.transport import Decision, FallbackReason, Transport, choose
 from proxy.upstream_ws import (
     NO_WEBSOCKET_STATUSES,

@@ -18,7 +18,7 @@ from providers.routing import Affinity
 from proxy import turn_runner, ws_controls
 from proxy.auth import Client
 from proxy.live_policy import KeyWatch
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 from proxy.turn_state import TurnState, forwarded, remember
 from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket

@@ -20,8 +20,8 @@ from providers.routing import Affinity, Plan, Route
 from proxy import limits, ownership, pipeline, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
-from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
+from proxy.record import TurnRecord
 from proxy.refusals import for_client
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
