@@ -34,7 +34,6 @@ from prometheus_client import (
 
 from proxy.record import TurnRecord
 
-
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
