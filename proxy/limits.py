@@ -32,6 +32,7 @@ from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
 
 from proxy.outcome import Outcome
+from proxy.prices import model_prices, price_for
 from proxy.refusals import Refusal, budget_refusal, model_refusal_message
 from proxy.wire import WireError
 from settings_app import shared
@@ -357,8 +358,6 @@ _rates: tuple[dict | None, dict[str, tuple[float, float, float] | None]] = (None
 
 def spend_of(prices: dict, model: str, outcome: Any) -> int:
     """A turn's cost in micro-USD (0 when the model has no price: the request log says so)."""
-    from proxy.logwriter import price_for
-
     global _rates
     table, by_model = _rates
     if table is not prices:
@@ -430,8 +429,6 @@ async def admit(
     prices = None
     reserve = 0
     if policy.budgets and counts == TURN:
-        from proxy.logwriter import model_prices
-
         prices = await model_prices.aget()
         reserve = reservation(prices, model, guess)
     return await _take(policy.quotas, counts, prices, reserve)

@@ -9,11 +9,11 @@ import queue
 import threading
 import time
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 
 from proxy import metrics, tracing
+from proxy.prices import model_prices, price_for
 from proxy.record import TurnRecord
 from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
@@ -422,15 +422,6 @@ def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
     return fixed
 
 
-def _load_prices() -> dict:
-    from proxy.models import ModelPrice
-
-    return {p.model: p for p in ModelPrice.objects.all()}
-
-
-model_prices: Snapshot[dict] = Snapshot("prices", _load_prices)
-
-
 def _load_team_names() -> dict:
     from proxy.models import Team
 
@@ -438,15 +429,3 @@ def _load_team_names() -> dict:
 
 
 team_names: Snapshot[dict] = Snapshot("api-keys", _load_team_names)  # for the turns' spans
-
-
-def price_for(prices: dict, model: str) -> Any:
-    """The price of ``model``: its own, else that of the longest name it extends with a dash (a dated
-    variant such as gpt-5.5-2026-04-23), else None."""
-    if model in prices:
-        return prices[model]
-    best = None
-    for name, price in prices.items():
-        if model.startswith(name + "-") and (best is None or len(name) > len(best[0])):
-            best = (name, price)
-    return best[1] if best else None

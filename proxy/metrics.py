@@ -122,7 +122,7 @@ def known_models() -> frozenset[str]:
     # Imported here: the registry and auth modules import the request-log writer, which imports this one.
     from providers.registry import enabled_providers
     from proxy.auth import keys
-    from proxy.logwriter import model_prices
+    from proxy.prices import model_prices
 
     providers, prices, clients = enabled_providers.get(), model_prices.get(), keys._value or {}
     versions = (id(providers), id(prices), id(clients))
