@@ -10,16 +10,13 @@ from django.conf import settings
 from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import for_client, refuse, unauthenticated
+from proxy.revocation import key_group
 from proxy.wire import WireError
 from proxy.ws_connection import Connection
 from proxy.ws_writer import server_protocol, write_together
 from settings_app.runtime import system_settings
 
 log = logging.getLogger("sluice.ws")
-
-
-def key_group(key_id: int) -> str:
-    return f"sluice.key.{key_id}"
 
 
 async def deny(
