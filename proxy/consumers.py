@@ -9,7 +9,8 @@ from django.conf import settings
 
 from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
-from proxy.refusals import for_client, refuse, unauthenticated
+from proxy.refusals import for_client, unauthenticated
+from proxy.refused import refuse
 from proxy.revocation import key_group
 from proxy.wire import WireError
 from proxy.ws_connection import Connection

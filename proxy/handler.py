@@ -22,7 +22,7 @@ from config.ended_early import ended_early
 from proxy import logwriter
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
-from proxy.refusals import refuse
+from proxy.refused import refuse
 from proxy.views import close_response, error_response, max_body_error
 from proxy.wire import WireError
 
