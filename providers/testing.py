@@ -14,7 +14,7 @@ from django.utils.translation import gettext as _
 
 from providers.models import Provider, Verdict
 from providers.registry import ProviderInfo, info_from_model
-from proxy.pipeline import scrub
+from proxy.scrubbing import scrub
 from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError, validate_create_frame
 

@@ -15,6 +15,7 @@ from django.conf import settings
 from proxy import metrics, tracing
 from proxy.prices import model_prices, price_for
 from proxy.record import TurnRecord
+from proxy.scrubbing import scrub
 from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
 
@@ -108,7 +109,6 @@ def _scrubbed(code: str, provider_id: int | None) -> str:
     """``code`` without the provider's key (from the registry snapshot: no query) or anything key-shaped."""
     # Imported here: the pipeline and the registry's models import this module's neighbours.
     from providers.registry import enabled_providers
-    from proxy.pipeline import scrub
 
     if not code:
         return code

@@ -1,5 +1,5 @@
-"""What a refused request is told, and the one request-log row and log line it leaves, whichever ingress
-refused it.
+"""What a refused request is told, whichever ingress refused it (its one request-log row and log line:
+``proxy.refused``).
 
 Refusals are shaped for what Codex CLI does with them (docs/protocol.md, "Refusals", has the table and
 what Codex 0.169/0.171 and the OpenAI SDK were seen to do):

@@ -12,7 +12,8 @@ from providers.routing import Plan, Route
 from proxy import ownership, turn_runner
 from proxy.deadline import Deadline
 from proxy.outcome import terminal_status
-from proxy.pipeline import SCRUBBED_EVENTS, Relay, scrub_event, scrubbed_sse
+from proxy.pipeline import Relay
+from proxy.scrubbing import SCRUBBED_EVENTS, scrub_event, scrubbed_sse
 from proxy.transport import Transport
 from proxy.turn_runner import HttpCall, SocketTurn
 from proxy.upstream_http import TransportError
