@@ -78,7 +78,7 @@ def test_payload(provider: Provider, model: str | None) -> dict[str, Any]:
 async def run_test(provider: Provider, *, transport: str = "auto", model: str | None = None) -> Report:
     """Send the test turn. Raises WireError when the test itself is misconfigured (nothing was sent)."""
     from proxy.auth import Client
-    from proxy.ws_session import Session
+    from proxy.ws_connection import Connection
 
     frame = test_payload(provider, model)
     info = info_from_model(provider)
@@ -90,7 +90,7 @@ async def run_test(provider: Provider, *, transport: str = "auto", model: str | 
     async def ignore_close(code: int, reason: str) -> None:
         return None
 
-    session = Session(
+    session = Connection(
         Client(key_id=None, key_name="provider test", owner_id=0, expires_at=None),
         {"user-agent": "sluice-provider-test"},
         collect,

@@ -3,7 +3,7 @@
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -98,26 +98,6 @@ def body_for(route: Route, model: str | None, raw: bytes | None, body: dict[str,
     if body is None or not model or route.upstream_model == model:
         return raw
     return json.dumps({**body, "model": route.upstream_model}).encode()
-
-
-async def open_with_failover(
-    plan: Plan,
-    *,
-    method: str,
-    path: str,
-    model: str | None,
-    raw: bytes | None,
-    body: dict[str, Any] | None,
-    headers: Mapping[str, str],
-    record: TurnRecord,
-    query: str = "",
-    read_first_event: bool = True,
-) -> Relay:
-    """Try routes in order until one answers; failures before any byte reaches the client move on."""
-    from proxy import turn_runner
-
-    call = turn_runner.HttpCall(method, path, model, raw, body, headers, query, read_first_event)
-    return await turn_runner.open_http(plan, record, call)
 
 
 async def open_route(route: Route, record: TurnRecord, call: Any) -> Relay:

@@ -9,7 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from providers.routing import Plan, Route
-from proxy import ownership, turn_runner
+from proxy import ownership, pipeline
 from proxy.deadline import Deadline
 from proxy.outcome import terminal_status
 from proxy.pipeline import Relay
@@ -224,7 +224,7 @@ async def terminal(
         cache.evict(lane.name)
         if response_id:
             cache.ended(response_id)
-    await turn_runner.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
+    await pipeline.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
 
 
 def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full: bool) -> str:
