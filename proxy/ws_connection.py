@@ -8,7 +8,6 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
@@ -25,12 +24,10 @@ from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
 from proxy.ws_cache import ConnectionCache
 from proxy.ws_lane import Lane
+from proxy.ws_turn import Close, SendMany, SendText
 
 log = logging.getLogger("sluice.ws")
 
-SendText = Callable[[str], Awaitable[None]]
-Close = Callable[[int, str], Awaitable[None]]
-SendMany = Callable[[list[str]], Awaitable[None]]
 
 MAX_IN_FLIGHT = 16  # responses in flight on one connection, all lanes together
 MAX_LANES = 32  # named lanes on one connection
