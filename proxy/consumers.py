@@ -144,7 +144,7 @@ class ResponsesConsumer(AsyncConsumer):
     async def send_or_close(self, message: dict[str, Any]) -> None:
         """Send; a client already gone marks the socket closed (its websocket.disconnect follows).
         uvicorn raises ClientDisconnected (an OSError) once the client is gone, and RuntimeError for a send
-        after the server itself closed the socket (a 1009 of config/ws_protocol.py)."""
+        after the server itself closed the socket (a 1009 of proxy/ws_protocol.py)."""
         try:
             await self.base_send(message)
         except (OSError, RuntimeError):

@@ -7,11 +7,11 @@ from typing import Any, Protocol
 
 from django.conf import settings
 
-from config.ws_protocol import waiting_total
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
 from proxy.ws_cache import interrupt_failed, refusal
 from proxy.ws_lane import Lane
+from proxy.ws_protocol import waiting_total
 from proxy.ws_turn import Close, LaneConnection, LaneTurn, relayed_total
 
 log = logging.getLogger("sluice.ws")
