@@ -12,11 +12,11 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from providers.text import storable
 from proxy import metrics, tracing
 from proxy.prices import model_prices, price_for
 from proxy.record import TurnRecord
 from proxy.scrubbing import scrub
-from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
 
 log = logging.getLogger(__name__)
