@@ -4,7 +4,7 @@ import time
 
 from django.conf import settings
 
-from proxy import metrics
+from providers import metrics
 from settings_app import shared
 
 

@@ -32,6 +32,7 @@ from prometheus_client import (
     multiprocess,
 )
 
+from providers.metrics import provider_name
 from proxy.record import TurnRecord
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
@@ -68,13 +69,6 @@ client_sockets = Gauge(
 upstream_sockets = Gauge(
     "sluice_upstream_websockets_open", "Upstream WebSocket connections open.", multiprocess_mode="livesum"
 )
-breaker_open_until = Gauge(
-    "sluice_breaker_open_until_seconds",
-    "Unix time until which the provider's circuit breaker is open; 0 when closed. "
-    "Open now: sluice_breaker_open_until_seconds > time().",
-    ["provider"],
-    multiprocess_mode="mostrecent",
-)
 log_queue = Gauge(
     "sluice_request_log_queue", "Request-log rows waiting to be written.", multiprocess_mode="livesum"
 )
@@ -83,22 +77,6 @@ log_dropped = Counter(
 )  # reasons: rate_limited (refusals of unknown clients over their allowance), write_failed
 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
-_provider_names: dict[int, str] = {}
-
-
-def provider_name(provider_id: int | None) -> str:
-    """The provider's name for a label; looked up once per id (writer thread, where the ORM may run)."""
-    if provider_id is None:
-        return ""
-    name = _provider_names.get(provider_id)
-    if name is None:
-        from providers.models import Provider
-
-        name = Provider.objects.filter(pk=provider_id).values_list("name", flat=True).first() or str(
-            provider_id
-        )
-        _provider_names[provider_id] = name
-    return name
 
 
 def is_refusal(record: "TurnRecord") -> bool:
@@ -172,24 +150,6 @@ def observe(record: "TurnRecord", spent: Decimal) -> None:
             tokens.labels(kind, model).inc(count)
     if spent:
         cost.labels(model).inc(float(spent))
-
-
-def breaker_opened(provider_id: int, until: float) -> None:
-    breaker_open_until.labels(provider_name_cached(provider_id)).set(until)
-
-
-def breaker_closed(provider_id: int) -> None:
-    breaker_open_until.labels(provider_name_cached(provider_id)).set(0)
-
-
-def provider_name_cached(provider_id: int) -> str:
-    """In the event loop: no query, the registry snapshot's name (or the id until the writer learns it)."""
-    from providers.registry import enabled_providers
-
-    for info in enabled_providers._value or ():  # the last loaded value, without a refresh
-        if info.id == provider_id:
-            return info.name
-    return _provider_names.get(provider_id, str(provider_id))
 
 
 def multiprocess_dir() -> str:
