@@ -21,7 +21,7 @@ def provider_name(provider_id: int | None) -> str:
         return ""
     name = _provider_names.get(provider_id)
     if name is None:
-        from providers.models import Provider
+        from providers.models import Provider  # imported here: the models need Django's apps loaded
 
         name = Provider.objects.filter(pk=provider_id).values_list("name", flat=True).first() or str(
             provider_id

@@ -9,6 +9,7 @@ class ProxyConfig(AppConfig):
     verbose_name = _("Gateway")
 
     def ready(self) -> None:
+        # Imported here: the models and whatever loads them only once Django has loaded the apps.
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
@@ -16,6 +17,7 @@ class ProxyConfig(AppConfig):
 
         tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
 
+        # The models, and what acts on their changes, as above: only once the apps are loaded.
         from proxy.models import ApiKey, ModelPrice, Team
         from proxy.revocation import revoke_everywhere
         from settings_app.runtime import bump_version

@@ -16,6 +16,7 @@ budget, and its release settles it: the reservation given back, the real spend a
 """
 
 import asyncio
+import datetime as dt
 import itertools
 import logging
 import math
@@ -29,8 +30,10 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
+from django.db.models import Q, Sum
 
 from proxy.limit_stores import RedisStore, executor, local_store
+from proxy.models import RequestLog
 from proxy.outcome import Outcome
 from proxy.prices import model_prices, price_for
 from proxy.quotas import (
@@ -459,12 +462,6 @@ def seed_spend(quotas: list[Quota]) -> None:
     todo = [q for q in quotas if (q.daily is not None or q.monthly is not None) and q.scope not in _seeded]
     if not todo:
         return
-    import datetime as dt
-
-    from django.db.models import Q, Sum
-
-    from proxy.models import RequestLog
-
     clock = Clock.at(time.time())
     year, month = divmod(clock.month, 100)
     month_start = dt.datetime(year, month, 1, tzinfo=dt.UTC)

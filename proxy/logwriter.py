@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from django.conf import settings
 
+from providers.registry import enabled_providers
 from providers.text import storable
 from proxy import metrics, tracing
 from proxy.prices import model_prices, price_for
@@ -107,9 +108,6 @@ def _make_storable(r: TurnRecord) -> None:
 
 def _scrubbed(code: str, provider_id: int | None) -> str:
     """``code`` without the provider's key (from the registry snapshot: no query) or anything key-shaped."""
-    # Imported here: the pipeline and the registry's models import this module's neighbours.
-    from providers.registry import enabled_providers
-
     if not code:
         return code
     key = next((p.api_key for p in enabled_providers._value or () if p.id == provider_id), "")
@@ -211,7 +209,7 @@ def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
     """Write a batch; when it fails, write its halves, down to the rows that fail alone, which are dropped
     and logged once each: one bad row never costs the others theirs. A failure of the database itself
     (gone, locked) is raised: no row would get through alone, and the caller retries the batch."""
-    from django.db import InterfaceError, OperationalError
+    from django.db import InterfaceError, OperationalError  # like the module's other database imports
 
     try:
         write(batch)
@@ -248,6 +246,7 @@ class DatabaseDown(Exception):
 
 
 def write(batch: list[TurnRecord]) -> None:
+    # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
     from django.db import IntegrityError, transaction
     from django.db.models import F
     from django.db.models.functions import Coalesce, Greatest
@@ -363,6 +362,7 @@ COLUMNS = (
 def _insert(rows: list[tuple]) -> None:
     """One multi-row INSERT per batch: the ORM's bulk_create spends most of its time preparing each field
     of each row, which a log of thousands of turns a second cannot afford."""
+    # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
     from django.db import connection
 
     from proxy.models import RequestLog
@@ -423,7 +423,7 @@ def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
 
 
 def _load_team_names() -> dict:
-    from proxy.models import Team
+    from proxy.models import Team  # imported here: the models need Django's apps loaded
 
     return dict(Team.objects.values_list("pk", "name"))
 

@@ -33,6 +33,8 @@ from prometheus_client import (
 )
 
 from providers.metrics import provider_name
+from providers.registry import enabled_providers
+from proxy.prices import model_prices
 from proxy.record import TurnRecord
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
@@ -97,10 +99,7 @@ def known_models() -> frozenset[str]:
     """The models the operator configured: in a provider's allowed list or redirects, priced, or in a key's
     or team's allowed list. Recomputed only when one of those snapshots was reloaded (writer thread)."""
     global _known
-    # Imported here: the registry and auth modules import the request-log writer, which imports this one.
-    from providers.registry import enabled_providers
-    from proxy.auth import keys
-    from proxy.prices import model_prices
+    from proxy.auth import keys  # imported here: the key table loads Django's models, like the labels below
 
     providers, prices, clients = enabled_providers.get(), model_prices.get(), keys._value or {}
     versions = (id(providers), id(prices), id(clients))

@@ -7,7 +7,7 @@ from settings_app.runtime import Snapshot
 
 
 def _load_prices() -> dict:
-    from proxy.models import ModelPrice
+    from proxy.models import ModelPrice  # imported here: the models need Django's apps loaded
 
     return {p.model: p for p in ModelPrice.objects.all()}
 
