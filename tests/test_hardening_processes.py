@@ -23,7 +23,7 @@ def test_a_key_made_and_disabled_from_the_shell_takes_effect_in_the_server(upstr
     with ServeProcess(SLUICE_CONFIG_POLL_SECONDS=str(POLL)) as server:
         client = httpx.Client(base_url=server.url, timeout=20)
         manage(
-            server, "createapikey", "--name", "existing", "--user", "ops", "--create-user"
+            server.env, "createapikey", "--name", "existing", "--user", "ops", "--create-user"
         )  # the server loads the key table
         bogus = {"authorization": "Bearer sk-sluice-not-a-key"}
         assert client.post("/v1/responses", json={"model": "gpt-5.5"}, headers=bogus).status_code == 401
