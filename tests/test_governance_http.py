@@ -13,7 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk
-from tests.helpers import wait_until
+from tests.helpers import make_team, wait_until
 
 WINDOW = 3.0
 
@@ -24,12 +24,6 @@ def short_window(settings):
     settings.SLUICE_RATE_WINDOW_SECONDS = WINDOW
     time.sleep(WINDOW - time.time() % WINDOW + 0.02)
     return WINDOW
-
-
-def make_team(name: str = "research", **fields):
-    from proxy.models import Team
-
-    return Team.objects.create(name=name, **fields)
 
 
 def bearer(raw: str) -> dict[str, str]:

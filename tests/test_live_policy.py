@@ -11,10 +11,9 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import make_key, make_provider, sdk, sdk_turn
-from tests.helpers import manage
+from tests.helpers import make_team, manage, open_socket, until_terminal
 from tests.serveproc import ServeProcess
-from tests.test_governance_http import make_team, short_window
-from tests.test_ws_control import open_socket, until_terminal
+from tests.test_governance_http import short_window
 
 __all__ = ["short_window"]  # a fixture, used by name
 
