@@ -1,6 +1,7 @@
 """ASGI entry point: /v1 HTTP to the lean API handler, everything else HTTP to Django, and WebSockets on
 /v1/responses to the Channels consumer."""
 
+import asyncio
 import os
 from typing import Any
 
@@ -12,9 +13,13 @@ django_application = get_asgi_application()
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from django.urls import path, re_path  # noqa: E402
 
+from audit import alerts as audit_alerts  # noqa: E402
 from config.urls import PROBE_PATHS  # noqa: E402
+from proxy import logwriter, metrics  # noqa: E402
 from proxy.consumers import NotFoundConsumer, ResponsesConsumer  # noqa: E402
 from proxy.handler import ApiHandler  # noqa: E402
+from proxy.upstream_http import close_session  # noqa: E402
+from settings_app.runtime import refresh_in_background  # noqa: E402
 
 api_application = ApiHandler()
 
@@ -29,13 +34,6 @@ async def http_application(scope: dict, receive: object, send: object) -> None:
 async def lifespan(scope: dict, receive: Any, send: Any) -> None:
     """At start-up: keep configuration snapshots fresh. At shutdown (after the server let turns in flight
     finish): close upstream connection pools and write the request-log rows still queued."""
-    import asyncio
-
-    from audit import alerts as audit_alerts
-    from proxy import logwriter, metrics
-    from proxy.upstream_http import close_session
-    from settings_app.runtime import refresh_in_background
-
     refresher = None
     while True:
         message = await receive()

@@ -7,6 +7,7 @@ class ProvidersConfig(AppConfig):
     verbose_name = _("Providers")
 
     def ready(self) -> None:
+        # Imported here: the models and whatever loads them only once Django has loaded the apps.
         from django.db.models.signals import post_delete, post_save
 
         from providers.models import Provider

@@ -4,7 +4,7 @@ import time
 
 from django.conf import settings
 
-from proxy import metrics, signals
+from providers import metrics, signals
 from settings_app import shared
 
 

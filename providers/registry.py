@@ -62,7 +62,7 @@ def info_from_model(p: object) -> ProviderInfo:
 
 
 def _load() -> tuple[ProviderInfo, ...]:
-    from providers.models import Provider
+    from providers.models import Provider  # imported here: the models need Django's apps loaded
 
     return tuple(info_from_model(p) for p in Provider.objects.filter(enabled=True).order_by("priority", "pk"))
 

@@ -10,7 +10,7 @@ from django.conf import settings
 
 from providers import health
 from providers.registry import ProviderInfo, enabled_providers
-from proxy.wire import storable
+from providers.text import storable
 from settings_app import shared
 
 

@@ -12,7 +12,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from providers.widgets import ModelListField
-from proxy import dashboard, limits
+from proxy import dashboard, limits, provider_admin  # noqa: F401 - provider_admin registers the providers' pages
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
 

@@ -9,6 +9,7 @@ class ProxyConfig(AppConfig):
     verbose_name = _("Gateway")
 
     def ready(self) -> None:
+        # Imported here: the models and whatever loads them only once Django has loaded the apps.
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
@@ -16,13 +17,15 @@ class ProxyConfig(AppConfig):
 
         tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
 
+        # The models, and what acts on their changes, as above: only once the apps are loaded.
         from proxy.models import ApiKey, ModelPrice, Team
+        from proxy.revocation import revoke_everywhere
         from settings_app.runtime import bump_version
 
         def key_changed(instance: ApiKey, **kwargs: object) -> None:
             bump_version("api-keys")
             if kwargs.get("signal") is post_delete or not instance.enabled or instance.is_expired:
-                _revoke(instance.pk)
+                revoke_everywhere(instance.pk)
 
         post_save.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-changed")
         post_delete.connect(key_changed, sender=ApiKey, weak=False, dispatch_uid="key-deleted")
@@ -31,7 +34,7 @@ class ProxyConfig(AppConfig):
             bump_version("api-keys")  # the keys' policies carry their team's limits
             if kwargs.get("signal") is post_save and not instance.enabled:
                 for key_id in instance.keys.values_list("pk", flat=True):
-                    _revoke(key_id)
+                    revoke_everywhere(key_id)
 
         post_save.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-changed")
         post_delete.connect(team_changed, sender=Team, weak=False, dispatch_uid="team-deleted")
@@ -44,7 +47,7 @@ class ProxyConfig(AppConfig):
             bump_version("api-keys")  # the keys' snapshot carries their owner's active state
             if not instance.is_active:
                 for key_id in ApiKey.objects.filter(owner=instance).values_list("pk", flat=True):
-                    _revoke(key_id)
+                    revoke_everywhere(key_id)
 
         post_save.connect(owner_changed, sender=get_user_model(), weak=False, dispatch_uid="owner-changed")
 
@@ -53,47 +56,3 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-changed")
         post_delete.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-deleted")
-
-
-def _revoke(key_id: int) -> None:
-    """Close the live sockets of a revoked key in every process, through the channel layer."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-    from django.db import transaction
-
-    from proxy.consumers import key_group
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-
-    def send() -> None:
-        try:
-            async_to_sync(layer.group_send)(key_group(key_id), {"type": "sluice.revoke"})
-        except Exception:  # noqa: BLE001 - revocation must not break the admin save
-            import logging
-
-            logging.getLogger("sluice").warning(
-                "could not signal revocation of key %s", key_id, exc_info=True
-            )
-
-    transaction.on_commit(send)
-
-
-def revoke_here(key_id: int) -> None:
-    """Close this process's live sockets of a key (from the event loop; a no-op without one)."""
-    import asyncio
-
-    from channels.layers import get_channel_layer
-
-    from proxy.consumers import key_group
-
-    layer = get_channel_layer()
-    if layer is None:
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    task = loop.create_task(layer.group_send(key_group(key_id), {"type": "sluice.revoke"}))
-    task.add_done_callback(lambda t: t.cancelled() or t.exception())  # failures were logged by the layer

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from proxy.limits import Policy, policy_for, seed_spend
 from proxy.models import ApiKey, hash_key
+from proxy.revocation import revoke_here
 from settings_app.runtime import Snapshot
 
 
@@ -64,8 +65,6 @@ def _close_sockets_of_vanished_keys(old: dict[str, Client], new: dict[str, Clien
     """A key disabled, deleted or expired by another process (``manage.py``, another server), or whose
     team was disabled or owner deactivated there, stops serving in the snapshot here: close its sockets
     in this process, whatever channel layer there is (the in-memory one does not cross processes)."""
-    from proxy.apps import revoke_here
-
     for key_id in _serving(old) - _serving(new):
         if key_id is not None:
             revoke_here(key_id)

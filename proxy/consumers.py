@@ -9,17 +9,15 @@ from django.conf import settings
 
 from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
-from proxy.refusals import for_client, refuse, unauthenticated
+from proxy.refusals import for_client, unauthenticated
+from proxy.refused import refuse
+from proxy.revocation import key_group
 from proxy.wire import WireError
 from proxy.ws_connection import Connection
 from proxy.ws_writer import server_protocol, write_together
 from settings_app.runtime import system_settings
 
 log = logging.getLogger("sluice.ws")
-
-
-def key_group(key_id: int) -> str:
-    return f"sluice.key.{key_id}"
 
 
 async def deny(
@@ -146,7 +144,7 @@ class ResponsesConsumer(AsyncConsumer):
     async def send_or_close(self, message: dict[str, Any]) -> None:
         """Send; a client already gone marks the socket closed (its websocket.disconnect follows).
         uvicorn raises ClientDisconnected (an OSError) once the client is gone, and RuntimeError for a send
-        after the server itself closed the socket (a 1009 of config/ws_protocol.py)."""
+        after the server itself closed the socket (a 1009 of proxy/ws_protocol.py)."""
         try:
             await self.base_send(message)
         except (OSError, RuntimeError):

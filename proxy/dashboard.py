@@ -18,7 +18,9 @@ from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from providers.models import Provider
 from proxy import logwriter
+from proxy.charts import bar_chart
 from proxy.labels import endpoint_label, error_label
 from proxy.models import ApiKey, RequestLog
 from proxy.templatetags.sluice_money import money
@@ -350,8 +352,6 @@ def usage(f: Filters) -> Usage:
 
 
 def _usage(f: Filters) -> Usage:
-    from providers.models import Provider
-
     qs = queryset(f)
     days, transports = daily(qs, f)
     totals = {k: sum(d[k] for d in days) for k in SUMS}
@@ -502,9 +502,6 @@ def rows_csv(f: Filters) -> StreamingHttpResponse:
 
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
-    from providers.models import Provider
-    from proxy.charts import bar_chart
-
     labels = [d["day"].strftime("%m-%d") for d in u.days]
     count = lambda v: f"{v:,.0f}"  # noqa: E731
     charts = [

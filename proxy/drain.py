@@ -15,6 +15,7 @@ import socket
 from typing import Any
 
 import uvicorn
+from django.conf import settings
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.supervisors import multiprocess
 
@@ -61,8 +62,7 @@ async def drain_sockets(deadline: float, poll: float = 0.05) -> None:
 
 class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        from django.conf import settings
-
+        # Imported here: the writer loads Django's models; the server module does without them.
         from proxy import logwriter
 
         lifecycle.begin_drain()

@@ -18,11 +18,11 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponse
 from django.urls import set_script_prefix
 
-from config.ended_early import ended_early
 from proxy import logwriter
+from proxy.ended_early import ended_early
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
-from proxy.refusals import refuse
+from proxy.refused import refuse
 from proxy.views import close_response, error_response, max_body_error
 from proxy.wire import WireError
 

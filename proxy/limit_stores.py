@@ -12,7 +12,7 @@ from typing import Any
 
 from django.conf import settings
 
-from proxy.limits import SLOT_TTL, SOCKET, TURN, Clock, Quota, Usage, decide
+from proxy.quotas import SLOT_TTL, SOCKET, TURN, Clock, Quota, Usage, decide
 
 log = logging.getLogger("sluice.limits")
 

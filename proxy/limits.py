@@ -7,7 +7,7 @@ whose ``release`` gives back the turn's slot and adds its tokens and spend from 
 usage. ``release`` is synchronous and idempotent, so any exit path can call it, and a forgotten admission
 still releases when it is garbage-collected.
 
-The counters live in ``proxy.limit_stores``. The decision itself is a pure function (``decide``) of the
+The counters live in ``proxy.limit_stores``. The decision itself (``proxy.quotas``) is a pure function of the
 limits and the counters as they stand: fixed windows of ``SLUICE_RATE_WINDOW_SECONDS`` for requests and
 tokens, slots for turns in flight and open sockets (leases that expire, so a process that dies cannot hold
 them for ever), and spend per UTC day and month in micro-dollars. A budget never cuts a turn in flight:
@@ -16,7 +16,7 @@ budget, and its release settles it: the reservation given back, the real spend a
 """
 
 import asyncio
-import calendar
+import datetime as dt
 import itertools
 import logging
 import math
@@ -30,8 +30,24 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.cache import caches
 from django.core.cache.backends.locmem import LocMemCache
+from django.db.models import Q, Sum
 
+from proxy.limit_stores import RedisStore, executor, local_store
+from proxy.models import RequestLog
 from proxy.outcome import Outcome
+from proxy.prices import model_prices, price_for
+from proxy.quotas import (
+    DAILY,
+    MONTHLY,
+    REQUEST,
+    REQUESTS,
+    SLOTS,
+    SOCKET,
+    TURN,
+    Clock,
+    Quota,
+    Usage,
+)
 from proxy.refusals import Refusal, budget_refusal, model_refusal_message
 from proxy.wire import WireError
 from settings_app import shared
@@ -39,23 +55,6 @@ from settings_app import shared
 log = logging.getLogger("sluice.limits")
 
 MICRO = 1_000_000
-TURN, REQUEST, SOCKET = 1, 0, 2  # what an admission counts: a turn (rate + slot), rate only, a socket
-SLOT_TTL = 6 * 3600  # a lease nobody released (a process killed mid-turn) frees itself after this
-
-
-@dataclass(frozen=True, slots=True)
-class Quota:
-    """The limits of one key or one team, and the name of the counters they are checked against."""
-
-    scope: str  # "k12", "t3"
-    kind: str  # "key" or "team", for messages
-    name: str
-    rpm: int | None = None
-    tpm: int | None = None
-    concurrency: int | None = None
-    sockets: int | None = None
-    daily: int | None = None  # micro-USD
-    monthly: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,39 +68,6 @@ class Policy:
 
     def allows(self, model: str) -> bool:
         return self.models is None or model in self.models
-
-
-@dataclass(slots=True)
-class Usage:
-    """A quota's counters as they stand: this window's requests and tokens, slots held, this UTC day's and
-    month's spend in micro-USD."""
-
-    requests: int = 0
-    tokens: int = 0
-    slots: int = 0
-    day: int = 0
-    month: int = 0
-
-
-# What ran out, in the order it is checked: a spent budget first (retrying soon will not help).
-DAILY, MONTHLY, REQUESTS, TOKENS, SLOTS = 1, 2, 3, 4, 5
-
-
-def decide(quota: Quota, usage: Usage, counts: int) -> int:
-    """0 when ``quota`` admits one more of ``counts`` (TURN, REQUEST, SOCKET), else what ran out."""
-    if counts == SOCKET:
-        return SLOTS if quota.sockets is not None and usage.slots >= quota.sockets else 0
-    if quota.daily is not None and usage.day >= quota.daily:
-        return DAILY
-    if quota.monthly is not None and usage.month >= quota.monthly:
-        return MONTHLY
-    if quota.rpm is not None and usage.requests >= quota.rpm:
-        return REQUESTS
-    if quota.tpm is not None and usage.tokens >= quota.tpm:
-        return TOKENS
-    if counts == TURN and quota.concurrency is not None and usage.slots >= quota.concurrency:
-        return SLOTS
-    return 0
 
 
 def micro_usd(value: Decimal | None) -> int | None:
@@ -143,51 +109,6 @@ def policy_for(key: Any, team: Any | None) -> Policy | None:
     team_models = frozenset(team.allowed_models) if team is not None and team.allowed_models else None
     team_name = team.name if team is not None else ""
     return Policy(tuple(quotas), models, disabled, team_name, budgets, team_models)
-
-
-# ----- time -----
-
-
-@dataclass(frozen=True, slots=True)
-class Clock:
-    """The counters' periods at one instant: the rate window, the UTC day and month, and when each ends."""
-
-    now: float
-    window: int
-    window_ends: float
-    day: int  # 20261128
-    month: int  # 202611
-    day_ends: float
-    month_ends: float
-
-    @classmethod
-    def at(cls, now: float) -> "Clock":
-        length = settings.SLUICE_RATE_WINDOW_SECONDS
-        window = int(now // length)
-        day = _days.get(int(now // 86400))
-        if day is None:
-            day = _day_of(now)
-        return cls(now, window, (window + 1) * length, *day)
-
-
-_days: dict[int, tuple[int, int, float, float]] = {}
-
-
-def _day_of(now: float) -> tuple[int, int, float, float]:
-    """The UTC day and month of ``now`` and when each ends, computed once a day."""
-    t = time.gmtime(now)
-    midnight = calendar.timegm((t.tm_year, t.tm_mon, t.tm_mday, 0, 0, 0)) + 86400
-    year, month = (t.tm_year + 1, 1) if t.tm_mon == 12 else (t.tm_year, t.tm_mon + 1)
-    day = (
-        t.tm_year * 10000 + t.tm_mon * 100 + t.tm_mday,
-        t.tm_year * 100 + t.tm_mon,
-        float(midnight),
-        float(calendar.timegm((year, month, 1, 0, 0, 0))),
-    )
-    if len(_days) > 4:
-        _days.clear()
-    _days[int(now // 86400)] = day
-    return day
 
 
 def duration(seconds: float) -> str:
@@ -357,8 +278,6 @@ _rates: tuple[dict | None, dict[str, tuple[float, float, float] | None]] = (None
 
 def spend_of(prices: dict, model: str, outcome: Any) -> int:
     """A turn's cost in micro-USD (0 when the model has no price: the request log says so)."""
-    from proxy.logwriter import price_for
-
     global _rates
     table, by_model = _rates
     if table is not prices:
@@ -430,8 +349,6 @@ async def admit(
     prices = None
     reserve = 0
     if policy.budgets and counts == TURN:
-        from proxy.logwriter import model_prices
-
         prices = await model_prices.aget()
         reserve = reservation(prices, model, guess)
     return await _take(policy.quotas, counts, prices, reserve)
@@ -469,14 +386,10 @@ async def _take(quotas: tuple[Quota, ...], counts: int, prices: dict | None, res
     store = _store()
     if not store.local and shared.degraded():
         # Redis is known to be unavailable: count in this process at once, no wait on a dead cache.
-        from proxy.limit_stores import local_store
-
         store = local_store
     if store.local:
         what, index, usages = store.take(quotas, counts, lease, clock, reserve)
     else:
-        from proxy.limit_stores import executor, local_store
-
         for release in store.releasing(quotas):
             await asyncio.wrap_future(release)
         # The script may run to the end after this task is cancelled: give back what it took.
@@ -520,8 +433,6 @@ def _store() -> Any:
     """The store for Django's default cache (a LocalStore or a RedisStore), chosen once per process."""
     global _chosen
     if _chosen is None:
-        from proxy.limit_stores import RedisStore, local_store
-
         cache = caches["default"]
         _chosen = local_store if isinstance(cache, LocMemCache) else RedisStore(cache)
     return _chosen
@@ -551,12 +462,6 @@ def seed_spend(quotas: list[Quota]) -> None:
     todo = [q for q in quotas if (q.daily is not None or q.monthly is not None) and q.scope not in _seeded]
     if not todo:
         return
-    import datetime as dt
-
-    from django.db.models import Q, Sum
-
-    from proxy.models import RequestLog
-
     clock = Clock.at(time.time())
     year, month = divmod(clock.month, 100)
     month_start = dt.datetime(year, month, 1, tzinfo=dt.UTC)
@@ -578,7 +483,5 @@ def seed_spend(quotas: list[Quota]) -> None:
 
 def reset_local() -> None:
     """Forget this process's counters (tests: a cleared cache starts from nothing)."""
-    from proxy.limit_stores import local_store
-
     local_store.clear()
     _seeded.clear()

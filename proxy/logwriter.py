@@ -8,61 +8,19 @@ import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
 
 from django.conf import settings
 
+from providers.registry import enabled_providers
+from providers.text import storable
 from proxy import metrics, signals, tracing
-from proxy.outcome import Outcome
-from proxy.wire import storable
+from proxy.prices import model_prices, price_for
+from proxy.record import TurnRecord
+from proxy.scrubbing import scrub
 from settings_app.runtime import Snapshot, tidy_connections
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class TurnRecord:
-    key_id: int | None
-    client_transport: str
-    team_id: int | None = None
-    endpoint: str = "responses"
-    requested_model: str = ""
-    upstream_model: str = ""
-    provider_id: int | None = None
-    status: int = 200
-    error_code: str = ""
-    upstream_transport: str = ""
-    fallback_reason: str = ""
-    ws_handshake_ms: float | None = None
-    upstream_ws_url: str = ""
-    session_id: str = ""
-    client_addr: str = ""  # for the allowance of refusals without a key; not stored
-    dropped: bool = False  # counted in the metrics, not written (over the anonymous allowance)
-    stored: bool = True  # store was not false: the response id may be used from anywhere later
-    owner_id: int | None = None  # the key's owner: whose the response is (proxy.ownership)
-    claimed: str = ""  # the response id whose owner was recorded (once per turn)
-    created_at: float = field(default_factory=time.time)  # a datetime only in the writer thread
-    started: float = field(default_factory=time.perf_counter)
-    first_event_at: float | None = None
-    finished_at: float | None = None
-    outcome: Outcome = field(default_factory=Outcome)
-    submitted: bool = False  # a turn has one row, whichever exit path submits it first
-    trace_id: str = ""  # the turn's trace (proxy.tracing), when traces are exported
-    span: Any = None  # the turn's open span, ended by the writer
-    attempt_span: Any = None  # the upstream attempt that opened, ended with the turn
-
-    def first_event(self) -> None:
-        if self.first_event_at is None:
-            self.first_event_at = time.perf_counter()
-
-    @property
-    def model(self) -> str:
-        """The model the turn counts under (the request log's model column, the dashboard's top models,
-        the metrics' label): the one the upstream answered with, else the route's; a turn refused before
-        any route was chosen counts under the model it asked for ("" when it named none)."""
-        return self.outcome.model or self.upstream_model or self.requested_model
 
 
 _queue: "queue.SimpleQueue[TurnRecord | None]" = queue.SimpleQueue()
@@ -150,10 +108,6 @@ def _make_storable(r: TurnRecord) -> None:
 
 def _scrubbed(code: str, provider_id: int | None) -> str:
     """``code`` without the provider's key (from the registry snapshot: no query) or anything key-shaped."""
-    # Imported here: the pipeline and the registry's models import this module's neighbours.
-    from providers.registry import enabled_providers
-    from proxy.pipeline import scrub
-
     if not code:
         return code
     key = next((p.api_key for p in enabled_providers._value or () if p.id == provider_id), "")
@@ -255,7 +209,7 @@ def write_keeping_good_rows(batch: list[TurnRecord]) -> None:
     """Write a batch; when it fails, write its halves, down to the rows that fail alone, which are dropped
     and logged once each: one bad row never costs the others theirs. A failure of the database itself
     (gone, locked) is raised: no row would get through alone, and the caller retries the batch."""
-    from django.db import InterfaceError, OperationalError
+    from django.db import InterfaceError, OperationalError  # like the module's other database imports
 
     try:
         write(batch)
@@ -292,6 +246,7 @@ class DatabaseDown(Exception):
 
 
 def write(batch: list[TurnRecord]) -> None:
+    # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
     from django.db import IntegrityError, transaction
     from django.db.models import F
     from django.db.models.functions import Coalesce, Greatest
@@ -408,6 +363,7 @@ COLUMNS = (
 def _insert(rows: list[tuple]) -> None:
     """One multi-row INSERT per batch: the ORM's bulk_create spends most of its time preparing each field
     of each row, which a log of thousands of turns a second cannot afford."""
+    # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
     from django.db import connection
 
     from proxy.models import RequestLog
@@ -467,31 +423,10 @@ def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
     return fixed
 
 
-def _load_prices() -> dict:
-    from proxy.models import ModelPrice
-
-    return {p.model: p for p in ModelPrice.objects.all()}
-
-
-model_prices: Snapshot[dict] = Snapshot("prices", _load_prices)
-
-
 def _load_team_names() -> dict:
-    from proxy.models import Team
+    from proxy.models import Team  # imported here: the models need Django's apps loaded
 
     return dict(Team.objects.values_list("pk", "name"))
 
 
 team_names: Snapshot[dict] = Snapshot("api-keys", _load_team_names)  # for the turns' spans
-
-
-def price_for(prices: dict, model: str) -> Any:
-    """The price of ``model``: its own, else that of the longest name it extends with a dash (a dated
-    variant such as gpt-5.5-2026-04-23), else None."""
-    if model in prices:
-        return prices[model]
-    best = None
-    for name, price in prices.items():
-        if model.startswith(name + "-") and (best is None or len(name) > len(best[0])):
-            best = (name, price)
-    return best[1] if best else None

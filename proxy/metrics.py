@@ -19,7 +19,6 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
-from typing import TYPE_CHECKING
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -34,8 +33,10 @@ from prometheus_client import (
     multiprocess,
 )
 
-if TYPE_CHECKING:
-    from proxy.logwriter import TurnRecord
+from providers.metrics import provider_name
+from providers.registry import enabled_providers
+from proxy.prices import model_prices
+from proxy.record import TurnRecord
 
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # the values of this process are files there
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
@@ -71,13 +72,6 @@ client_sockets = Gauge(
 upstream_sockets = Gauge(
     "sluice_upstream_websockets_open", "Upstream WebSocket connections open.", multiprocess_mode="livesum"
 )
-breaker_open_until = Gauge(
-    "sluice_breaker_open_until_seconds",
-    "Unix time until which the provider's circuit breaker is open; 0 when closed. "
-    "Open now: sluice_breaker_open_until_seconds > time().",
-    ["provider"],
-    multiprocess_mode="mostrecent",
-)
 log_queue = Gauge(
     "sluice_request_log_queue", "Request-log rows waiting to be written.", multiprocess_mode="livesum"
 )
@@ -86,22 +80,6 @@ log_dropped = Counter(
 )  # reasons: rate_limited (refusals of unknown clients over their allowance), write_failed
 
 TOKEN_KINDS = ("input", "cached", "output", "reasoning")
-_provider_names: dict[int, str] = {}
-
-
-def provider_name(provider_id: int | None) -> str:
-    """The provider's name for a label; looked up once per id (writer thread, where the ORM may run)."""
-    if provider_id is None:
-        return ""
-    name = _provider_names.get(provider_id)
-    if name is None:
-        from providers.models import Provider
-
-        name = Provider.objects.filter(pk=provider_id).values_list("name", flat=True).first() or str(
-            provider_id
-        )
-        _provider_names[provider_id] = name
-    return name
 
 
 def is_refusal(record: "TurnRecord") -> bool:
@@ -122,10 +100,7 @@ def known_models() -> frozenset[str]:
     """The models the operator configured: in a provider's allowed list or redirects, priced, or in a key's
     or team's allowed list. Recomputed only when one of those snapshots was reloaded (writer thread)."""
     global _known
-    # Imported here: the registry and auth modules import the request-log writer, which imports this one.
-    from providers.registry import enabled_providers
-    from proxy.auth import keys
-    from proxy.logwriter import model_prices
+    from proxy.auth import keys  # imported here: the key table loads Django's models, like the labels below
 
     providers, prices, clients = enabled_providers.get(), model_prices.get(), keys._value or {}
     versions = (id(providers), id(prices), id(clients))
@@ -175,24 +150,6 @@ def observe(record: "TurnRecord", spent: Decimal) -> None:
             tokens.labels(kind, model).inc(count)
     if spent:
         cost.labels(model).inc(float(spent))
-
-
-def breaker_opened(provider_id: int, until: float) -> None:
-    breaker_open_until.labels(provider_name_cached(provider_id)).set(until)
-
-
-def breaker_closed(provider_id: int) -> None:
-    breaker_open_until.labels(provider_name_cached(provider_id)).set(0)
-
-
-def provider_name_cached(provider_id: int) -> str:
-    """In the event loop: no query, the registry snapshot's name (or the id until the writer learns it)."""
-    from providers.registry import enabled_providers
-
-    for info in enabled_providers._value or ():  # the last loaded value, without a refresh
-        if info.id == provider_id:
-            return info.name
-    return _provider_names.get(provider_id, str(provider_id))
 
 
 def multiprocess_dir() -> str:

@@ -1,5 +1,5 @@
-"""What a refused request is told, and the one request-log row and log line it leaves, whichever ingress
-refused it.
+"""What a refused request is told, whichever ingress refused it (its one request-log row and log line:
+``proxy.refused``).
 
 Refusals are shaped for what Codex CLI does with them (docs/protocol.md, "Refusals", has the table and
 what Codex 0.169/0.171 and the OpenAI SDK were seen to do):
@@ -25,8 +25,6 @@ from typing import Any
 
 from asgiref.sync import sync_to_async
 
-from proxy import logwriter, tracing
-from proxy.logwriter import TurnRecord
 from proxy.models import ApiKey, hash_key
 from proxy.wire import WireError
 
@@ -203,45 +201,3 @@ def _may_look_up(now: float) -> bool:
 
 
 # ----- the record -----
-
-
-def client_address(scope: dict[str, Any]) -> str:
-    client = scope.get("client")
-    return str(client[0]) if client else ""
-
-
-def refuse(
-    error: WireError,
-    *,
-    scope: dict[str, Any],
-    key_id: int | None,
-    client_transport: str,
-    endpoint: str,
-    requested_model: str = "",
-    team_id: int | None = None,
-) -> WireError:
-    """Record ``error`` as the answer to a request that reached no upstream; returns it for raising."""
-    log.info(
-        "refused %s %s from %s: %s %s: %s",
-        scope.get("method", "WEBSOCKET"),
-        scope.get("path", ""),
-        client_address(scope) or "?",
-        error.status,
-        error.code,
-        error.message,
-    )
-    record = TurnRecord(
-        key_id=key_id,
-        team_id=team_id,
-        client_transport=client_transport,
-        endpoint=endpoint,
-        requested_model=requested_model[:200],
-        status=error.status,
-        error_code=error.code,
-        client_addr=client_address(scope),
-    )
-    if tracing.ENABLED:
-        tracing.start_turn(record, {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]})
-    logwriter.submit(record)
-    error.recorded = True  # type: ignore[attr-defined]
-    return error

@@ -15,11 +15,11 @@ from typing import Any, Protocol, TypeVar
 from django.conf import settings
 
 from providers import health
-from providers.routing import Affinity, Plan, Route
+from providers.routing import Plan, Route
 from proxy import limits, logwriter, pipeline, tracing
 from proxy.auth import Client
-from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure
+from proxy.record import TurnRecord
 from proxy.transport import Decision, FallbackReason, Transport, choose
 from proxy.upstream_ws import (
     NO_WEBSOCKET_STATUSES,
@@ -190,11 +190,6 @@ async def admitted(
         yield
     finally:
         admission.release(record)  # with the usage the terminal event left in the record
-
-
-async def finish(record: TurnRecord, route: Route | None, affinity: Affinity, plan: Plan | None) -> None:
-    """Bookkeeping once the terminal event is known, before the client sees it: health, affinity."""
-    await pipeline.finish(record, route, affinity, plan)
 
 
 def submit(record: TurnRecord, kept: list[TurnRecord] | None = None) -> None:

@@ -19,8 +19,9 @@ from providers.registry import enabled_providers
 from proxy import limits, logwriter, ownership, pipeline, tracing, turn_runner, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
-from proxy.logwriter import TurnRecord
-from proxy.refusals import for_client, refuse, unauthenticated
+from proxy.record import TurnRecord
+from proxy.refusals import for_client, unauthenticated
+from proxy.refused import refuse
 from proxy.upstream_http import TransportError, open_request, returned_headers
 from proxy.wire import WireError, parse_body, require_model
 

@@ -47,19 +47,6 @@ class WireError(Exception):
         return b"event: error\ndata: " + data.encode() + b"\n\n"
 
 
-def storable(text: object) -> str:
-    """A client's string made safe to store and to use in a cache key: lone surrogates (JSON allows
-    ``"\\udc80"``, UTF-8 does not) become U+FFFD and NUL characters (PostgreSQL refuses them) are dropped.
-    Anything but a string becomes empty."""
-    if not isinstance(text, str):
-        return ""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        text = text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
-    return text.replace("\x00", "") if "\x00" in text else text
-
-
 def parse_body(raw: bytes | str) -> dict[str, Any]:
     try:
         body = json.loads(raw)

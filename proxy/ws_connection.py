@@ -8,30 +8,27 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from django.conf import settings
 
-from config.ws_protocol import waiting_total
 from providers.registry import ProviderInfo
 from providers.routing import Affinity
 from proxy import turn_runner, ws_controls
 from proxy.auth import Client
 from proxy.live_policy import KeyWatch
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 from proxy.turn_state import TurnState, forwarded, remember
 from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError, parse_body
 from proxy.ws_cache import ConnectionCache
-from proxy.ws_lane import Lane, drop_pending, relayed_total, turns_total
+from proxy.ws_lane import Lane, drop_pending
+from proxy.ws_protocol import waiting_total
+from proxy.ws_turn import Close, SendMany, SendText, relayed_total, turns_total
 
 log = logging.getLogger("sluice.ws")
 
-SendText = Callable[[str], Awaitable[None]]
-Close = Callable[[int, str], Awaitable[None]]
-SendMany = Callable[[list[str]], Awaitable[None]]
 
 MAX_IN_FLIGHT = 16  # responses in flight on one connection, all lanes together
 MAX_LANES = 32  # named lanes on one connection

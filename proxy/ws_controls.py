@@ -3,24 +3,32 @@ injection and unknown types go to its upstream socket or are refused in the serv
 
 import json
 import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from django.conf import settings
 
-from config.ws_protocol import waiting_total
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
 from proxy.ws_cache import interrupt_failed, refusal
-from proxy.ws_lane import Lane, LaneTurn, relayed_total, turns_total
-
-if TYPE_CHECKING:
-    from proxy.ws_connection import Connection
+from proxy.ws_lane import Lane
+from proxy.ws_protocol import waiting_total
+from proxy.ws_turn import Close, LaneConnection, LaneTurn, relayed_total, turns_total
 
 log = logging.getLogger("sluice.ws")
 
 
+class ControlledConnection(LaneConnection, Protocol):
+    """What the control events need of a connection beyond what its lanes do: the lanes themselves."""
+
+    default: Lane
+    lanes: dict[str, Lane]
+    close_client: Close
+
+    def all_lanes(self) -> list[Lane]: ...
+
+
 def in_flight(
-    connection: "Connection", response_id: object, stream_id: object = None
+    connection: ControlledConnection, response_id: object, stream_id: object = None
 ) -> tuple[Lane, LaneTurn] | None:
     """The turn a control event names: by response id, else the one in flight on its lane."""
     candidates = [(lane, lane.current) for lane in connection.all_lanes() if lane.current is not None]
@@ -41,7 +49,7 @@ def names_another(frame: dict[str, Any], turn: LaneTurn) -> bool:
     return any(rid and rid != turn.response_id for rid in named)
 
 
-async def control(connection: "Connection", kind: str, frame: dict[str, Any], text: str) -> None:
+async def control(connection: ControlledConnection, kind: str, frame: dict[str, Any], text: str) -> None:
     """Interrupt or cancel the turn in flight, at once: relayed on its upstream socket, or (over
     upstream HTTP) its request dropped and the service's events written here."""
     response_id = frame.get("response_id")
@@ -70,7 +78,7 @@ async def control(connection: "Connection", kind: str, frame: dict[str, Any], te
 
 
 async def not_in_flight(
-    connection: "Connection", kind: str, frame: dict[str, Any], response_id: object
+    connection: ControlledConnection, kind: str, frame: dict[str, Any], response_id: object
 ) -> None:
     rid = response_id if isinstance(response_id, str) else ""
     finished = rid in connection.cache.finished
@@ -83,7 +91,7 @@ async def not_in_flight(
         await lane_of(connection, frame).send_error(error)
 
 
-def lane_of(connection: "Connection", frame: dict[str, Any]) -> Lane:
+def lane_of(connection: ControlledConnection, frame: dict[str, Any]) -> Lane:
     stream_id = frame.get("stream_id")
     return (
         connection.lanes.get(stream_id, Lane(connection, stream_id))
@@ -92,7 +100,7 @@ def lane_of(connection: "Connection", frame: dict[str, Any]) -> Lane:
     )
 
 
-async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any], text: str) -> None:
+async def relay_other(connection: ControlledConnection, kind: str, frame: dict[str, Any], text: str) -> None:
     """Steering, injection and event types the gateway need not understand: relayed on the upstream
     socket of the turn in flight; otherwise refused in the service's shape, the socket stays open."""
     target = frame.get("previous_response_id") if kind == "response.steer" else frame.get("response_id")
@@ -114,7 +122,7 @@ async def relay_other(connection: "Connection", kind: str, frame: dict[str, Any]
     )
 
 
-async def over_limits(connection: "Connection", turn: LaneTurn, text: str) -> bool:
+async def over_limits(connection: ControlledConnection, turn: LaneTurn, text: str) -> bool:
     """Whether holding this event would take the connection past its limit (queued turns and relayed
     events together within one largest frame) or the process past its total: then the client gets an
     error frame and the socket closes with 1009, as for a frame too large."""

@@ -9,30 +9,27 @@ import json
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 
 from providers import routing
 from providers.registry import enabled_providers
-from providers.routing import Affinity, Plan, Route
+from providers.routing import Plan, Route
 from proxy import limits, ownership, pipeline, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
-from proxy.logwriter import TurnRecord
 from proxy.pipeline import ProviderFailure, timeout_error
+from proxy.record import TurnRecord
 from proxy.refusals import for_client
 from proxy.transport import FallbackReason
 from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
 from proxy.upstream_lanes import LaneView, stream_id_of
 from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
-from proxy.ws_cache import Cached, Progress, as_items
+from proxy.ws_cache import as_items
+from proxy.ws_turn import LaneConnection, LaneTurn, hold_turn
 from settings_app.runtime import system_settings
-
-if TYPE_CHECKING:
-    from proxy.ws_connection import Connection
 
 log = logging.getLogger("sluice.ws")
 
@@ -46,23 +43,6 @@ def retrieve(task: "asyncio.Future[Any]") -> None:
         log.error("a WebSocket lane task failed", exc_info=task.exception())
 
 
-_relayed_total = 0  # bytes of relayed client events held by all turns of this process
-_turns_total = 0  # bytes of response.create frames queued or running in all lanes of this process
-
-
-def relayed_total() -> int:
-    return _relayed_total
-
-
-def turns_total() -> int:
-    return _turns_total
-
-
-def hold_turn(size: int) -> None:
-    global _turns_total
-    _turns_total += size
-
-
 def drop_pending(lane: "Lane") -> None:
     """The connection closes: the lane's turns still queued never run."""
     for _, text in lane.pending:
@@ -70,63 +50,12 @@ def drop_pending(lane: "Lane") -> None:
     lane.pending.clear()
 
 
-class RelayedEvents:
-    """Client events relayed to the turn's upstream socket, kept until the turn ends (to refuse one in
-    the service's shape if the upstream does not know it). Their bytes count against the connection's
-    and the process's limits: see ``Connection.hold``."""
-
-    def __init__(self) -> None:
-        self.items: list[tuple[str, dict[str, Any], int]] = []
-        self.bytes = 0
-
-    def __bool__(self) -> bool:
-        return bool(self.items)
-
-    def append(self, kind: str, frame: dict[str, Any], size: int) -> None:
-        global _relayed_total
-        self.items.append((kind, frame, size))
-        self.bytes += size
-        _relayed_total += size
-
-    def pop(self, index: int = -1) -> tuple[str, dict[str, Any]]:
-        global _relayed_total
-        kind, frame, size = self.items.pop(index)
-        self.bytes -= size
-        _relayed_total -= size
-        return kind, frame
-
-    def clear(self) -> None:
-        global _relayed_total
-        _relayed_total -= self.bytes
-        self.items.clear()
-        self.bytes = 0
-
-
-@dataclass
-class LaneTurn:
-    """One response.create as its lane runs it."""
-
-    frame: dict[str, Any]
-    text: str  # the frame as received, relayed untouched when nothing in it changes
-    model: str
-    full_input: list[Any] | None  # the whole conversation so far, when the connection knows it
-    cached: Cached | None  # the connection's response this turn continues
-    record: TurnRecord
-    affinity: Affinity
-    socket: UpstreamSocket | None = None  # the upstream socket it runs on, once it runs on one
-    progress: Progress = field(default_factory=Progress)
-    response_id: str = ""
-    relayed: RelayedEvents = field(default_factory=RelayedEvents)  # client events sent upstream
-    stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
-    waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
-
-
 def previous_of(frame: dict[str, Any]) -> object:
     return frame.get("previous_response_id")
 
 
 class Lane:
-    def __init__(self, connection: "Connection", name: str | None) -> None:
+    def __init__(self, connection: LaneConnection, name: str | None) -> None:
         self.connection = connection
         self.name = name
         self.pending: deque[tuple[dict[str, Any], str]] = deque()

@@ -6,22 +6,21 @@ import json
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from providers.routing import Plan, Route
-from proxy import ownership, turn_runner
+from proxy import ownership, pipeline
 from proxy.deadline import Deadline
 from proxy.outcome import terminal_status
-from proxy.pipeline import SCRUBBED_EVENTS, Relay, scrub_event, scrubbed_sse
+from proxy.pipeline import Relay
+from proxy.scrubbing import SCRUBBED_EVENTS, scrub_event, scrubbed_sse
 from proxy.transport import Transport
 from proxy.turn_runner import HttpCall, SocketTurn
 from proxy.upstream_http import TransportError
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import TERMINAL_TYPES, WireError, event_type
 from proxy.ws_cache import Cached, interrupted_events, refusal
-
-if TYPE_CHECKING:
-    from proxy.ws_lane import Lane, LaneTurn
+from proxy.ws_turn import LaneTurn, RelayLane
 
 log = logging.getLogger("sluice.ws")
 
@@ -38,7 +37,7 @@ def response_id_of(data: str) -> str:
     return str(response.get("id") or "") if isinstance(response, dict) else ""
 
 
-async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: SocketTurn) -> None:
+async def relay_socket(lane: RelayLane, turn: LaneTurn, plan: Plan, opened: SocketTurn) -> None:
     """Relay events from the upstream socket until the terminal one; after the first event there is no
     fallback and no replay. Frames that arrived together are read in one go."""
     record, route, socket = turn.record, opened.route, opened.socket
@@ -97,7 +96,7 @@ async def relay_socket(lane: "Lane", turn: "LaneTurn", plan: Plan, opened: Socke
     await broke_mid_turn(lane, turn)
 
 
-async def relay_http(lane: "Lane", turn: "LaneTurn", plan: Plan, relay: Relay) -> None:
+async def relay_http(lane: RelayLane, turn: LaneTurn, plan: Plan, relay: Relay) -> None:
     record, route = turn.record, relay.route
     record.upstream_transport = Transport.HTTP.value
     progress = turn.progress
@@ -168,7 +167,7 @@ def refuses_event_type(data: str) -> bool:
 
 
 async def stop_on_our_own(
-    lane: "Lane", turn: "LaneTurn", plan: Plan, route: Route, control: str, frame: dict[str, Any]
+    lane: RelayLane, turn: LaneTurn, plan: Plan, route: Route, control: str, frame: dict[str, Any]
 ) -> None:
     """An upstream socket that cannot interrupt: its socket is dropped (which stops the response) and
     the client gets what the service sends for an interrupt; what streamed so far is not kept."""
@@ -178,7 +177,7 @@ async def stop_on_our_own(
     await stopped(lane, turn, plan, route)
 
 
-async def stopped(lane: "Lane", turn: "LaneTurn", plan: Plan, route: Route) -> None:
+async def stopped(lane: RelayLane, turn: LaneTurn, plan: Plan, route: Route) -> None:
     """The client interrupted a turn running over upstream HTTP: the request is dropped and the client
     gets what the service sends for an interrupt it applied."""
     assert turn.stop is not None
@@ -191,7 +190,7 @@ async def stopped(lane: "Lane", turn: "LaneTurn", plan: Plan, route: Route) -> N
     lane.connection.submit(turn.record)
 
 
-async def broke_mid_turn(lane: "Lane", turn: "LaneTurn") -> None:
+async def broke_mid_turn(lane: RelayLane, turn: LaneTurn) -> None:
     """After the first event there is no fallback and no replay: the client gets an error frame."""
     error = WireError(
         502, "upstream_stream_error", "The upstream broke off during the response.", None, "server_error"
@@ -203,8 +202,8 @@ async def broke_mid_turn(lane: "Lane", turn: "LaneTurn") -> None:
 
 
 async def terminal(
-    lane: "Lane",
-    turn: "LaneTurn",
+    lane: RelayLane,
+    turn: LaneTurn,
     kind: str,
     data: str,
     route: Route,
@@ -223,10 +222,10 @@ async def terminal(
         cache.evict(lane.name)
         if response_id:
             cache.ended(response_id)
-    await turn_runner.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
+    await pipeline.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
 
 
-def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full: bool) -> str:
+def socket_payload(turn: LaneTurn, route: Route, socket: UpstreamSocket, full: bool) -> str:
     """The frame for the upstream socket: the client's text untouched unless something must change."""
     frame = turn.frame
     changes: dict[str, Any] = {}
@@ -254,7 +253,7 @@ def socket_payload(turn: "LaneTurn", route: Route, socket: UpstreamSocket, full:
     return json.dumps({k: v for k, v in {**frame, **changes}.items() if v is not None or k not in changes})
 
 
-def http_call(lane: "Lane", turn: "LaneTurn", route: Route) -> HttpCall:
+def http_call(lane: RelayLane, turn: LaneTurn, route: Route) -> HttpCall:
     body = {k: v for k, v in turn.frame.items() if k not in ("type", "generate", "stream_id")}
     body["model"] = route.upstream_model
     body["stream"] = True
@@ -265,7 +264,7 @@ def http_call(lane: "Lane", turn: "LaneTurn", route: Route) -> HttpCall:
     return HttpCall("POST", "/responses", None, json.dumps(body).encode(), None, headers)
 
 
-async def local_warmup(lane: "Lane", turn: "LaneTurn") -> None:
+async def local_warmup(lane: RelayLane, turn: LaneTurn) -> None:
     """``generate: false`` with no upstream socket: answer as the service does, and keep the input so
     the next turn can chain from this id."""
     frame, record = turn.frame, turn.record

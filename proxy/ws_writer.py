@@ -20,6 +20,7 @@ def server_protocol(send: Send) -> Any | None:
     """The uvicorn sans-I/O protocol (or a subclass, such as the bounded one ``manage.py serve`` uses)
     behind an ASGI ``send``, when that is what serves the socket."""
     try:
+        # Imported here: optional (a uvicorn without the websockets package has no such protocol).
         from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
     except ImportError:
         return None

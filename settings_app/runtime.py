@@ -182,7 +182,7 @@ def forced(value: str) -> bool | None:
 
 
 def _load_settings() -> RuntimeSettings:
-    from settings_app.models import SystemSettings
+    from settings_app.models import SystemSettings  # imported here: the models need Django's apps loaded
 
     row = SystemSettings.load()
     client = forced(settings.SLUICE_FORCE_CLIENT_WEBSOCKETS)

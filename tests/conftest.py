@@ -78,7 +78,7 @@ class ServerThread:
 def gateway_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[ServerThread]:
     with django_db_blocker.unblock():
         from config.asgi import application
-        from config.server import server_options
+        from proxy.server import server_options
 
         server = ServerThread(application, **server_options()).start()  # as manage.py serve has it
     yield server

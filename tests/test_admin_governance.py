@@ -12,7 +12,7 @@ from django.utils.text import capfirst
 
 from proxy import limits
 from proxy.auth import authenticate
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 from tests.conftest import make_key, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -163,8 +163,8 @@ def test_shipped_prices_cover_the_models_codex_uses():
 
     from django.apps import apps
 
-    from proxy.logwriter import price_for
     from proxy.models import ModelPrice
+    from proxy.prices import price_for
 
     migration = importlib.import_module("proxy.migrations.0003_list_prices")
     ModelPrice.objects.all().delete()

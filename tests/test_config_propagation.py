@@ -1,21 +1,11 @@
 """Admin changes reach every process through the version in Django's cache, without a restart."""
 
-import time
-
 import pytest
 
 from settings_app.runtime import Snapshot, _load_settings, system_settings
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def wait_for(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_a_settings_change_reaches_a_process_that_did_not_make_it(settings):
@@ -29,7 +19,7 @@ def test_a_settings_change_reaches_a_process_that_did_not_make_it(settings):
     row.save()
     assert system_settings.get().client_websockets is False, "the changing process sees it at once"
     assert other_process.get().client_websockets is True, "another process keeps its snapshot until it polls"
-    assert wait_for(lambda: other_process.get().client_websockets is False, timeout=2)
+    assert wait_until(lambda: other_process.get().client_websockets is False, timeout=2)
 
 
 def test_provider_and_key_changes_are_seen(settings):

@@ -13,6 +13,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk
+from tests.helpers import make_team, wait_until
 
 WINDOW = 3.0
 
@@ -25,12 +26,6 @@ def short_window(settings):
     return WINDOW
 
 
-def make_team(name: str = "research", **fields):
-    from proxy.models import Team
-
-    return Team.objects.create(name=name, **fields)
-
-
 def bearer(raw: str) -> dict[str, str]:
     return {"authorization": f"Bearer {raw}"}
 
@@ -39,15 +34,6 @@ def in_flight(scope: str) -> int:
     from proxy import limits
 
     return limits.usage(scope).slots
-
-
-def wait_until(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def test_sixth_request_is_refused_then_the_sdks_retry_succeeds(gateway, upstream, short_window):

@@ -10,13 +10,12 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
+from tests.helpers import make_team, wait_until
 from tests.test_governance_http import (
     WINDOW,
     in_flight,
-    make_team,
     released_explicitly,
     short_window,
-    wait_until,
 )
 
 __all__ = ["short_window"]  # a fixture, used by name

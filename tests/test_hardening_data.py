@@ -7,7 +7,7 @@ import pytest
 from websockets.sync.client import connect
 
 from proxy import logwriter
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 from tests.conftest import make_key, make_provider, request_logs
 
 # JSON allows escaped lone surrogates; UTF-8 (SQLite, PostgreSQL, Redis keys) does not.

@@ -2,8 +2,6 @@
 interval, on the embedded default too: new keys work, disabled keys stop, and their sockets close."""
 
 import json
-import subprocess
-import sys
 import time
 
 import httpx
@@ -12,32 +10,12 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
 from tests.conftest import make_provider
-from tests.serveproc import ROOT, ServeProcess
+from tests.helpers import manage, within
+from tests.serveproc import ServeProcess
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 POLL = 0.5
-
-
-def manage(server: ServeProcess, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
-def within(seconds: float, predicate) -> float:
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < seconds, "not seen in time"
-        time.sleep(0.05)
-    return time.monotonic() - started
 
 
 def test_a_key_made_and_disabled_from_the_shell_takes_effect_in_the_server(upstream):
@@ -45,12 +23,12 @@ def test_a_key_made_and_disabled_from_the_shell_takes_effect_in_the_server(upstr
     with ServeProcess(SLUICE_CONFIG_POLL_SECONDS=str(POLL)) as server:
         client = httpx.Client(base_url=server.url, timeout=20)
         manage(
-            server, "createapikey", "--name", "existing", "--user", "ops", "--create-user"
+            server.env, "createapikey", "--name", "existing", "--user", "ops", "--create-user"
         )  # the server loads the key table
         bogus = {"authorization": "Bearer sk-sluice-not-a-key"}
         assert client.post("/v1/responses", json={"model": "gpt-5.5"}, headers=bogus).status_code == 401
 
-        raw = manage(server, "createapikey", "--name", "fresh", "--user", "ops").strip().splitlines()[-1]
+        raw = manage(server.env, "createapikey", "--name", "fresh", "--user", "ops").strip().splitlines()[-1]
         headers = {"authorization": f"Bearer {raw}"}
 
         def works() -> bool:
@@ -64,7 +42,7 @@ def test_a_key_made_and_disabled_from_the_shell_takes_effect_in_the_server(upstr
 
         code = "from proxy.models import ApiKey as K\nk = K.objects.get(name='fresh')\n"
         code += "k.enabled = False\nk.save()"
-        manage(server, "shell", "-c", code)
+        manage(server.env, "shell", "-c", code)
         started = time.monotonic()
         frames = []
         with pytest.raises(ConnectionClosed):

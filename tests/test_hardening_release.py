@@ -13,7 +13,7 @@ from websockets.sync.client import connect as ws_connect
 
 from proxy import metrics
 from tests.conftest import make_key, make_provider
-from tests.test_observability import scrape, value
+from tests.helpers import scrape, value
 
 ALLOWANCE = 2
 

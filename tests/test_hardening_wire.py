@@ -2,19 +2,14 @@
 
 import json
 
-import httpx
 import pytest
 from websockets.sync.client import connect
 
 from tests.conftest import make_provider, request_logs
+from tests.helpers import post
 
 DEEP = b'{"model": "gpt-5.5", "input": ' + b"[" * 1000 + b"]" * 1000 + b"}"
 LEAKED = "sk-proj-abcdefghijklmnop1234567890"
-
-
-def post(gateway, key: str, content: bytes, **extra: str) -> httpx.Response:
-    headers = {"authorization": f"Bearer {key}", "content-type": "application/json", **extra}
-    return httpx.post(gateway.url + "/v1/responses", content=content, headers=headers, timeout=20)
 
 
 def ws(gateway, key: str):

@@ -11,15 +11,7 @@ import openai
 import pytest
 
 from tests.conftest import make_provider, request_logs, sdk
-
-
-def post(gateway, key: str, content: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(
-        gateway.url + "/v1/responses",
-        content=content,
-        headers={"authorization": f"Bearer {key}", "content-type": "application/json", **headers},
-        timeout=20,
-    )
+from tests.helpers import post
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import openai
 import pytest
 
 from tests.conftest import make_key, make_provider, sdk
-from tests.test_governance_http import make_team, short_window
-from tests.test_ws_control import open_socket, until_terminal
+from tests.helpers import make_team, open_socket, until_terminal
+from tests.test_governance_http import short_window
 
 __all__ = ["short_window"]  # a fixture, used by name
 

@@ -10,8 +10,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
-from tests.test_governance_http import make_team
-from tests.test_ws_control import open_socket, slow
+from tests.helpers import make_team, open_socket, slow
 
 
 def two_teams() -> tuple[tuple, tuple]:

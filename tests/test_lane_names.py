@@ -3,7 +3,7 @@
 import pytest
 
 from tests.conftest import make_provider
-from tests.test_ws_control import create, open_socket, until_terminal
+from tests.helpers import create, open_socket, until_terminal
 
 
 @pytest.mark.parametrize("stream_id", ["é", "日本", 'a"b', "a\tb", "back\\slash"])

@@ -10,18 +10,18 @@ import pytest
 
 from proxy import limits
 from proxy.limit_stores import LocalStore, RedisStore, local_store
-from proxy.limits import (
+from proxy.limits import MICRO, Policy
+from proxy.quotas import (
     DAILY,
-    MICRO,
     MONTHLY,
     REQUEST,
     REQUESTS,
+    SLOT_TTL,
     SLOTS,
     SOCKET,
     TOKENS,
     TURN,
     Clock,
-    Policy,
     Quota,
     Usage,
     decide,
@@ -218,7 +218,7 @@ def test_a_lease_nobody_released_expires(settings):
     now = 1_000_000.0
     assert store.take((quota,), TURN, "lost", Clock.at(now))[0] == 0
     assert store.take((quota,), TURN, "next", Clock.at(now + 1))[0] == SLOTS
-    assert store.take((quota,), TURN, "next", Clock.at(now + limits.SLOT_TTL + 1))[0] == 0
+    assert store.take((quota,), TURN, "next", Clock.at(now + SLOT_TTL + 1))[0] == 0
 
 
 def test_the_tighter_of_key_and_team_refuses(settings):

@@ -11,10 +11,9 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import make_key, make_provider, sdk, sdk_turn
+from tests.helpers import make_team, manage, open_socket, until_terminal
 from tests.serveproc import ServeProcess
-from tests.test_governance_http import make_team, short_window
-from tests.test_hardening_processes import manage
-from tests.test_ws_control import open_socket, until_terminal
+from tests.test_governance_http import short_window
 
 __all__ = ["short_window"]  # a fixture, used by name
 
@@ -134,7 +133,7 @@ POLL = 0.5
 def test_a_change_in_another_process_reaches_open_sockets(upstream, change):
     make_provider(upstream)
     with ServeProcess(SLUICE_CONFIG_POLL_SECONDS=str(POLL)) as server:
-        raw = manage(server, "createapikey", "--name", "live", "--user", "ops", "--create-user")
+        raw = manage(server.env, "createapikey", "--name", "live", "--user", "ops", "--create-user")
         headers = {"authorization": f"Bearer {raw.strip().splitlines()[-1]}"}
         url = server.url.replace("http://", "ws://") + "/v1/responses"
         deadline = time.monotonic() + POLL + 5
@@ -148,7 +147,7 @@ def test_a_change_in_another_process_reaches_open_sockets(upstream, change):
         with ws:
             ws.send(CREATE)
             assert until_terminal(ws)[-1]["type"] == "response.completed"
-            manage(server, "shell", "-c", change)
+            manage(server.env, "shell", "-c", change)
             frames, took = closed_with(ws, POLL + 5)
             assert ws.close_code == 1008 and frames[-1]["type"] == "error"
             assert took < POLL + 3

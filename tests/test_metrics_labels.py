@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from tests.conftest import make_key, make_provider, request_logs
-from tests.test_observability import scrape, value
+from tests.helpers import scrape, value
 
 
 def turn_labels(samples: dict, label: str) -> set[str]:

@@ -15,34 +15,13 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 from django.utils import timezone
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from proxy import lifecycle, logwriter
 from proxy.models import ModelPrice, RequestLog
 from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
-
-
-def scrape(gateway, token: str | None = None) -> dict[tuple[str, tuple], float]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    response = httpx.get(gateway.url + "/metrics", headers=headers, timeout=10)
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("text/plain")
-    samples = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
-
-
-def value(samples: dict, name: str, **labels: str) -> float:
-    """The sum of the samples of ``name`` whose labels include ``labels``."""
-    return sum(
-        v
-        for (n, ls), v in samples.items()
-        if n == name and all(dict(ls).get(k) == want for k, want in labels.items())
-    )
+from tests.helpers import scrape, value
 
 
 def test_metrics_count_http_and_websocket_turns_and_refusals(gateway, upstream, api_key):

@@ -21,6 +21,7 @@ from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import free_port, require
 from tests.fakeupstream import FakeUpstream
+from tests.helpers import manage
 from tests.serveproc import RedisServer
 
 BASE_DIR = Path(settings.BASE_DIR)
@@ -69,19 +70,6 @@ class Postgres:
     @property
     def url(self) -> str:
         return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
-
-
-def manage(env: dict[str, str], *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=BASE_DIR,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout
 
 
 @pytest.fixture

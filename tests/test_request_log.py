@@ -3,7 +3,7 @@
 import pytest
 
 from proxy import logwriter
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 from tests.conftest import make_key, make_provider, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -11,8 +11,8 @@ from django.db import connection
 from prometheus_client import REGISTRY
 
 from proxy import logwriter
-from proxy.logwriter import TurnRecord
 from proxy.models import RequestLog
+from proxy.record import TurnRecord
 from tests.conftest import make_key, make_provider
 
 # The gateway's SQLite connections wait this long on a lock before the write fails (config/settings.py).

@@ -3,7 +3,7 @@
 from prometheus_client import REGISTRY
 
 from proxy import logwriter
-from proxy.logwriter import TurnRecord
+from proxy.record import TurnRecord
 
 
 def dropped() -> float:

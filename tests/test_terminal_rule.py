@@ -10,6 +10,7 @@ import pytest
 from websockets.sync.client import connect as ws_connect
 
 from tests.conftest import TERMINAL, make_provider, request_logs
+from tests.helpers import ws_turn
 
 TRANSPORTS = ["http", "websocket"]
 
@@ -72,18 +73,6 @@ def http_turn(gateway, key: str) -> list[str]:
     return kinds
 
 
-def ws_turn(gateway, key: str) -> list[str]:
-    with ws_connect(
-        gateway.url.replace("http", "ws") + "/v1/responses",
-        additional_headers={"authorization": f"Bearer {key}", "session-id": "s-rule"},
-    ) as ws:
-        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x"}))
-        kinds: list[str] = []
-        while not kinds or kinds[-1] not in TERMINAL:
-            kinds.append(json.loads(ws.recv(timeout=15))["type"])
-        return kinds
-
-
 @pytest.mark.parametrize("transport", TRANSPORTS)
 @pytest.mark.parametrize(("fault", "status", "code"), ENDINGS)
 def test_a_turn_ends_the_same_way_on_both_transports(
@@ -94,7 +83,10 @@ def test_a_turn_ends_the_same_way_on_both_transports(
     provider = make_provider(upstream)
     for name, value in fault.items():
         setattr(upstream, name, value)
-    (http_turn if transport == "http" else ws_turn)(gateway, api_key)
+    if transport == "http":
+        http_turn(gateway, api_key)
+    else:
+        ws_turn(gateway, api_key, {"session-id": "s-rule"})
     (row,) = request_logs(1)
     assert (row.status, row.error_code, row.client_transport) == (status, code, transport)
     if "error_event" in fault:  # a terminal event arrived: its bookkeeping ran (the session is pinned)

@@ -7,21 +7,12 @@ import time
 import httpx
 import pytest
 from django.core.cache import caches
-from websockets.sync.client import connect as ws_connect
 
 from providers.health import breaker_key
-from tests.conftest import TERMINAL, make_provider, request_logs
+from tests.conftest import make_provider, request_logs
+from tests.helpers import post_json, ws_turn
 
 CLIENT_FAULTS = [400, 404, 422]
-
-
-def post(gateway, key: str, **body) -> httpx.Response:
-    return httpx.post(
-        gateway.url + "/v1/responses",
-        json={"model": "gpt-5.5", "input": "x", **body},
-        headers={"authorization": f"Bearer {key}"},
-        timeout=20,
-    )
 
 
 def sse_blocks(gateway, key: str) -> list[dict]:
@@ -41,18 +32,6 @@ def sse_blocks(gateway, key: str) -> list[dict]:
         for line in block.split("\n")
         if line.startswith("data: ")
     ]
-
-
-def ws_turn(gateway, key: str, **fields) -> list[dict]:
-    with ws_connect(
-        gateway.url.replace("http", "ws") + "/v1/responses",
-        additional_headers={"authorization": f"Bearer {key}"},
-    ) as ws:
-        ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": "x", **fields}))
-        events = []
-        while not events or events[-1]["type"] not in TERMINAL:
-            events.append(json.loads(ws.recv(timeout=15)))
-        return events
 
 
 # A client's fault: relayed with its own status, never a failover, never a breaker count.
@@ -76,7 +55,7 @@ def test_a_client_fault_is_relayed_with_its_status_and_costs_the_provider_nothin
     )
     make_provider(upstream_b, name="second", priority=2)
     if client == "http":
-        response = post(gateway, api_key)
+        response = post_json(gateway, api_key)
         assert response.status_code == status
         error = response.json()["error"]
     else:
@@ -100,7 +79,7 @@ def test_when_every_provider_fails_the_client_gets_a_502_with_the_last_error(
     make_provider(upstream, name="refusing", priority=2, websocket_mode="never")
     upstream.api_key = "sk-another-key-entirely"  # the stored provider key is now refused, and quoted
     if client == "http":
-        response = post(gateway, api_key)
+        response = post_json(gateway, api_key)
         assert response.status_code == 502
         error = response.json()["error"]
     else:
@@ -153,7 +132,7 @@ def test_an_http_upstream_that_hangs_before_its_first_byte_is_a_504(gateway, ups
     upstream.hang = True
     make_provider(upstream, connect_timeout=10, first_byte_timeout=0.5)
     started = time.monotonic()
-    response = post(gateway, api_key)
+    response = post_json(gateway, api_key)
     took = time.monotonic() - started
     assert response.status_code == 504
     assert 0.5 <= took < 3, f"the first-byte deadline of 0.5 s took {took:.2f} s (connect + first byte?)"
@@ -178,7 +157,7 @@ def test_an_http_upstream_that_hangs_before_its_first_byte_fails_over(
     )
     make_provider(upstream_b, name="backup", priority=2, websocket_mode="never")
     if client == "http":
-        response = post(gateway, api_key, input="anyone?")
+        response = post_json(gateway, api_key, input="anyone?")
         assert response.status_code == 200 and response.json()["output"][0]["content"][0]["text"] == (
             "echo: anyone?"
         )
@@ -200,7 +179,7 @@ def test_a_slow_first_byte_over_http_is_bounded_by_the_first_byte_deadline_not_t
     upstream.head_delay = 0.8
     make_provider(upstream, first_byte_timeout=5, idle_timeout=0.3, websocket_mode="never")
     if client == "json":
-        response = post(gateway, api_key)
+        response = post_json(gateway, api_key)
         assert response.status_code == 200, response.text
         assert response.json()["status"] == "completed"
     elif client == "sse":

@@ -7,45 +7,12 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
-from websockets.sync.client import connect as ws_connect
 
 from providers.routing import response_key
 from proxy.upstream_ws import public_url
 from tests.conftest import TERMINAL, make_provider, request_logs
 from tests.fakeupstream import function_call_item, message_item
-
-
-def open_socket(gateway: Any, key: str, **headers: str) -> Any:
-    return ws_connect(
-        gateway.url.replace("http", "ws") + "/v1/responses",
-        additional_headers={"authorization": f"Bearer {key}", **headers},
-        max_size=None,
-    )
-
-
-def read(ws: Any, timeout: float = 10.0) -> dict[str, Any]:
-    return json.loads(ws.recv(timeout=timeout))
-
-
-def until_terminal(ws: Any, stream_id: str | None = None) -> list[dict[str, Any]]:
-    events = []
-    while True:
-        event = read(ws)
-        if stream_id is not None and event.get("stream_id") != stream_id:
-            continue
-        events.append(event)
-        if event["type"] in TERMINAL:
-            return events
-
-
-def create(ws: Any, text: str, **fields: Any) -> None:
-    ws.send(json.dumps({"type": "response.create", "model": "gpt-5.5", "input": text, **fields}))
-
-
-def slow(upstream: Any, deltas: int = 200) -> None:
-    """Turns of `deltas` text deltas 20 ms apart: long enough to act on a turn in flight."""
-    upstream.text_deltas = deltas
-    upstream.event_delay = 0.02
+from tests.helpers import create, open_socket, read, slow, until_terminal
 
 
 def interrupt_mid_stream(

@@ -419,7 +419,7 @@ def limit_races(p: Probe) -> None:
 
 def _prices() -> dict:
     # imported here: Django needs django.setup(), which runs once the environment is set
-    from proxy.logwriter import model_prices
+    from proxy.prices import model_prices
 
     return model_prices.get()
 

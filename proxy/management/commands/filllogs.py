@@ -5,7 +5,7 @@ from decimal import Decimal
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import transaction
+from django.db import connection, transaction
 from django.utils.translation import gettext as _
 
 from providers.models import Provider
@@ -132,8 +132,6 @@ def measure() -> list[tuple[str, float, float]]:
     """The dashboard's aggregates, timed as the page runs them (the default range and filtered ones): wall
     time, and the CPU time of this process (SQLite works in it: its CPU time is what an idle machine
     would take, whatever else runs beside the measurement)."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("VACUUM ANALYZE proxy_requestlog" if connection.vendor == "postgresql" else "ANALYZE")
     key = ApiKey.objects.order_by("pk").values_list("pk", flat=True).first()

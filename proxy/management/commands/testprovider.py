@@ -4,8 +4,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from providers.models import Provider, Verdict
-from providers.testing import Report, run_test, save_result
 from proxy import logwriter
+from proxy.provider_test import Report, run_test, save_result
 from proxy.upstream_http import close_session
 from proxy.wire import WireError
 

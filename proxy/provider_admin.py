@@ -13,8 +13,8 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from providers.models import Provider, Verdict
-from providers.testing import Report, model_choices, run_test, save_result
 from providers.widgets import provider_fields
+from proxy.provider_test import Report, model_choices, run_test, save_result
 from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError
 

@@ -14,9 +14,12 @@ from django.utils.translation import gettext as _
 
 from providers.models import Provider, Verdict
 from providers.registry import ProviderInfo, info_from_model
-from proxy.pipeline import scrub
+from proxy.auth import Client
+from proxy.models import ModelPrice
+from proxy.scrubbing import scrub
 from proxy.transport import FallbackReason, Transport
 from proxy.wire import WireError, validate_create_frame
+from proxy.ws_connection import Connection
 
 SLOW_MS = 10_000.0
 PROMPT = "Reply with the single word: OK"
@@ -77,9 +80,6 @@ def test_payload(provider: Provider, model: str | None) -> dict[str, Any]:
 
 async def run_test(provider: Provider, *, transport: str = "auto", model: str | None = None) -> Report:
     """Send the test turn. Raises WireError when the test itself is misconfigured (nothing was sent)."""
-    from proxy.auth import Client
-    from proxy.ws_session import Session
-
     frame = test_payload(provider, model)
     info = info_from_model(provider)
     received: list[str] = []
@@ -90,7 +90,7 @@ async def run_test(provider: Provider, *, transport: str = "auto", model: str | 
     async def ignore_close(code: int, reason: str) -> None:
         return None
 
-    session = Session(
+    session = Connection(
         Client(key_id=None, key_name="provider test", owner_id=0, expires_at=None),
         {"user-agent": "sluice-provider-test"},
         collect,
@@ -195,8 +195,6 @@ async def diagnose(info: ProviderInfo) -> str | None:
 def model_choices(provider: Provider) -> list[str]:
     """Models the provider test offers: the provider's allowed and redirected models, then every priced
     model (a provider that allows all models can be tested with any of them, or a typed one)."""
-    from proxy.models import ModelPrice
-
     names = [*(provider.allowed_models or []), *(provider.model_redirects or {})]
     names += list(ModelPrice.objects.order_by("model").values_list("model", flat=True))
     return list(dict.fromkeys(names))

@@ -18,7 +18,7 @@ class EndedEarlyOnPurpose(logging.Filter):
 
 
 def install() -> None:
-    """Idempotent; ``config/server.py`` calls it for every server it configures."""
+    """Idempotent; ``proxy/server.py`` calls it for every server it configures."""
     logger = logging.getLogger("uvicorn.error")
     if not any(isinstance(f, EndedEarlyOnPurpose) for f in logger.filters):
         logger.addFilter(EndedEarlyOnPurpose())

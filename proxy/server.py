@@ -19,8 +19,8 @@ import httptools
 from django.conf import settings
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from config import ended_early
-from config.ws_protocol import BoundedWebSocketProtocol
+from proxy import ended_early
+from proxy.ws_protocol import BoundedWebSocketProtocol
 
 log = logging.getLogger("sluice.server")
 
