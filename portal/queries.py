@@ -37,8 +37,8 @@ def own_keys(user: Any) -> QuerySet[ApiKey]:
 
 def own_rows(user: Any, f: dashboard.Filters) -> QuerySet[RequestLog]:
     """The person's request-log rows of the range: owned, or (owner not recorded) made with one of their
-    keys. The range is repeated in each branch of the OR so that each reads its own index (owner and
-    time, key and time) instead of every row of the range."""
+    keys. The range is repeated in each branch of the OR so that each reads an index of its own
+    instead of every row of the range through the table."""
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
     end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
     key_ids = list(ApiKey.objects.filter(owner=user).values_list("pk", flat=True))

@@ -270,7 +270,6 @@ class RequestLog(models.Model):
             ),
             # The portal reads one person's, one key's or one team's rows of a date range: without these
             # it scans every row of the range (the dashboard index does not hold the owner or the team).
-            models.Index(fields=["api_key", "created_at"], name="requestlog_key_time"),
             # A person's own pages: from this index alone once every row has its owner.
             models.Index(
                 fields=[
