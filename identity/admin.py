@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.http import HttpRequest
 
-from identity.models import BreakGlass, OidcSubject
+from identity.models import BreakGlass, Membership, OidcSubject
 
 
 @admin.register(OidcSubject)
@@ -25,3 +25,15 @@ class BreakGlassAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    """People in teams: a lead sees the team's people, usage and keys in the portal. Memberships from the
+    identity provider are set again at each sign-in; those set here by hand stay."""
+
+    list_display = ("user", "team", "role", "source", "created_at")
+    list_filter = ("role", "source", "team")
+    search_fields = ("user__username", "user__email", "team__name")
+    autocomplete_fields = ("user", "team")
+    readonly_fields = ("source", "created_at")
