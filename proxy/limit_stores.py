@@ -54,8 +54,8 @@ class _Counters:
             len(slots),
             self.day_spend,
             self.month_spend,
-            free_at(self.hits, rpm, window),
-            free_at(self.spent, tpm, window),
+            free_at(self.hits, len(self.hits), rpm, window),
+            free_at(self.spent, self.tokens, tpm, window),
         )
 
 

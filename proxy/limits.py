@@ -109,13 +109,13 @@ def decide(quota: Quota, usage: Usage, counts: int) -> int:
     return 0
 
 
-def free_at(entries: "Sequence[tuple[float, int]]", limit: int | None, window: float) -> float:
-    """When the sliding window of ``entries`` (instant, amount; oldest first, none older than a window)
-    frees up: at its limit, the instant enough of the oldest have left it for one more; below, the instant
-    it is empty again (0.0 when it is already). A limit of 0 never frees: the newest entry's expiry."""
+def free_at(entries: "Sequence[tuple[float, int]]", held: int, limit: int | None, window: float) -> float:
+    """When the sliding window of ``entries`` (instant, amount; oldest first, none older than a window;
+    ``held`` their sum, kept by the caller) frees up: at its limit, the instant enough of the oldest have
+    left it for one more; below, the instant it is empty again (0.0 when it is already). A limit of 0
+    never frees: the newest entry's expiry. Walks only the entries that must leave."""
     if not entries:
         return 0.0
-    held = sum(amount for _, amount in entries)
     if limit is None or limit <= 0 or held < limit:
         return entries[-1][0] + window
     for stamp, amount in entries:

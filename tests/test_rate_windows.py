@@ -31,7 +31,7 @@ START = 1_000_000 * WINDOW  # the start of a fixed 60-second window
     ],
 )
 def test_free_at(entries, limit, expected):
-    assert free_at(entries, limit, WINDOW) == expected
+    assert free_at(entries, sum(amount for _, amount in entries), limit, WINDOW) == expected
 
 
 @pytest.fixture(scope="module")
