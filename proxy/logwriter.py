@@ -14,7 +14,7 @@ from typing import Any
 
 from django.conf import settings
 
-from proxy import metrics, tracing
+from proxy import metrics, rollup, tracing
 from proxy.outcome import Outcome
 from proxy.wire import storable
 from settings_app.runtime import Snapshot, tidy_connections
@@ -355,10 +355,13 @@ def write(batch: list[TurnRecord]) -> None:
     try:
         with transaction.atomic():
             _insert(rows)
+            rollup.add(rows, COLUMNS)  # the hourly roll-up moves with the rows, or not at all
     except IntegrityError:
         # A key or provider was deleted while its turns waited here: keep the rows, without the link.
+        kept = _without_dangling_links(rows)
         with transaction.atomic():
-            _insert(_without_dangling_links(rows))
+            _insert(kept)
+            rollup.add(kept, COLUMNS)
     # Counted once the rows are in: a batch retried in halves is not counted twice.
     try:
         metrics.observe_batch(batch, costs)

@@ -9,7 +9,7 @@ from django.db import transaction
 from django.utils.translation import gettext as _
 
 from providers.models import Provider
-from proxy import dashboard
+from proxy import dashboard, rollup
 from proxy.logwriter import COLUMNS, _insert
 from proxy.models import ApiKey
 
@@ -108,12 +108,16 @@ class Command(BaseCommand):
         first, step = time.time() - days * 86400, days * 86400 / rows
         started = time.perf_counter()
         done = 0
-        assert len(COLUMNS) == 22
+        extra = len(COLUMNS) - 22  # team, owner and trace: none
         while done < rows:
             n = min(10_000, rows - done)
-            batch = [fake_row(rng, first + (done + i) * step, keys, providers) for i in range(n)]
+            batch = [
+                (*fake_row(rng, first + (done + i) * step, keys, providers), *[None] * (extra - 1), "")
+                for i in range(n)
+            ]
             with transaction.atomic():
                 _insert(batch)
+                rollup.add(batch, COLUMNS)  # as the log writer does
             done += n
         self.stdout.write(
             _("Inserted %(rows)d rows in %(seconds).1f s.")
