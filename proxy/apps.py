@@ -16,7 +16,9 @@ class ProxyConfig(AppConfig):
 
         tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
 
-        from proxy.models import ApiKey, ModelPrice, Team
+        from proxy import rollup
+        from proxy.logwriter import COLUMNS
+        from proxy.models import ApiKey, ModelPrice, RequestLog, Team
         from settings_app.runtime import bump_version
 
         def key_changed(instance: ApiKey, **kwargs: object) -> None:
@@ -53,6 +55,13 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-changed")
         post_delete.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-deleted")
+
+        def log_saved(instance: RequestLog, created: bool, raw: bool = False, **kwargs: object) -> None:
+            # A row saved one by one (an import, a fixture) joins the hourly roll-up as the writer's do.
+            if created and not raw:
+                rollup.add([tuple(getattr(instance, c) for c in COLUMNS)], COLUMNS)
+
+        post_save.connect(log_saved, sender=RequestLog, weak=False, dispatch_uid="log-rolled-up")
 
 
 def _revoke(key_id: int) -> None:

@@ -18,7 +18,9 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: object, **options: object) -> None:
-        end = timezone.now() + dt.timedelta(hours=1)  # the current hour too: it is rebuilt whole
+        newest = RequestLog.objects.order_by("-created_at").values_list("created_at", flat=True).first()
+        # The current hour too (it is rebuilt whole), and any row stamped later by a clock ahead of ours.
+        end = max(timezone.now(), newest or timezone.now()) + dt.timedelta(hours=1)
         days = int(options["days"])  # type: ignore[arg-type]
         if days:
             start = end - dt.timedelta(days=days)
