@@ -151,4 +151,15 @@ def measure() -> list[tuple[str, float, float]]:
         started, cpu = time.perf_counter(), time.process_time()
         dashboard.usage(dashboard.parse_filters(params))
         out.append((label, time.perf_counter() - started, time.process_time() - cpu))
+    f = dashboard.parse_filters({})
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    parts = [
+        ("30 days: the roll-up's part", lambda: dashboard.tops(dashboard.rolled(f), ["api_key_id"])),
+        ("30 days: latency percentiles (the rows)", lambda: dashboard.percentiles(dashboard.queryset(f), {})),
+        ("rebuilding 30 days of roll-up", lambda: rollup.rebuild(end - dt.timedelta(days=30), end)),
+    ]
+    for label, run in parts:
+        started, cpu = time.perf_counter(), time.process_time()
+        run()
+        out.append((label, time.perf_counter() - started, time.process_time() - cpu))
     return out
