@@ -84,7 +84,8 @@ def _upsert(found: dict[tuple, list], increment: bool) -> None:
         f"ON CONFLICT ({', '.join(ops.quote_name(c) for c in CELL)}) DO UPDATE SET {sets}"
     )
     params = []
-    for cell, sums in found.items():
+    # In one order on every node: two writers upserting the same cells then wait, never deadlock.
+    for cell, sums in sorted(found.items()):
         values: list[Any] = [ops.adapt_datetimefield_value(cell[0]), *cell[1:], *sums]
         values[len(CELL) + 1] = ops.adapt_decimalfield_value(sums[1], cost.max_digits, cost.decimal_places)
         params.append(values)
