@@ -76,3 +76,11 @@ def test_rollup_catches_up_on_rows_the_roll_up_has_not_seen():
     assert from_cells()["turns"] < from_rows()["turns"]  # the hours of an outage
     call_command("rollup", "--days", "1", stdout=StringIO())
     check_equal()
+
+
+def test_pruning_the_log_prunes_the_same_hours_of_the_roll_up():
+    call_command("filllogs", "--rows", "900", "--days", "3", stdout=StringIO())
+    before = from_cells()["turns"]
+    call_command("prunelogs", "--older-than", "1", stdout=StringIO())
+    assert from_rows()["turns"] < before  # two of the three days are gone
+    check_equal()
