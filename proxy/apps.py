@@ -18,7 +18,9 @@ class ProxyConfig(AppConfig):
         tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
 
         # The models, and what acts on their changes, as above: only once the apps are loaded.
-        from proxy.models import ApiKey, ModelPrice, Team
+        from proxy import rollup
+        from proxy.logwriter import COLUMNS
+        from proxy.models import ApiKey, ModelPrice, RequestLog, Team
         from proxy.revocation import revoke_everywhere
         from settings_app.runtime import bump_version
 
@@ -56,3 +58,10 @@ class ProxyConfig(AppConfig):
 
         post_save.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-changed")
         post_delete.connect(price_changed, sender=ModelPrice, weak=False, dispatch_uid="price-deleted")
+
+        def log_saved(instance: RequestLog, created: bool, raw: bool = False, **kwargs: object) -> None:
+            # A row saved one by one (an import, a fixture) joins the hourly roll-up as the writer's do.
+            if created and not raw:
+                rollup.add([tuple(getattr(instance, c) for c in COLUMNS)], COLUMNS)
+
+        post_save.connect(log_saved, sender=RequestLog, weak=False, dispatch_uid="log-rolled-up")

@@ -22,7 +22,7 @@ from providers.models import Provider
 from proxy import logwriter
 from proxy.charts import bar_chart
 from proxy.labels import endpoint_label, error_label
-from proxy.models import ApiKey, RequestLog
+from proxy.models import ApiKey, RequestLog, UsageHour
 from proxy.templatetags.sluice_money import money
 from proxy.transport import FallbackReason, Transport
 
@@ -215,6 +215,24 @@ def queryset(f: Filters) -> QuerySet[RequestLog]:
     return qs.order_by()
 
 
+def rolled(f: Filters) -> QuerySet[UsageHour]:
+    """The hourly roll-up cells of ``f`` (proxy/rollup.py): the whole hours of its whole days."""
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    qs = UsageHour.objects.filter(hour__gte=start, hour__lt=end)
+    if f.teams is not None:
+        qs = qs.filter(team_id__in=f.teams)
+    if f.key:
+        qs = qs.filter(api_key_id=f.key)
+    if f.team and team_field():
+        qs = qs.filter(team_id=f.team)
+    if f.model:
+        qs = qs.filter(upstream_model=f.model)
+    if f.provider:
+        qs = qs.filter(provider_id=f.provider)
+    return qs.order_by()
+
+
 # ----- Aggregates -----
 
 SUMS = {
@@ -225,16 +243,29 @@ SUMS = {
     "reasoning": Coalesce(Sum("reasoning_tokens"), 0),
     "turns": Count("pk"),
 }
+# The same sums over roll-up cells.
+ROLLED = {
+    "cost": Coalesce(Sum("cost"), Value(Decimal(0))),
+    "input": Coalesce(Sum("input_tokens"), 0),
+    "cached": Coalesce(Sum("cached_input_tokens"), 0),
+    "output": Coalesce(Sum("output_tokens"), 0),
+    "reasoning": Coalesce(Sum("reasoning_tokens"), 0),
+    "turns": Coalesce(Sum("turns"), 0),
+}
 
 
-def daily(qs: QuerySet[RequestLog], f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _sums(qs: QuerySet) -> dict[str, Any]:
+    return ROLLED if qs.model is UsageHour else SUMS
+
+
+def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sums per day, and turns per transport pair: one scan, grouped by both."""
     by_day: dict[str, dict[str, Any]] = {}
     pairs: dict[tuple[str, str], int] = {}
+    sums = _sums(qs)
+    moment = "hour" if qs.model is UsageHour else "created_at"
     for r in (
-        qs.annotate(day=Day("created_at"))
-        .values("day", "client_transport", "upstream_transport")
-        .annotate(**SUMS)
+        qs.annotate(day=Day(moment)).values("day", "client_transport", "upstream_transport").annotate(**sums)
     ):
         day = by_day.setdefault(r["day"], {k: 0 for k in SUMS})
         for k in SUMS:
@@ -257,12 +288,13 @@ def daily(qs: QuerySet[RequestLog], f: Filters) -> tuple[list[dict[str, Any]], l
 
 
 def tops(
-    qs: QuerySet[RequestLog], columns: list[str], named_only: tuple[str, ...] = ()
+    qs: QuerySet, columns: list[str], named_only: tuple[str, ...] = ()
 ) -> dict[str, list[dict[str, Any]]]:
     """The top ``columns`` values by spend: one scan grouped by all of them, ranked here. Rows without a
     value of a ``named_only`` column are left out of its table (a refused request that named no model)."""
     sums: dict[str, dict[Any, list]] = {c: {} for c in columns}
-    for r in qs.values(*columns).annotate(cost=SUMS["cost"], turns=Count("pk")):
+    measures = _sums(qs)
+    for r in qs.values(*columns).annotate(cost=measures["cost"], turns=measures["turns"]):
         for c in columns:
             if not r[c] and c in named_only:
                 continue
@@ -280,8 +312,8 @@ def tops(
     }
 
 
-def shares(qs: QuerySet[RequestLog], columns: list[str], total: int) -> list[dict[str, Any]]:
-    rows = qs.values(*columns).annotate(turns=Count("pk")).order_by("-turns")
+def shares(qs: QuerySet, columns: list[str], total: int) -> list[dict[str, Any]]:
+    rows = qs.values(*columns).annotate(turns=_sums(qs)["turns"]).order_by("-turns")
     return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
 
 
@@ -353,12 +385,13 @@ def usage(f: Filters) -> Usage:
 
 def _usage(f: Filters) -> Usage:
     qs = queryset(f)
-    days, transports = daily(qs, f)
+    cells = rolled(f)  # everything but the latency percentiles, from the hourly roll-up
+    days, transports = daily(cells, f)
     totals = {k: sum(d[k] for d in days) for k in SUMS}
     provider_names = dict(Provider.objects.values_list("pk", "name"))
     team_column = f"{team_field()}_id" if team_field() else None
     ranked = tops(
-        qs,
+        cells,
         ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])],
         named_only=("upstream_model",),
     )
@@ -377,10 +410,10 @@ def _usage(f: Filters) -> Usage:
     for r in transports:
         r["client_label"] = _label(Transport, r["client_transport"])
         r["upstream_label"] = _label(Transport, r["upstream_transport"]) or _("none")
-    fallbacks = shares(qs.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
+    fallbacks = shares(cells.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
     for r in fallbacks:
         r["label"] = _label(FallbackReason, r["fallback_reason"])
-    refusals = shares(qs.filter(status__gte=400, provider__isnull=True), ["error_code"], totals["turns"])
+    refusals = shares(cells.filter(status_class__gte=4, provider_id=0), ["error_code"], totals["turns"])
     for r in refusals:
         r["label"] = error_label(r["error_code"]) or _("(no code)")
     month = timezone.now().astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)

@@ -8,10 +8,12 @@ usage. ``release`` is synchronous and idempotent, so any exit path can call it, 
 still releases when it is garbage-collected.
 
 The counters live in ``proxy.limit_stores``. The decision itself (``proxy.quotas``) is a pure function of the
-limits and the counters as they stand: fixed windows of ``SLUICE_RATE_WINDOW_SECONDS`` for requests and
-tokens, slots for turns in flight and open sockets (leases that expire, so a process that dies cannot hold
-them for ever), and spend per UTC day and month in micro-dollars. A budget never cuts a turn in flight:
-a turn reserves its estimated cost at admission (``estimate``), in the same atomic step that checks the
+limits and the counters as they stand: sliding windows of ``SLUICE_RATE_WINDOW_SECONDS`` for requests
+and tokens (each request, and each turn's tokens, kept with its instant until it is a window old, so no
+span of that length ever holds more than the limit; ``free_at`` says when one more fits), slots for
+turns in flight and open sockets (leases that expire, so a process that dies cannot hold them for
+ever), and spend per UTC day and month in micro-dollars. A budget never cuts a turn in flight: a turn
+reserves its estimated cost at admission (``estimate``), in the same atomic step that checks the
 budget, and its release settles it: the reservation given back, the real spend added.
 """
 
@@ -156,11 +158,10 @@ def refusal(quota: Quota, what: int, usage: Usage, clock: Clock) -> LimitError:
         per = settings.SLUICE_RATE_WINDOW_SECONDS
         limit, noun = (quota.rpm, "requests") if what == REQUESTS else (quota.tpm, "tokens")
         period = "minute" if per == 60 else f"{per:g} seconds"
-        message = (
-            f"Rate limit reached for {who}: {limit} {noun} per {period}. "
-            f"Try again in {duration(clock.window_ends - clock.now)}."
-        )
-        headers = {"Retry-After": str(max(1, math.ceil(clock.window_ends - clock.now)))}
+        free = usage.requests_free if what == REQUESTS else usage.tokens_free
+        wait = free - clock.now if free else per  # nothing to wait out: a limit of 0
+        message = f"Rate limit reached for {who}: {limit} {noun} per {period}. Try again in {duration(wait)}."
+        headers = {"Retry-After": str(max(1, math.ceil(wait)))}
     return LimitError(429, "rate_limit_exceeded", message, headers)
 
 
@@ -176,28 +177,29 @@ def socket_refusal(quota: Quota) -> LimitError:
 def rate_headers(
     quotas: tuple[Quota, ...], usages: list[Usage], clock: Clock, counted: bool
 ) -> dict[str, str]:
-    """The x-ratelimit-* headers of the tightest request and token limits, after this request."""
+    """The x-ratelimit-* headers of the tightest request and token limits, after this request. A reset is
+    when the sliding window frees up (``free_at``): one counted now leaves it a window from now."""
     headers: dict[str, str] = {}
-    reset = duration(clock.window_ends - clock.now)
-    best: tuple[int, int] | None = None
-    tokens: tuple[int, int] | None = None
+    best: tuple[int, int, float] | None = None
+    tokens: tuple[int, int, float] | None = None
     for quota, usage in zip(quotas, usages, strict=True):
         if quota.rpm is not None:
             left = max(quota.rpm - usage.requests - counted, 0)
             if best is None or left < best[1]:
-                best = (quota.rpm, left)
+                free = clock.now + settings.SLUICE_RATE_WINDOW_SECONDS if counted else usage.requests_free
+                best = (quota.rpm, left, free)
         if quota.tpm is not None:
             left = max(quota.tpm - usage.tokens, 0)
             if tokens is None or left < tokens[1]:
-                tokens = (quota.tpm, left)
+                tokens = (quota.tpm, left, usage.tokens_free)
     if best is not None:
         headers["x-ratelimit-limit-requests"] = str(best[0])
         headers["x-ratelimit-remaining-requests"] = str(best[1])
-        headers["x-ratelimit-reset-requests"] = reset
+        headers["x-ratelimit-reset-requests"] = duration(max(best[2] - clock.now, 0))
     if tokens is not None:
         headers["x-ratelimit-limit-tokens"] = str(tokens[0])
         headers["x-ratelimit-remaining-tokens"] = str(tokens[1])
-        headers["x-ratelimit-reset-tokens"] = reset
+        headers["x-ratelimit-reset-tokens"] = duration(max(tokens[2] - clock.now, 0))
     return headers
 
 

@@ -14,7 +14,7 @@ from django.conf import settings
 
 from providers.registry import enabled_providers
 from providers.text import storable
-from proxy import metrics, signals, tracing
+from proxy import metrics, rollup, signals, tracing
 from proxy.prices import model_prices, price_for
 from proxy.record import TurnRecord
 from proxy.scrubbing import scrub
@@ -310,10 +310,13 @@ def write(batch: list[TurnRecord]) -> None:
     try:
         with transaction.atomic():
             _insert(rows)
+            rollup.add(rows, COLUMNS)  # the hourly roll-up moves with the rows, or not at all
     except IntegrityError:
         # A key or provider was deleted while its turns waited here: keep the rows, without the link.
+        kept = _without_dangling_links(rows)
         with transaction.atomic():
-            _insert(_without_dangling_links(rows))
+            _insert(kept)
+            rollup.add(kept, COLUMNS)
     # Counted once the rows are in: a batch retried in halves is not counted twice.
     try:
         metrics.observe_batch(batch, costs)

@@ -323,3 +323,48 @@ class Usage(RequestLog):
         proxy = True
         verbose_name = _("usage dashboard")
         verbose_name_plural = _("usage dashboard")
+
+
+class UsageHour(models.Model):
+    """The request log summed per UTC hour and per everything the usage dashboard filters and groups by
+    (proxy/rollup.py keeps it). Ids are plain integers, 0 for none, so that the unique key the increments
+    upsert on holds (NULLs are never equal in a unique constraint); a deleted key's hours keep its id."""
+
+    hour = models.DateTimeField()
+    api_key_id = models.BigIntegerField(default=0)
+    team_id = models.BigIntegerField(default=0)
+    provider_id = models.BigIntegerField(default=0)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    client_transport = models.CharField(max_length=16, blank=True)
+    upstream_transport = models.CharField(max_length=16, blank=True)
+    fallback_reason = models.CharField(max_length=64, blank=True)
+    status_class = models.PositiveSmallIntegerField(default=2)  # 2, 4, 5: status // 100
+    error_code = models.CharField(max_length=100, blank=True)
+    turns = models.BigIntegerField(default=0)
+    cost = models.DecimalField(max_digits=20, decimal_places=8, default=Decimal(0))
+    input_tokens = models.BigIntegerField(default=0)
+    cached_input_tokens = models.BigIntegerField(default=0)
+    output_tokens = models.BigIntegerField(default=0)
+    reasoning_tokens = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "hour",
+                    "api_key_id",
+                    "team_id",
+                    "provider_id",
+                    "upstream_model",
+                    "client_transport",
+                    "upstream_transport",
+                    "fallback_reason",
+                    "status_class",
+                    "error_code",
+                ],
+                name="usagehour_cell",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.upstream_model} {self.turns}"

@@ -4,6 +4,7 @@ that keep the counters (``proxy.limit_stores``) both build on it."""
 
 import calendar
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
@@ -29,14 +30,16 @@ class Quota:
 
 @dataclass(slots=True)
 class Usage:
-    """A quota's counters as they stand: this window's requests and tokens, slots held, this UTC day's and
-    month's spend in micro-USD."""
+    """A quota's counters as they stand: the requests and tokens of the last window, slots held, this UTC
+    day's and month's spend in micro-USD, and (see ``free_at``) when the requests and tokens free up."""
 
     requests: int = 0
     tokens: int = 0
     slots: int = 0
     day: int = 0
     month: int = 0
+    requests_free: float = 0.0
+    tokens_free: float = 0.0
 
 
 # What ran out, in the order it is checked: a spent budget first (retrying soon will not help).
@@ -58,6 +61,22 @@ def decide(quota: Quota, usage: Usage, counts: int) -> int:
     if counts == TURN and quota.concurrency is not None and usage.slots >= quota.concurrency:
         return SLOTS
     return 0
+
+
+def free_at(entries: "Sequence[tuple[float, int]]", held: int, limit: int | None, window: float) -> float:
+    """When the sliding window of ``entries`` (instant, amount; oldest first, none older than a window;
+    ``held`` their sum, kept by the caller) frees up: at its limit, the instant enough of the oldest have
+    left it for one more; below, the instant it is empty again (0.0 when it is already). A limit of 0
+    never frees: the newest entry's expiry. Walks only the entries that must leave."""
+    if not entries:
+        return 0.0
+    if limit is None or limit <= 0 or held < limit:
+        return entries[-1][0] + window
+    for stamp, amount in entries:
+        held -= amount
+        if held < limit:
+            return stamp + window
+    return entries[-1][0] + window
 
 
 # ----- time -----

@@ -262,6 +262,7 @@ def fill_usage() -> tuple:
             RequestLog(created_at=today - dt.timedelta(days=day), status=401, error_code="invalid_api_key")
         )
     RequestLog.objects.bulk_create(rows)
+    call_command("rollup", "--days", "4", stdout=StringIO())  # rows not from the writer: summed on demand
     return key_a, key_b, p1, p2
 
 

@@ -7,7 +7,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from proxy.models import RequestLog
+from proxy import rollup
+from proxy.models import RequestLog, UsageHour
 
 BATCH = 5000
 
@@ -25,6 +26,10 @@ def prune(older_than_days: int, batch: int = BATCH) -> int:
                 .values_list("pk", flat=True)[:batch]
             )
             if not ids:
+                # The roll-up forgets the same hours; the hour the cutoff falls in is summed again.
+                hour = cutoff.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+                UsageHour.objects.filter(hour__lt=hour).delete()
+                rollup.rebuild(hour, hour + dt.timedelta(hours=1))
                 return deleted
             RequestLog.objects.filter(pk__in=ids).delete()
         deleted += len(ids)
