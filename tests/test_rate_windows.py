@@ -10,7 +10,7 @@ import pytest
 
 from proxy import limits
 from proxy.limit_stores import LocalStore, RedisStore
-from proxy.limits import REQUESTS, TOKENS, TURN, Clock, Quota, free_at
+from proxy.quotas import REQUESTS, TOKENS, TURN, Clock, Quota, free_at
 from tests.serveproc import RedisServer
 
 WINDOW = 60.0
