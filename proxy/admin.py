@@ -3,7 +3,7 @@ from typing import Any
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
@@ -13,6 +13,7 @@ from django.utils.translation import gettext_lazy as _
 
 from providers.widgets import ModelListField
 from proxy import dashboard, limits
+from proxy.admin_records import KeepsRecordAdmin
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
 
@@ -125,7 +126,7 @@ class LimitsAdmin(admin.ModelAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(LimitsAdmin):
+class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "t"
     list_display = (
         "name",
@@ -150,13 +151,16 @@ class TeamAdmin(LimitsAdmin):
         led = led_teams(request)
         return qs if led is None else qs.filter(pk__in=led)
 
+    def rows_of(self, pk: Any) -> Q:
+        return Q(team=pk)
+
     @admin.display(description=_("keys"), ordering="key_count")
     def keys(self, obj: Team) -> int:
         return obj.key_count  # type: ignore[attr-defined]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(LimitsAdmin):
+class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "k"
     list_display = ("name", "prefix", "owner", "team", "enabled", "expires_at", "created_at", "last_used_at")
     list_filter = ("enabled", ("team", admin.RelatedOnlyFieldListFilter))
@@ -184,6 +188,9 @@ class ApiKeyAdmin(LimitsAdmin):
         ),
     )
     readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
+
+    def rows_of(self, pk: Any) -> Q:
+        return Q(api_key=pk)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         qs = super().get_queryset(request)
@@ -331,6 +338,9 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the record of spend: rows leave by retention (prunelogs) only
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[RequestLog]:
         qs = super().get_queryset(request)
