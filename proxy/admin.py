@@ -1,4 +1,3 @@
-from decimal import Decimal
 from typing import Any
 
 from django.contrib import admin
@@ -12,7 +11,7 @@ from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from providers.widgets import ModelListField
-from proxy import dashboard, limits
+from proxy import admin_limits, dashboard, limits
 from proxy.admin_records import KeepsRecordAdmin
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
@@ -95,8 +94,20 @@ class LimitsAdmin(admin.ModelAdmin):
         return "—" if usage is None else f"{getattr(usage, attribute):,}"
 
     def _spend(self, obj: Any, attribute: str) -> str:
-        usage = self._usage(obj)
-        return "—" if usage is None else money(Decimal(getattr(usage, attribute)) / limits.MICRO)
+        """From the request log: spend is shown whether or not a budget counts it."""
+        if obj is None or obj.pk is None:
+            return "—"
+        column = "team_id" if isinstance(obj, Team) else "api_key_id"
+        day, month = admin_limits.spend(column, [obj.pk])[obj.pk]
+        return money(day if attribute == "day" else month)
+
+    @admin.display(description=_("effective limits"))
+    def effective_limits(self, obj: Any) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        if isinstance(obj, Team):
+            return admin_limits.table(None, obj)
+        return admin_limits.table(obj, obj.team)
 
     @admin.display(description=_("requests this minute"))
     def requests_now(self, obj: Any) -> str:
@@ -142,9 +153,10 @@ class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
     search_fields = ("name",)
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
+        (_("What limits it now"), {"fields": ("effective_limits",)}),
         (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
     )
-    readonly_fields = USAGE_FIELDS
+    readonly_fields = ("effective_limits", *USAGE_FIELDS)
 
     def get_queryset(self, request: HttpRequest) -> Any:
         qs = super().get_queryset(request).annotate(key_count=Count("keys"))
@@ -162,8 +174,22 @@ class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
 @admin.register(ApiKey)
 class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "k"
-    list_display = ("name", "prefix", "owner", "team", "enabled", "expires_at", "created_at", "last_used_at")
-    list_filter = ("enabled", ("team", admin.RelatedOnlyFieldListFilter))
+    list_display = (
+        "name",
+        "prefix",
+        "owner",
+        "team",
+        "serving",
+        "spent_today_of",
+        "spent_month_of",
+        "expires_at",
+        "last_used_at",
+    )
+    list_filter = (
+        "enabled",
+        ("team", admin.RelatedOnlyFieldListFilter),
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
     list_select_related = ("owner", "team")
     search_fields = ("name", "prefix", "owner__username", "team__name")
     fieldsets = (
@@ -182,15 +208,54 @@ class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
                 )
             },
         ),
+        (_("What limits it now"), {"fields": ("effective_limits",)}),
         (
             _("Limits (blank: no limit; the team's limits apply too)"),
             {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)},
         ),
     )
-    readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
+    readonly_fields = ("prefix", "created_at", "last_used_at", "effective_limits", *USAGE_FIELDS)
 
     def rows_of(self, pk: Any) -> Q:
         return Q(api_key=pk)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The page's keys' spend in one query of the log."""
+        cl = super().get_changelist_instance(request)
+        keys = list(cl.result_list)
+        spent = admin_limits.spend("api_key_id", [k.pk for k in keys])
+        for key in keys:
+            key._spent = spent[key.pk]  # type: ignore[attr-defined]
+        return cl
+
+    @admin.display(description=_("serving"), boolean=True)
+    def serving(self, obj: ApiKey) -> bool:
+        """Enabled, and nothing above it says no: its team enabled, its owner active, not expired."""
+        team_on = obj.team is None or obj.team.enabled
+        return obj.enabled and team_on and obj.owner.is_active and not obj.is_expired
+
+    @admin.display(description=_("spent today"))
+    def spent_today_of(self, obj: ApiKey) -> str:
+        day = obj._spent[0]  # type: ignore[attr-defined]
+        return admin_limits.budget_cell(day, obj.daily_budget, obj.team.daily_budget if obj.team else None)
+
+    @admin.display(description=_("spent this month"))
+    def spent_month_of(self, obj: ApiKey) -> str:
+        month = obj._spent[1]  # type: ignore[attr-defined]
+        team = obj.team.monthly_budget if obj.team else None
+        return admin_limits.budget_cell(month, obj.monthly_budget, team)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        """The model list's help says what an empty list means for this key: its team's models, if the
+        team restricts them."""
+        form = super().get_form(request, obj, change, **kwargs)
+        field = form.base_fields.get("allowed_models")
+        team = obj.team if obj is not None else None
+        if field is not None and team is not None and team.allowed_models:
+            field.help_text = _(
+                "One model name per line. Empty: the models its team allows (%(models)s)."
+            ) % {"models": ", ".join(team.allowed_models)}
+        return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         qs = super().get_queryset(request)
