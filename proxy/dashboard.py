@@ -1,7 +1,7 @@
 """The usage dashboard: aggregates in SQL over the request log, for a date range and filters.
 
 Teams and budgets: everything that reads them is in the "Governance" section below (``team_field``,
-``budget_field``, ``budgets``); the rest of the dashboard does not know whether they exist.
+``budgets``); the rest of the dashboard does not know whether they exist.
 """
 
 import csv
@@ -10,17 +10,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db import connection, transaction
-from django.db.models import CharField, Count, F, Func, IntegerField, QuerySet, Sum, Value
+from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from proxy import logwriter
+from proxy.admin_limits import TEST_ENDPOINT, spend
 from proxy.labels import endpoint_label, error_label
-from proxy.models import ApiKey, RequestLog
+from proxy.models import ApiKey, RequestLog, Team
 from proxy.templatetags.sluice_money import money
 from proxy.transport import FallbackReason, Transport
 
@@ -61,48 +63,39 @@ def team_model() -> Any:
     return RequestLog._meta.get_field(field_name).related_model if field_name else None
 
 
-def budget_field(model: Any) -> str | None:
-    """The spending limit of a key or team: the first decimal field whose name says budget or limit."""
-    if model is None:
-        return None
-    names = {f.name for f in model._meta.get_fields()}
-    if "monthly_budget" in names:  # the budgets section compares spend since the first of the month
-        return "monthly_budget"
-    for f in model._meta.get_fields():
-        if f.get_internal_type() == "DecimalField" and ("budget" in f.name or "limit" in f.name):
-            return f.name
-    return None
-
-
-def budgets(start: dt.datetime, teams: list[int] | None = None) -> list[dict[str, Any]]:
-    """Spend since ``start`` (the first day of this month) of every key and team that has a budget (of
-    ``teams`` only, when given)."""
+def budgets(f: "Filters") -> list[dict[str, Any]]:
+    """Every key and team with a daily or monthly budget, within the filters (a key: it and its team; a
+    team: it and its keys; a lead: their teams), with today's and this month's spend (UTC, provider tests
+    left out) and what is left of each."""
+    has_budget = ~Q(daily_budget=None) | ~Q(monthly_budget=None)
+    keys = ApiKey.objects.filter(has_budget).select_related("team")
+    teams = Team.objects.filter(has_budget)
+    if f.teams is not None:
+        keys, teams = keys.filter(team_id__in=f.teams), teams.filter(pk__in=f.teams)
+    if f.key:
+        team_id = ApiKey.objects.filter(pk=f.key).values_list("team_id", flat=True).first()
+        keys, teams = keys.filter(pk=f.key), teams.filter(pk=team_id)
+    if f.team:
+        keys, teams = keys.filter(team_id=f.team), teams.filter(pk=f.team)
     rows = []
-    for model, log_field in ((ApiKey, "api_key"), (team_model(), team_field())):
-        limit = budget_field(model)
-        if limit is None or log_field is None:
-            continue
-        holding = model.objects.filter(**{f"{limit}__isnull": False}).exclude(**{limit: 0})
-        if teams is not None:
-            holding = holding.filter(**({"team_id__in": teams} if model is ApiKey else {"pk__in": teams}))
-        holders = {o.pk: o for o in holding}
-        spent = dict(
-            RequestLog.objects.filter(created_at__gte=start, **{f"{log_field}_id__in": list(holders)})
-            .values_list(f"{log_field}_id")
-            .annotate(spent=Coalesce(Sum("cost"), Decimal(0)))
-        )
-        for pk, holder in holders.items():
-            budget = getattr(holder, limit)
-            used = spent.get(pk, Decimal(0))
-            rows.append(
-                {
-                    "kind": model._meta.verbose_name,
-                    "name": str(holder),
+    for holders, column, kind in ((list(teams), "team_id", "team"), (list(keys), "api_key_id", "key")):
+        spent = spend(column, [h.pk for h in holders])
+        for holder in holders:
+            day, month = spent[holder.pk]
+            row = {"kind": holder._meta.verbose_name, "name": holder.name, "id": holder.pk, "filter": kind}
+            percents = []
+            periods = (("day", day, holder.daily_budget), ("month", month, holder.monthly_budget))
+            for period, used, budget in periods:
+                row[period] = {
                     "budget": budget,
                     "spent": used,
-                    "percent": float(used / budget * 100) if budget else 0.0,
+                    "left": None if budget is None else max(budget - used, Decimal(0)),
                 }
-            )
+                if budget:
+                    percents.append(float(used / budget * 100))
+            row["percent"] = max(percents, default=0.0)
+            row["periods"] = [row["day"], row["month"]]
+            rows.append(row)
     return sorted(rows, key=lambda r: -r["percent"])
 
 
@@ -199,7 +192,8 @@ def parse_filters(params: Any) -> Filters:
 def queryset(f: Filters) -> QuerySet[RequestLog]:
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
     end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
-    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+    # A provider's test turns are recorded but are not spend: outside the totals, as outside budgets.
+    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end).exclude(endpoint=TEST_ENDPOINT)
     if f.teams is not None:
         qs = qs.filter(team_id__in=f.teams)
     if f.key:
@@ -383,7 +377,6 @@ def _usage(f: Filters) -> Usage:
     refusals = shares(qs.filter(status__gte=400, provider__isnull=True), ["error_code"], totals["turns"])
     for r in refusals:
         r["label"] = error_label(r["error_code"]) or _("(no code)")
-    month = timezone.now().astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return Usage(
         filters=f,
         days=days,
@@ -396,7 +389,7 @@ def _usage(f: Filters) -> Usage:
         fallbacks=fallbacks,
         refusals=refusals,
         ttfe=percentiles(qs, provider_names),
-        budgets=budgets(month, f.teams),
+        budgets=budgets(f),
     )
 
 
@@ -481,7 +474,10 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
         for r in u.ttfe:
             yield ["ttfe_ms", r["name"], "", r["turns"], r["p50"], r["p95"]]
         for r in u.budgets:
-            yield ["budget", r["name"], usd(r["spent"]), "", usd(r["budget"])]
+            for period in ("day", "month"):
+                if r[period]["budget"] is not None:
+                    spent, budget = r[period]["spent"], r[period]["budget"]
+                    yield [f"budget_{period}", f"{r['filter']}:{r['name']}", usd(spent), "", usd(budget)]
 
     f = u.filters
     return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
@@ -555,5 +551,11 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
         "models": list(models),
         "teams": teams,
         "query": u.filters.query(),
+        "rows_range": urlencode(
+            {
+                "created_at__gte": u.filters.start.isoformat(),
+                "created_at__lt": (u.filters.end + dt.timedelta(days=1)).isoformat(),
+            }
+        ),
         "endpoint_label": endpoint_label,
     }
