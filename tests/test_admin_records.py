@@ -78,3 +78,14 @@ def test_a_team_with_rows_is_not_deleted(admin_client):
         reverse("admin:proxy_team_changelist"), {"action": "deactivate", "_selected_action": [team.pk]}
     )
     assert not Team.objects.get(pk=team.pk).enabled
+
+
+def test_the_admin_index_leads_to_the_dashboard(admin_client, client):
+    page = admin_client.get(reverse("admin:index")).content.decode()
+    start = page.split('id="sluice-start"', 1)[1].split("</table>", 1)[0]
+    assert reverse("admin:proxy_usage_changelist") in start
+    assert "/admin/audit/" not in start  # the audit app is not installed here: no link to nowhere
+    # Staff who may not read the log get no dashboard link.
+    get_user_model().objects.create_user("clerk", password="pw-clerk-1", is_staff=True)
+    client.login(username="clerk", password="pw-clerk-1")
+    assert "sluice-start" not in client.get(reverse("admin:index")).content.decode()
