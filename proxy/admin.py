@@ -518,6 +518,9 @@ class UsageAdmin(admin.ModelAdmin):
         export = request.GET.get("export")
         if export == "rows":
             return dashboard.rows_csv(filters)
+        if export == "chargeback":
+            period = "month" if request.GET.get("period") == "month" else "day"
+            return dashboard.chargeback_csv(filters, period)
         usage = dashboard.usage(filters)
         if export == "aggregates":
             return dashboard.aggregates_csv(usage)

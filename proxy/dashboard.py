@@ -487,13 +487,59 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
 LOG_COLUMNS = tuple(c for c in logwriter.COLUMNS if c not in ("ws_handshake_ms", "upstream_ws_url"))
 
 
+# Beside the ids, the names a chargeback needs: the key's, its owner's, the team's, the provider's.
+NAME_COLUMNS = {
+    "key_name": "api_key__name",
+    "owner_name": "owner__username",
+    "team_name": "team__name",
+    "provider_name": "provider__name",
+}
+
+
 def rows_csv(f: Filters) -> StreamingHttpResponse:
     def rows() -> Iterator[list[Any]]:
-        yield list(LOG_COLUMNS)
-        for values in queryset(f).order_by("created_at").values_list(*LOG_COLUMNS).iterator(2000):
+        yield [*LOG_COLUMNS, *NAME_COLUMNS]
+        columns = [*LOG_COLUMNS, *NAME_COLUMNS.values()]
+        for values in queryset(f).order_by("created_at").values_list(*columns).iterator(2000):
             yield list(values)
 
     return _csv_response(rows(), f"sluice-requests-{f.start}-{f.end}.csv")
+
+
+def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
+    """Every key's usage per UTC day or month (``period``), provider and model, with names."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    from providers.models import Provider
+
+    groups = ("api_key_id", "owner_id", "team_id", "provider_id", "upstream_model")
+    width = 7 if period == "month" else 10  # "YYYY-MM" of "YYYY-MM-DD"
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in queryset(f).annotate(day=Day("created_at")).values("day", *groups).annotate(**SUMS):
+        sums = merged.setdefault((r["day"][:width], *(r[g] for g in groups)), dict.fromkeys(SUMS, 0))
+        for k in SUMS:
+            sums[k] += r[k] or 0
+    names = {
+        "api_key_id": names_of(ApiKey, {k[1] for k in merged}),
+        "owner_id": names_of(get_user_model(), {k[2] for k in merged}, "username"),
+        "team_id": names_of(Team, {k[3] for k in merged}),
+        "provider_id": names_of(Provider, {k[4] for k in merged}),
+    }
+
+    def rows() -> Iterator[list[Any]]:
+        yield [
+            _("month") if period == "month" else _("day"),
+            *(_(c) for c in ("API key", "owner", "team", "provider", "model", "turns")),
+            *(_(c) for c in ("input tokens", "cached input tokens", "output tokens", "reasoning tokens")),
+            _("cost (USD)"),
+        ]
+        for key in sorted(merged, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+            r = merged[key]
+            people = [names[g].get(v, "") for g, v in zip(groups[:4], key[1:5], strict=True)]
+            tokens = [r["input"], r["cached"], r["output"], r["reasoning"]]
+            yield [key[0], *people, key[5], r["turns"], *tokens, usd(r["cost"])]
+
+    return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
 
 
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:

@@ -76,3 +76,35 @@ def test_totals_are_grouped_and_tops_link_to_their_filtered_view_and_rows(admin_
     assert listed.status_code == 200 and "analysis" in listed.content.decode()
     table = listed.content.decode().split('id="result_list"', 1)[1].split("</table>", 1)[0]
     assert "analysis" in table and "other" not in table
+
+
+def exported(client, **params) -> list[list[str]]:
+    import csv
+
+    response = client.get(URL, params)
+    assert response.status_code == 200
+    return list(csv.reader(b"".join(response.streaming_content).decode().splitlines()))
+
+
+def test_exports_carry_names_and_every_key_per_day_or_month(admin_client, spent):
+    team, key, other = spent
+    provider = make_provider(None, name="north")
+    now = timezone.now()
+    for i in range(12):  # more keys than the dashboard's top ten
+        extra, _ = make_key(f"extra-{i}", username="carol")
+        RequestLog.objects.create(created_at=now, api_key=extra, owner=extra.owner, provider=provider, cost=1)
+    RequestLog.objects.filter(api_key=key).update(
+        owner=key.owner, provider=provider, upstream_model="gpt-5.5"
+    )
+    rows = exported(admin_client, export="rows")
+    header = rows[0]
+    named = [dict(zip(header, r, strict=True)) for r in rows[1:]]
+    mine = next(r for r in named if r["key_name"] == "analysis")
+    assert (mine["owner_name"], mine["team_name"], mine["provider_name"]) == ("alice", "research", "north")
+    for period, width in (("day", 10), ("month", 7)):
+        rows = exported(admin_client, export="chargeback", period=period)
+        keys = {r[1] for r in rows[1:]}
+        assert {"analysis", "other", *(f"extra-{i}" for i in range(12))} <= keys
+        line = next(r for r in rows[1:] if r[1] == "analysis")
+        assert len(line[0]) == width and line[2:6] == ["alice", "research", "north", "gpt-5.5"]
+        assert line[-1] == "4"  # the provider test's 9 USD is not spend
