@@ -1,10 +1,12 @@
 from typing import Any
+from urllib.parse import quote as urlquote
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
+from django.urls import path
 from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
@@ -13,6 +15,7 @@ from django.utils.translation import gettext_lazy as _
 from providers.widgets import ModelListField
 from proxy import admin_limits, dashboard, limits
 from proxy.admin_records import KeepsRecordAdmin
+from proxy.admin_sessions import sessions_view
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
 
@@ -39,7 +42,13 @@ class LedTeamsFilter(admin.RelatedFieldListFilter):
         led = led_teams(request)
         if led is None:
             return super().field_choices(field, request, model_admin)
-        scope = {"pk__in": led} if field.related_model is Team else {"team_id__in": led}
+        if field.related_model is Team:
+            scope: dict[str, Any] = {"pk__in": led}
+        elif field.related_model is ApiKey:
+            scope = {"team_id__in": led}
+        else:  # people: the teams' members
+            members = field.related_model.objects.filter(memberships__team_id__in=led).values("pk")
+            scope = {"pk__in": members}
         ordering = self.field_admin_ordering(field, request, model_admin)
         return field.get_choices(include_blank=False, ordering=ordering, limit_choices_to=scope)
 
@@ -339,6 +348,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "cost_usd",
         "transports",
         "ttfe",
+        "session",
     )
     # No filter here reads the log to offer its choices (a DISTINCT over a million rows takes seconds):
     # fixed status classes, choices of the fields, the providers and keys from their own tables.
@@ -350,6 +360,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "fallback_reason",
         ("provider", admin.RelatedFieldListFilter),
         ("api_key", LedTeamsFilter),
+        ("owner", LedTeamsFilter),
         ("team", LedTeamsFilter),
         "endpoint",
     )
@@ -361,13 +372,27 @@ class RequestLogAdmin(admin.ModelAdmin):
         "session_id",
         "trace_id",
     )
-    list_select_related = ("api_key",)
+    list_select_related = ("api_key", "owner")
     list_per_page = 50
     list_display_links = ("time",)
     actions = None  # rows leave by retention (prunelogs), not by hand
     show_full_result_count = False  # counting a million rows on every page costs more than the page
     fieldsets = (
-        (None, {"fields": ("created_at", "api_key", "team", "provider", "endpoint_name", "status", "error")}),
+        (
+            None,
+            {
+                "fields": (
+                    "created_at",
+                    "api_key",
+                    "owner",
+                    "team",
+                    "provider",
+                    "endpoint_name",
+                    "status",
+                    "error",
+                )
+            },
+        ),
         (_("Model"), {"fields": ("requested_model", "upstream_model")}),
         (
             _("Usage"),
@@ -412,10 +437,6 @@ class RequestLogAdmin(admin.ModelAdmin):
         led = led_teams(request)
         return qs if led is None else qs.filter(team_id__in=led)
 
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        # The table needs the width the navigation sidebar would take to fit 1280 px with its filters.
-        return super().changelist_view(request, {**(extra_context or {}), "is_nav_sidebar_enabled": False})
-
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         return [f for fs in self.fieldsets for f in fs[1]["fields"]]
 
@@ -431,9 +452,28 @@ class RequestLogAdmin(admin.ModelAdmin):
     def time(self, obj: RequestLog) -> str:
         return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
 
-    @admin.display(description=_("API key"), ordering="api_key__name")
+    @admin.display(description=_("API key / owner"), ordering="api_key__name")
     def key(self, obj: RequestLog) -> str:
-        return obj.api_key.name if obj.api_key else "—"
+        name = obj.api_key.name if obj.api_key else "—"
+        return format_html('{}<br><small class="sluice-owner">{}</small>', name, obj.owner or "—")
+
+    @admin.display(description=_("session"))
+    def session(self, obj: RequestLog) -> str:
+        if not obj.session_id:
+            return "—"
+        short = obj.session_id if len(obj.session_id) <= 10 else obj.session_id[:9] + "…"
+        return format_html(
+            '<a href="?session_id={}" title="{}">{}</a>', urlquote(obj.session_id), obj.session_id, short
+        )
+
+    def get_urls(self) -> list:
+        sessions = self.admin_site.admin_view(lambda request: sessions_view(self, request))
+        return [path("sessions/", sessions, name="proxy_requestlog_sessions"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The table needs the width the navigation sidebar would take to fit 1280 px with its filters.
+        extra = {**(extra_context or {}), "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, extra)
 
     @admin.display(description=_("model"), ordering="upstream_model")
     def model_name(self, obj: RequestLog) -> str:

@@ -542,6 +542,20 @@ def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
     return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
 
 
+def people(f: Filters) -> list[dict[str, Any]]:
+    """Spend per person (the owner of the keys when the turns ran), the top ten, within the filters."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    ranked = list(
+        queryset(f)
+        .values("owner_id")
+        .annotate(cost=SUMS["cost"], turns=Count("pk"))
+        .order_by("-cost", "-turns")[:TOP]
+    )
+    names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
+    return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
+
+
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     from providers.models import Provider
@@ -591,6 +605,7 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     )
     return {
         "usage": u,
+        "people": people(u.filters),
         "charts": charts,
         "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),

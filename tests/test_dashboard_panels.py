@@ -108,3 +108,13 @@ def test_exports_carry_names_and_every_key_per_day_or_month(admin_client, spent)
         line = next(r for r in rows[1:] if r[1] == "analysis")
         assert len(line[0]) == width and line[2:6] == ["alice", "research", "north", "gpt-5.5"]
         assert line[-1] == "4"  # the provider test's 9 USD is not spend
+
+
+def test_the_dashboard_shows_spend_per_person_linked_to_their_rows(admin_client, spent):
+    team, key, other = spent
+    RequestLog.objects.filter(api_key=key).update(owner=key.owner)
+    RequestLog.objects.filter(api_key=other).update(owner=other.owner)
+    page = admin_client.get(URL).content.decode()
+    people = page.split("Top people by spend", 1)[1].split("</table>", 1)[0]
+    assert people.index("alice") < people.index("bob") and "$4.00" in people and "$0.50" in people
+    assert f"owner__id__exact={key.owner.pk}" in people
