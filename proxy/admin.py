@@ -1,3 +1,4 @@
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 from urllib.parse import quote as urlquote
 
@@ -7,7 +8,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
@@ -79,7 +80,7 @@ class LimitsAdmin(admin.ModelAdmin):
     scope_prefix = ""
 
     class Media:
-        css = {"all": ("sluice/limits.css",)}
+        css = {"all": ("sluice/limits.css", "sluice/lists.css")}
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         """Allowed models as a list of names, one per line, like a provider's (not a JSON text)."""
@@ -100,7 +101,7 @@ class LimitsAdmin(admin.ModelAdmin):
 
     def _count(self, obj: Any, attribute: str) -> str:
         usage = self._usage(obj)
-        return "—" if usage is None else f"{getattr(usage, attribute):,}"
+        return "—" if usage is None else grouped(getattr(usage, attribute))
 
     def _spend(self, obj: Any, attribute: str) -> str:
         """From the request log: spend is shown whether or not a budget counts it."""
@@ -134,7 +135,7 @@ class LimitsAdmin(admin.ModelAdmin):
     def sockets_now(self, obj: Any) -> str:
         if self._usage(obj) is None:
             return "—"
-        return f"{limits.open_sockets(f'{self.scope_prefix}{obj.pk}'):,}"
+        return grouped(limits.open_sockets(f"{self.scope_prefix}{obj.pk}"))
 
     @admin.display(description=_("spent today"))
     def spend_today(self, obj: Any) -> str:
@@ -191,7 +192,6 @@ class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
         "serving",
         "spent_today_of",
         "spent_month_of",
-        "expires_at",
         "last_used_at",
     )
     list_filter = (
@@ -227,6 +227,11 @@ class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
 
     def rows_of(self, pk: Any) -> Q:
         return Q(api_key=pk)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The list's columns need the navigation sidebar's width to fit 1280 px beside the filters.
+        extra = {**(extra_context or {}), "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, extra)
 
     def get_changelist_instance(self, request: HttpRequest) -> Any:
         """The page's keys' spend in one query of the log."""
@@ -373,6 +378,10 @@ class RequestLogAdmin(admin.ModelAdmin):
         "trace_id",
     )
     list_select_related = ("api_key", "owner")
+
+    class Media:
+        css = {"all": ("sluice/lists.css",)}
+
     list_per_page = 50
     list_display_links = ("time",)
     actions = None  # rows leave by retention (prunelogs), not by hand
@@ -461,7 +470,8 @@ class RequestLogAdmin(admin.ModelAdmin):
     def session(self, obj: RequestLog) -> str:
         if not obj.session_id:
             return "—"
-        short = obj.session_id if len(obj.session_id) <= 10 else obj.session_id[:9] + "…"
+        # Its end: Codex's session ids are UUIDv7, whose beginnings (a time) are alike within the hour.
+        short = obj.session_id if len(obj.session_id) <= 8 else "…" + obj.session_id[-6:]
         return format_html(
             '<a href="?session_id={}" title="{}">{}</a>', urlquote(obj.session_id), obj.session_id, short
         )
@@ -487,13 +497,13 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("tokens in / out"))
     def tokens(self, obj: RequestLog) -> str:
-        return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
+        return format_html("{} /<br>{}", grouped(obj.input_tokens), grouped(obj.output_tokens))
 
     @admin.display(description=_("cost (USD)"), ordering="cost")
     def cost_usd(self, obj: RequestLog) -> str:
         if obj.cost is None and (obj.input_tokens or obj.output_tokens):
             return str(_("price unknown"))  # the model has no price: not a cost of 0
-        return f"{obj.cost:.4f}" if obj.cost else "—"
+        return money(obj.cost) if obj.cost is not None else "—"
 
     @admin.display(description=_("transports"))
     def transports(self, obj: RequestLog) -> str:
@@ -503,15 +513,11 @@ class RequestLogAdmin(admin.ModelAdmin):
             return format_html('<span title="{}">{} *</span>', obj.get_fallback_reason_display(), label)
         return label
 
-    @admin.display(description=_("cost (USD)"), ordering="cost")
-    def cost_or_unknown(self, obj: RequestLog) -> str:
-        if obj.cost is None:
-            return str(_("price unknown")) if obj.input_tokens or obj.output_tokens else "—"
-        return f"{obj.cost:.6f}"
-
     @admin.display(description=_("first event"), ordering="time_to_first_event_ms")
     def ttfe(self, obj: RequestLog) -> str:
-        return "—" if obj.time_to_first_event_ms is None else f"{obj.time_to_first_event_ms:,.0f} ms"
+        if obj.time_to_first_event_ms is None:
+            return "—"
+        return _("%(ms)s ms") % {"ms": grouped(obj.time_to_first_event_ms, 0)}
 
     # The detail page's timings, to a tenth of a millisecond rather than a float's every digit.
     @admin.display(description=RequestLog._meta.get_field("ws_handshake_ms").verbose_name)
@@ -528,7 +534,15 @@ class RequestLogAdmin(admin.ModelAdmin):
 
 
 def milliseconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f}"
+    return "—" if value is None else grouped(value, 1)
+
+
+def grouped(value: float | int, places: int | None = None) -> str:
+    """A count or measure in the admin's language: its digit grouping and decimal separator (rounded half
+    up, as a reader expects: 4.95 shows as 5.0)."""
+    if places is not None:
+        value = Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)  # type: ignore[assignment]
+    return formats.number_format(value, places, force_grouping=True)
 
 
 @admin.register(Usage)

@@ -16,7 +16,7 @@ from django.db import connection, transaction
 from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
 from proxy import logwriter
@@ -562,7 +562,7 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     from proxy.charts import bar_chart
 
     labels = [d["day"].strftime("%m-%d") for d in u.days]
-    count = lambda v: f"{v:,.0f}"  # noqa: E731
+    count = lambda v: formats.number_format(v, 0, force_grouping=True)  # noqa: E731
     charts = [
         (
             _("Spend per day (USD)"),
