@@ -4,7 +4,7 @@ from django.utils.translation import gettext_lazy as _
 
 class ProvidersConfig(AppConfig):
     name = "providers"
-    verbose_name = _("Providers")
+    verbose_name = _("Routing")
 
     def ready(self) -> None:
         from django.db.models.signals import post_delete, post_save

@@ -176,6 +176,14 @@ class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
     def rows_of(self, pk: Any) -> Q:
         return Q(team=pk)
 
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        """A title of its own, translated as a whole: the admin's "Change %s" puts the name in the wrong case
+        in Russian ("Изменить команда")."""
+        title = _("Change team") if self.has_change_permission(request) else _("View team")
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "title": title})
+
     @admin.display(description=_("keys"), ordering="key_count")
     def keys(self, obj: Team) -> int:
         return obj.key_count  # type: ignore[attr-defined]

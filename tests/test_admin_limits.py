@@ -68,3 +68,9 @@ def test_a_key_of_a_disabled_team_is_not_shown_serving(admin_client, limited):
     page = admin_client.get(reverse("admin:proxy_apikey_changelist")).content.decode()
     row = page.split('id="result_list"', 1)[1]
     assert "icon-no.svg" in row and "icon-yes.svg" not in row
+
+
+def test_the_team_page_title_reads_well_in_russian(admin_client, limited):
+    admin_client.cookies["django_language"] = "ru"
+    page = admin_client.get(reverse("admin:proxy_team_change", args=[limited.team.pk])).content.decode()
+    assert "Изменить команду" in page and "Изменить команда" not in page

@@ -89,3 +89,20 @@ def test_the_admin_index_leads_to_the_dashboard(admin_client, client):
     get_user_model().objects.create_user("clerk", password="pw-clerk-1", is_staff=True)
     client.login(username="clerk", password="pw-clerk-1")
     assert "sluice-start" not in client.get(reverse("admin:index")).content.decode()
+
+
+def test_breadcrumbs_name_each_step_once(admin_client):
+    import re
+
+    from tests.conftest import make_provider
+
+    provider = make_provider(None)
+    for url in (
+        reverse("admin:providers_provider_change", args=[provider.pk]),
+        reverse("admin:providers_provider_changelist"),
+        reverse("admin:settings_app_systemsettings_changelist"),
+    ):
+        response = admin_client.get(url, follow=True)
+        trail = response.content.decode().split('class="breadcrumbs"', 1)[1].split("</div>", 1)[0]
+        steps = [s.strip() for s in re.sub(r"<[^>]+>", "", trail).replace("&rsaquo;", "›").split("›")]
+        assert len(steps) == len(set(steps)), steps
