@@ -467,7 +467,7 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("time"), ordering="created_at")
     def time(self, obj: RequestLog) -> str:
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return formats.date_format(timezone.localtime(obj.created_at), "DATETIME_FORMAT")
 
     @admin.display(description=_("API key / owner"), ordering="api_key__name")
     def key(self, obj: RequestLog) -> str:

@@ -74,3 +74,13 @@ def test_the_team_page_title_reads_well_in_russian(admin_client, limited):
     admin_client.cookies["django_language"] = "ru"
     page = admin_client.get(reverse("admin:proxy_team_change", args=[limited.team.pk])).content.decode()
     assert "Изменить команду" in page and "Изменить команда" not in page
+
+
+@pytest.mark.parametrize("language", ["en", "ja", "ru", "zh-hans"])
+def test_dates_have_one_format_in_every_language(admin_client, limited, language):
+    admin_client.cookies["django_language"] = language
+    row = RequestLog.objects.filter(api_key=limited).first()
+    stamp = row.created_at.strftime("%Y-%m-%d %H:%M")
+    listed = admin_client.get(reverse("admin:proxy_requestlog_changelist")).content.decode()
+    detail = admin_client.get(reverse("admin:proxy_apikey_change", args=[limited.pk])).content.decode()
+    assert stamp in listed and limited.created_at.strftime("%Y-%m-%d %H:%M") in detail
