@@ -99,3 +99,15 @@ def test_operator_pages_fit_and_are_photographed(gateway, superuser, browser, la
                 if right > width:
                     problems.append(f"dashboard totals reach {right:.0f} px at {width} px")
     assert not problems, problems
+
+
+def test_a_key_page_on_a_phone_has_no_gaps_between_limits(gateway, superuser, browser):
+    ids = outside_the_browser_loop(operator_data)
+    page = browser
+    sign_in(page, gateway)
+    page.set_viewport_size({"width": 390, "height": 900})
+    page.goto(f"{gateway.url}/admin/proxy/apikey/{ids['key']}/change/")
+    heights = page.locator("fieldset.sluice-limits .form-multiline > div:first-child").evaluate_all(
+        "ds => ds.map(d => d.getBoundingClientRect().height)"
+    )
+    assert heights and max(heights) < 200, heights
