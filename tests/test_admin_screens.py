@@ -92,6 +92,8 @@ def test_operator_pages_fit_and_are_photographed(gateway, superuser, browser, la
                 spill = overflow(page, "html") + overflow(page, "#changelist .results")
                 if spill:
                     problems.append(f"{name} at {width} px runs {spill} px wide")
+            if name == "dashboard" and overflow(page, "html"):
+                problems.append(f"the dashboard runs {overflow(page, 'html')} px wide at {width} px")
             if name == "dashboard":
                 right = page.locator(".sluice-totals > div").evaluate_all(
                     "ds => Math.max(...ds.map(d => d.getBoundingClientRect().right))"
