@@ -113,3 +113,19 @@ def test_a_key_page_on_a_phone_has_no_gaps_between_limits(gateway, superuser, br
         "ds => ds.map(d => d.getBoundingClientRect().height)"
     )
     assert heights and max(heights) < 200, heights
+
+
+def test_the_effective_limits_fit_a_1280_px_key_page(gateway, superuser, browser):
+    ids = outside_the_browser_loop(operator_data)
+    page = browser
+    sign_in(page, gateway)
+    page.context.add_cookies([{"name": "django_language", "value": "ja", "url": gateway.url}])
+    page.goto(f"{gateway.url}/admin/proxy/apikey/{ids['key']}/change/")
+    assert overflow(page, "table.sluice-effective") == 0
+    table_right, cell_right, fieldset_right = page.evaluate(
+        """() => [document.querySelector("table.sluice-effective"),
+                  document.querySelector("table.sluice-effective tr:last-child td:last-child"),
+                  document.querySelector(".field-effective_limits").closest("fieldset")]
+                 .map(e => e.getBoundingClientRect().right)"""
+    )
+    assert max(table_right, cell_right) <= fieldset_right, (table_right, cell_right, fieldset_right)
