@@ -175,6 +175,7 @@ LANGUAGES = [
     ("ru", _("Russian")),
 ]
 LOCALE_PATHS = [BASE_DIR / "locale"]
+FORMAT_MODULE_PATH = ["config.formats"]  # one date format in every language (config/formats/common.py)
 USE_I18N = True
 TIME_ZONE = env("TIME_ZONE", default="UTC")
 USE_TZ = True

@@ -4,7 +4,7 @@ from django.utils.translation import gettext_lazy as _
 
 class ProvidersConfig(AppConfig):
     name = "providers"
-    verbose_name = _("Providers")
+    verbose_name = _("Routing")
 
     def ready(self) -> None:
         # Imported here: the models and whatever loads them only once Django has loaded the apps.

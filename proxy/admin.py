@@ -1,18 +1,22 @@
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
+from urllib.parse import quote as urlquote
 
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.db.models import Count, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
-from django.utils import timezone
+from django.urls import path
+from django.utils import formats, timezone
 from django.utils.html import format_html
 from django.utils.text import capfirst
 from django.utils.translation import gettext_lazy as _
 
 from providers.widgets import ModelListField
-from proxy import dashboard, limits, provider_admin  # noqa: F401 - provider_admin registers the providers' pages
+from proxy import admin_limits, dashboard, limits, provider_admin  # noqa: F401 - provider_admin registers the providers' pages
+from proxy.admin_records import KeepsRecordAdmin
+from proxy.admin_sessions import sessions_view
 from proxy.models import ApiKey, ModelPrice, RequestLog, Team, Usage
 from proxy.templatetags.sluice_money import money
 
@@ -39,7 +43,13 @@ class LedTeamsFilter(admin.RelatedFieldListFilter):
         led = led_teams(request)
         if led is None:
             return super().field_choices(field, request, model_admin)
-        scope = {"pk__in": led} if field.related_model is Team else {"team_id__in": led}
+        if field.related_model is Team:
+            scope: dict[str, Any] = {"pk__in": led}
+        elif field.related_model is ApiKey:
+            scope = {"team_id__in": led}
+        else:  # people: the teams' members
+            members = field.related_model.objects.filter(memberships__team_id__in=led).values("pk")
+            scope = {"pk__in": members}
         ordering = self.field_admin_ordering(field, request, model_admin)
         return field.get_choices(include_blank=False, ordering=ordering, limit_choices_to=scope)
 
@@ -78,7 +88,7 @@ class LimitsAdmin(admin.ModelAdmin):
     scope_prefix = ""
 
     class Media:
-        css = {"all": ("sluice/limits.css",)}
+        css = {"all": ("sluice/limits.css", "sluice/lists.css")}
 
     def formfield_for_dbfield(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         """Allowed models as a list of names, one per line, like a provider's (not a JSON text)."""
@@ -99,11 +109,23 @@ class LimitsAdmin(admin.ModelAdmin):
 
     def _count(self, obj: Any, attribute: str) -> str:
         usage = self._usage(obj)
-        return "—" if usage is None else f"{getattr(usage, attribute):,}"
+        return "—" if usage is None else grouped(getattr(usage, attribute))
 
     def _spend(self, obj: Any, attribute: str) -> str:
-        usage = self._usage(obj)
-        return "—" if usage is None else money(Decimal(getattr(usage, attribute)) / limits.MICRO)
+        """From the request log: spend is shown whether or not a budget counts it."""
+        if obj is None or obj.pk is None:
+            return "—"
+        column = "team_id" if isinstance(obj, Team) else "api_key_id"
+        day, month = admin_limits.spend(column, [obj.pk])[obj.pk]
+        return money(day if attribute == "day" else month)
+
+    @admin.display(description=_("effective limits"))
+    def effective_limits(self, obj: Any) -> str:
+        if obj is None or obj.pk is None:
+            return "—"
+        if isinstance(obj, Team):
+            return admin_limits.table(None, obj)
+        return admin_limits.table(obj, obj.team)
 
     @admin.display(description=_("requests this minute"))
     def requests_now(self, obj: Any) -> str:
@@ -121,7 +143,7 @@ class LimitsAdmin(admin.ModelAdmin):
     def sockets_now(self, obj: Any) -> str:
         if self._usage(obj) is None:
             return "—"
-        return f"{limits.open_sockets(f'{self.scope_prefix}{obj.pk}'):,}"
+        return grouped(limits.open_sockets(f"{self.scope_prefix}{obj.pk}"))
 
     @admin.display(description=_("spent today"))
     def spend_today(self, obj: Any) -> str:
@@ -133,7 +155,7 @@ class LimitsAdmin(admin.ModelAdmin):
 
 
 @admin.register(Team)
-class TeamAdmin(LimitsAdmin):
+class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "t"
     list_display = (
         "name",
@@ -150,10 +172,11 @@ class TeamAdmin(LimitsAdmin):
     fieldsets = (
         (None, {"fields": ("name", "enabled")}),
         (_("People from the identity provider"), {"fields": ("idp_groups", "lead_idp_groups")}),
+        (_("What limits it now"), {"fields": ("effective_limits",)}),
         (_("Limits (blank: no limit)"), {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)}),
         (_("Portal"), {"fields": ("self_service", "max_keys_per_user", "key_max_days")}),
     )
-    readonly_fields = USAGE_FIELDS
+    readonly_fields = ("effective_limits", *USAGE_FIELDS)
 
     def get_queryset(self, request: HttpRequest) -> Any:
         qs = super().get_queryset(request).annotate(key_count=Count("keys"))
@@ -168,16 +191,40 @@ class TeamAdmin(LimitsAdmin):
             )
         return super().formfield_for_dbfield(db_field, request, **kwargs)
 
+    def rows_of(self, pk: Any) -> Q:
+        return Q(team=pk)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        """A title of its own, translated as a whole: the admin's "Change %s" puts the name in the wrong case
+        in Russian ("Изменить команда")."""
+        title = _("Change team") if self.has_change_permission(request) else _("View team")
+        return super().change_view(request, object_id, form_url, {**(extra_context or {}), "title": title})
+
     @admin.display(description=_("keys"), ordering="key_count")
     def keys(self, obj: Team) -> int:
         return obj.key_count  # type: ignore[attr-defined]
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(LimitsAdmin):
+class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "k"
-    list_display = ("name", "prefix", "owner", "team", "enabled", "expires_at", "created_at", "last_used_at")
-    list_filter = ("enabled", ("team", admin.RelatedOnlyFieldListFilter))
+    list_display = (
+        "name",
+        "prefix",
+        "owner",
+        "team",
+        "serving",
+        "spent_today_of",
+        "spent_month_of",
+        "last_used_at",
+    )
+    list_filter = (
+        "enabled",
+        ("team", admin.RelatedOnlyFieldListFilter),
+        ("owner", admin.RelatedOnlyFieldListFilter),
+    )
     list_select_related = ("owner", "team")
     search_fields = ("name", "prefix", "owner__username", "team__name")
     fieldsets = (
@@ -196,12 +243,59 @@ class ApiKeyAdmin(LimitsAdmin):
                 )
             },
         ),
+        (_("What limits it now"), {"fields": ("effective_limits",)}),
         (
             _("Limits (blank: no limit; the team's limits apply too)"),
             {"fields": LIMIT_ROWS, "classes": ("sluice-limits",)},
         ),
     )
-    readonly_fields = ("prefix", "created_at", "last_used_at", *USAGE_FIELDS)
+    readonly_fields = ("prefix", "created_at", "last_used_at", "effective_limits", *USAGE_FIELDS)
+
+    def rows_of(self, pk: Any) -> Q:
+        return Q(api_key=pk)
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The list's columns need the navigation sidebar's width to fit 1280 px beside the filters.
+        extra = {**(extra_context or {}), "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, extra)
+
+    def get_changelist_instance(self, request: HttpRequest) -> Any:
+        """The page's keys' spend in one query of the log."""
+        cl = super().get_changelist_instance(request)
+        keys = list(cl.result_list)
+        spent = admin_limits.spend("api_key_id", [k.pk for k in keys])
+        for key in keys:
+            key._spent = spent[key.pk]  # type: ignore[attr-defined]
+        return cl
+
+    @admin.display(description=_("serving"), boolean=True)
+    def serving(self, obj: ApiKey) -> bool:
+        """Enabled, and nothing above it says no: its team enabled, its owner active, not expired."""
+        team_on = obj.team is None or obj.team.enabled
+        return obj.enabled and team_on and obj.owner.is_active and not obj.is_expired
+
+    @admin.display(description=_("spent today"))
+    def spent_today_of(self, obj: ApiKey) -> str:
+        day = obj._spent[0]  # type: ignore[attr-defined]
+        return admin_limits.budget_cell(day, obj.daily_budget, obj.team.daily_budget if obj.team else None)
+
+    @admin.display(description=_("spent this month"))
+    def spent_month_of(self, obj: ApiKey) -> str:
+        month = obj._spent[1]  # type: ignore[attr-defined]
+        team = obj.team.monthly_budget if obj.team else None
+        return admin_limits.budget_cell(month, obj.monthly_budget, team)
+
+    def get_form(self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any) -> Any:
+        """The model list's help says what an empty list means for this key: its team's models, if the
+        team restricts them."""
+        form = super().get_form(request, obj, change, **kwargs)
+        field = form.base_fields.get("allowed_models")
+        team = obj.team if obj is not None else None
+        if field is not None and team is not None and team.allowed_models:
+            field.help_text = _(
+                "One model name per line. Empty: the models its team allows (%(models)s)."
+            ) % {"models": ", ".join(team.allowed_models)}
+        return form
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
         qs = super().get_queryset(request)
@@ -285,6 +379,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "cost_usd",
         "transports",
         "ttfe",
+        "session",
     )
     # No filter here reads the log to offer its choices (a DISTINCT over a million rows takes seconds):
     # fixed status classes, choices of the fields, the providers and keys from their own tables.
@@ -296,6 +391,7 @@ class RequestLogAdmin(admin.ModelAdmin):
         "fallback_reason",
         ("provider", admin.RelatedFieldListFilter),
         ("api_key", LedTeamsFilter),
+        ("owner", LedTeamsFilter),
         ("team", LedTeamsFilter),
         "endpoint",
     )
@@ -307,13 +403,31 @@ class RequestLogAdmin(admin.ModelAdmin):
         "session_id",
         "trace_id",
     )
-    list_select_related = ("api_key",)
+    list_select_related = ("api_key", "owner")
+
+    class Media:
+        css = {"all": ("sluice/lists.css",)}
+
     list_per_page = 50
     list_display_links = ("time",)
     actions = None  # rows leave by retention (prunelogs), not by hand
     show_full_result_count = False  # counting a million rows on every page costs more than the page
     fieldsets = (
-        (None, {"fields": ("created_at", "api_key", "team", "provider", "endpoint_name", "status", "error")}),
+        (
+            None,
+            {
+                "fields": (
+                    "created_at",
+                    "api_key",
+                    "owner",
+                    "team",
+                    "provider",
+                    "endpoint_name",
+                    "status",
+                    "error",
+                )
+            },
+        ),
         (_("Model"), {"fields": ("requested_model", "upstream_model")}),
         (
             _("Usage"),
@@ -350,14 +464,13 @@ class RequestLogAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False  # the record of spend: rows leave by retention (prunelogs) only
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[RequestLog]:
         qs = super().get_queryset(request)
         led = led_teams(request)
         return qs if led is None else qs.filter(team_id__in=led)
-
-    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
-        # The table needs the width the navigation sidebar would take to fit 1280 px with its filters.
-        return super().changelist_view(request, {**(extra_context or {}), "is_nav_sidebar_enabled": False})
 
     def get_readonly_fields(self, request: HttpRequest, obj: object = None) -> list[str]:
         return [f for fs in self.fieldsets for f in fs[1]["fields"]]
@@ -372,11 +485,31 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("time"), ordering="created_at")
     def time(self, obj: RequestLog) -> str:
-        return timezone.localtime(obj.created_at).strftime("%Y-%m-%d %H:%M:%S")
+        return formats.date_format(timezone.localtime(obj.created_at), "DATETIME_FORMAT")
 
-    @admin.display(description=_("API key"), ordering="api_key__name")
+    @admin.display(description=_("API key / owner"), ordering="api_key__name")
     def key(self, obj: RequestLog) -> str:
-        return obj.api_key.name if obj.api_key else "—"
+        name = obj.api_key.name if obj.api_key else "—"
+        return format_html('{}<br><small class="sluice-owner">{}</small>', name, obj.owner or "—")
+
+    @admin.display(description=_("session"))
+    def session(self, obj: RequestLog) -> str:
+        if not obj.session_id:
+            return "—"
+        # Its end: Codex's session ids are UUIDv7, whose beginnings (a time) are alike within the hour.
+        short = obj.session_id if len(obj.session_id) <= 8 else "…" + obj.session_id[-6:]
+        return format_html(
+            '<a href="?session_id={}" title="{}">{}</a>', urlquote(obj.session_id), obj.session_id, short
+        )
+
+    def get_urls(self) -> list:
+        sessions = self.admin_site.admin_view(lambda request: sessions_view(self, request))
+        return [path("sessions/", sessions, name="proxy_requestlog_sessions"), *super().get_urls()]
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict | None = None) -> HttpResponse:
+        # The table needs the width the navigation sidebar would take to fit 1280 px with its filters.
+        extra = {**(extra_context or {}), "is_nav_sidebar_enabled": False}
+        return super().changelist_view(request, extra)
 
     @admin.display(description=_("model"), ordering="upstream_model")
     def model_name(self, obj: RequestLog) -> str:
@@ -390,13 +523,13 @@ class RequestLogAdmin(admin.ModelAdmin):
 
     @admin.display(description=_("tokens in / out"))
     def tokens(self, obj: RequestLog) -> str:
-        return f"{obj.input_tokens:,} / {obj.output_tokens:,}"
+        return format_html("{} /<br>{}", grouped(obj.input_tokens), grouped(obj.output_tokens))
 
     @admin.display(description=_("cost (USD)"), ordering="cost")
     def cost_usd(self, obj: RequestLog) -> str:
         if obj.cost is None and (obj.input_tokens or obj.output_tokens):
             return str(_("price unknown"))  # the model has no price: not a cost of 0
-        return f"{obj.cost:.4f}" if obj.cost else "—"
+        return money(obj.cost) if obj.cost is not None else "—"
 
     @admin.display(description=_("transports"))
     def transports(self, obj: RequestLog) -> str:
@@ -406,15 +539,11 @@ class RequestLogAdmin(admin.ModelAdmin):
             return format_html('<span title="{}">{} *</span>', obj.get_fallback_reason_display(), label)
         return label
 
-    @admin.display(description=_("cost (USD)"), ordering="cost")
-    def cost_or_unknown(self, obj: RequestLog) -> str:
-        if obj.cost is None:
-            return str(_("price unknown")) if obj.input_tokens or obj.output_tokens else "—"
-        return f"{obj.cost:.6f}"
-
     @admin.display(description=_("first event"), ordering="time_to_first_event_ms")
     def ttfe(self, obj: RequestLog) -> str:
-        return "—" if obj.time_to_first_event_ms is None else f"{obj.time_to_first_event_ms:,.0f} ms"
+        if obj.time_to_first_event_ms is None:
+            return "—"
+        return _("%(ms)s ms") % {"ms": grouped(obj.time_to_first_event_ms, 0)}
 
     # The detail page's timings, to a tenth of a millisecond rather than a float's every digit.
     @admin.display(description=RequestLog._meta.get_field("ws_handshake_ms").verbose_name)
@@ -431,7 +560,15 @@ class RequestLogAdmin(admin.ModelAdmin):
 
 
 def milliseconds(value: float | None) -> str:
-    return "—" if value is None else f"{value:,.1f}"
+    return "—" if value is None else grouped(value, 1)
+
+
+def grouped(value: float | int, places: int | None = None) -> str:
+    """A count or measure in the admin's language: its digit grouping and decimal separator (rounded half
+    up, as a reader expects: 4.95 shows as 5.0)."""
+    if places is not None:
+        value = Decimal(repr(value)).quantize(Decimal(1).scaleb(-places), ROUND_HALF_UP)  # type: ignore[assignment]
+    return formats.number_format(value, places, force_grouping=True)
 
 
 @admin.register(Usage)
@@ -461,6 +598,9 @@ class UsageAdmin(admin.ModelAdmin):
         export = request.GET.get("export")
         if export == "rows":
             return dashboard.rows_csv(filters)
+        if export == "chargeback":
+            period = "month" if request.GET.get("period") == "month" else "day"
+            return dashboard.chargeback_csv(filters, period)
         usage = dashboard.usage(filters)
         if export == "aggregates":
             return dashboard.aggregates_csv(usage)

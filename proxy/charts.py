@@ -36,6 +36,9 @@ def bar_chart(
     with its values, so hovering explains it."""
     totals = [sum(values[i] for _, values in series) for i in range(len(labels))]
     top = _nice_max(max(totals, default=0))
+    if top < 4 and all(float(v).is_integer() for _, values in series for v in values):
+        top = 4.0  # counts: whole numbers on every grid line, not 0, 0, 1, 1, 1
+    empty = not any(totals)  # an empty chart says 0 once, not a scale of nothing
     plot_w, plot_h = WIDTH - LEFT - 10, HEIGHT - BOTTOM - TOP
     slot = plot_w / max(1, len(labels))
     bar_w = max(1.0, slot * 0.8)
@@ -61,7 +64,7 @@ def bar_chart(
                 f"{y:.1f}",
                 LEFT - 6,
                 f"{y + 4:.1f}",
-                fmt(value),
+                "" if empty and i else fmt(value),
             )
         )
     every = max(1, len(labels) // 10)

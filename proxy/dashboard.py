@@ -1,7 +1,7 @@
 """The usage dashboard: aggregates in SQL over the request log, for a date range and filters.
 
 Teams and budgets: everything that reads them is in the "Governance" section below (``team_field``,
-``budget_field``, ``budgets``); the rest of the dashboard does not know whether they exist.
+``budgets``); the rest of the dashboard does not know whether they exist.
 """
 
 import csv
@@ -10,19 +10,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 from django.db import connection, transaction
-from django.db.models import CharField, Count, F, Func, IntegerField, QuerySet, Sum, Value
+from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
 from django.db.models.functions import Cast, Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
-from django.utils import timezone
+from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
 from providers.models import Provider
 from proxy import logwriter
+from proxy.admin_limits import TEST_ENDPOINT, spend
 from proxy.charts import bar_chart
 from proxy.labels import endpoint_label, error_label
-from proxy.models import ApiKey, RequestLog, UsageHour
+from proxy.models import ApiKey, RequestLog, Team, UsageHour
 from proxy.templatetags.sluice_money import money
 from proxy.transport import FallbackReason, Transport
 
@@ -63,48 +65,39 @@ def team_model() -> Any:
     return RequestLog._meta.get_field(field_name).related_model if field_name else None
 
 
-def budget_field(model: Any) -> str | None:
-    """The spending limit of a key or team: the first decimal field whose name says budget or limit."""
-    if model is None:
-        return None
-    names = {f.name for f in model._meta.get_fields()}
-    if "monthly_budget" in names:  # the budgets section compares spend since the first of the month
-        return "monthly_budget"
-    for f in model._meta.get_fields():
-        if f.get_internal_type() == "DecimalField" and ("budget" in f.name or "limit" in f.name):
-            return f.name
-    return None
-
-
-def budgets(start: dt.datetime, teams: list[int] | None = None) -> list[dict[str, Any]]:
-    """Spend since ``start`` (the first day of this month) of every key and team that has a budget (of
-    ``teams`` only, when given)."""
+def budgets(f: "Filters") -> list[dict[str, Any]]:
+    """Every key and team with a daily or monthly budget, within the filters (a key: it and its team; a
+    team: it and its keys; a lead: their teams), with today's and this month's spend (UTC, provider tests
+    left out) and what is left of each."""
+    has_budget = ~Q(daily_budget=None) | ~Q(monthly_budget=None)
+    keys = ApiKey.objects.filter(has_budget).select_related("team")
+    teams = Team.objects.filter(has_budget)
+    if f.teams is not None:
+        keys, teams = keys.filter(team_id__in=f.teams), teams.filter(pk__in=f.teams)
+    if f.key:
+        team_id = ApiKey.objects.filter(pk=f.key).values_list("team_id", flat=True).first()
+        keys, teams = keys.filter(pk=f.key), teams.filter(pk=team_id)
+    if f.team:
+        keys, teams = keys.filter(team_id=f.team), teams.filter(pk=f.team)
     rows = []
-    for model, log_field in ((ApiKey, "api_key"), (team_model(), team_field())):
-        limit = budget_field(model)
-        if limit is None or log_field is None:
-            continue
-        holding = model.objects.filter(**{f"{limit}__isnull": False}).exclude(**{limit: 0})
-        if teams is not None:
-            holding = holding.filter(**({"team_id__in": teams} if model is ApiKey else {"pk__in": teams}))
-        holders = {o.pk: o for o in holding}
-        spent = dict(
-            RequestLog.objects.filter(created_at__gte=start, **{f"{log_field}_id__in": list(holders)})
-            .values_list(f"{log_field}_id")
-            .annotate(spent=Coalesce(Sum("cost"), Decimal(0)))
-        )
-        for pk, holder in holders.items():
-            budget = getattr(holder, limit)
-            used = spent.get(pk, Decimal(0))
-            rows.append(
-                {
-                    "kind": model._meta.verbose_name,
-                    "name": str(holder),
+    for holders, column, kind in ((list(teams), "team_id", "team"), (list(keys), "api_key_id", "key")):
+        spent = spend(column, [h.pk for h in holders])
+        for holder in holders:
+            day, month = spent[holder.pk]
+            row = {"kind": holder._meta.verbose_name, "name": holder.name, "id": holder.pk, "filter": kind}
+            percents = []
+            periods = (("day", day, holder.daily_budget), ("month", month, holder.monthly_budget))
+            for period, used, budget in periods:
+                row[period] = {
                     "budget": budget,
                     "spent": used,
-                    "percent": float(used / budget * 100) if budget else 0.0,
+                    "left": None if budget is None else max(budget - used, Decimal(0)),
                 }
-            )
+                if budget:
+                    percents.append(float(used / budget * 100))
+            row["percent"] = max(percents, default=0.0)
+            row["periods"] = [row["day"], row["month"]]
+            rows.append(row)
     return sorted(rows, key=lambda r: -r["percent"])
 
 
@@ -201,7 +194,8 @@ def parse_filters(params: Any) -> Filters:
 def queryset(f: Filters) -> QuerySet[RequestLog]:
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
     end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
-    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+    # A provider's test turns are recorded but are not spend: outside the totals, as outside budgets.
+    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end).exclude(endpoint=TEST_ENDPOINT)
     if f.teams is not None:
         qs = qs.filter(team_id__in=f.teams)
     if f.key:
@@ -416,7 +410,6 @@ def _usage(f: Filters) -> Usage:
     refusals = shares(cells.filter(status_class__gte=4, provider_id=0), ["error_code"], totals["turns"])
     for r in refusals:
         r["label"] = error_label(r["error_code"]) or _("(no code)")
-    month = timezone.now().astimezone(dt.UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     return Usage(
         filters=f,
         days=days,
@@ -429,7 +422,7 @@ def _usage(f: Filters) -> Usage:
         fallbacks=fallbacks,
         refusals=refusals,
         ttfe=percentiles(qs, provider_names),
-        budgets=budgets(month, f.teams),
+        budgets=budgets(f),
     )
 
 
@@ -514,7 +507,10 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
         for r in u.ttfe:
             yield ["ttfe_ms", r["name"], "", r["turns"], r["p50"], r["p95"]]
         for r in u.budgets:
-            yield ["budget", r["name"], usd(r["spent"]), "", usd(r["budget"])]
+            for period in ("day", "month"):
+                if r[period]["budget"] is not None:
+                    spent, budget = r[period]["spent"], r[period]["budget"]
+                    yield [f"budget_{period}", f"{r['filter']}:{r['name']}", usd(spent), "", usd(budget)]
 
     f = u.filters
     return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
@@ -524,19 +520,79 @@ def aggregates_csv(u: Usage) -> StreamingHttpResponse:
 LOG_COLUMNS = tuple(c for c in logwriter.COLUMNS if c not in ("ws_handshake_ms", "upstream_ws_url"))
 
 
+# Beside the ids, the names a chargeback needs: the key's, its owner's, the team's, the provider's.
+NAME_COLUMNS = {
+    "key_name": "api_key__name",
+    "owner_name": "owner__username",
+    "team_name": "team__name",
+    "provider_name": "provider__name",
+}
+
+
 def rows_csv(f: Filters) -> StreamingHttpResponse:
     def rows() -> Iterator[list[Any]]:
-        yield list(LOG_COLUMNS)
-        for values in queryset(f).order_by("created_at").values_list(*LOG_COLUMNS).iterator(2000):
+        yield [*LOG_COLUMNS, *NAME_COLUMNS]
+        columns = [*LOG_COLUMNS, *NAME_COLUMNS.values()]
+        for values in queryset(f).order_by("created_at").values_list(*columns).iterator(2000):
             yield list(values)
 
     return _csv_response(rows(), f"sluice-requests-{f.start}-{f.end}.csv")
 
 
+def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
+    """Every key's usage per UTC day or month (``period``), provider and model, with names."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    from providers.models import Provider
+
+    groups = ("api_key_id", "owner_id", "team_id", "provider_id", "upstream_model")
+    width = 7 if period == "month" else 10  # "YYYY-MM" of "YYYY-MM-DD"
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in queryset(f).annotate(day=Day("created_at")).values("day", *groups).annotate(**SUMS):
+        sums = merged.setdefault((r["day"][:width], *(r[g] for g in groups)), dict.fromkeys(SUMS, 0))
+        for k in SUMS:
+            sums[k] += r[k] or 0
+    names = {
+        "api_key_id": names_of(ApiKey, {k[1] for k in merged}),
+        "owner_id": names_of(get_user_model(), {k[2] for k in merged}, "username"),
+        "team_id": names_of(Team, {k[3] for k in merged}),
+        "provider_id": names_of(Provider, {k[4] for k in merged}),
+    }
+
+    def rows() -> Iterator[list[Any]]:
+        yield [
+            _("month") if period == "month" else _("day"),
+            *(_(c) for c in ("API key", "owner", "team", "provider", "model", "turns")),
+            *(_(c) for c in ("input tokens", "cached input tokens", "output tokens", "reasoning tokens")),
+            _("cost (USD)"),
+        ]
+        for key in sorted(merged, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+            r = merged[key]
+            people = [names[g].get(v, "") for g, v in zip(groups[:4], key[1:5], strict=True)]
+            tokens = [r["input"], r["cached"], r["output"], r["reasoning"]]
+            yield [key[0], *people, key[5], r["turns"], *tokens, usd(r["cost"])]
+
+    return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
+
+
+def people(f: Filters) -> list[dict[str, Any]]:
+    """Spend per person (the owner of the keys when the turns ran), the top ten, within the filters."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    ranked = list(
+        queryset(f)
+        .values("owner_id")
+        .annotate(cost=SUMS["cost"], turns=Count("pk"))
+        .order_by("-cost", "-turns")[:TOP]
+    )
+    names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
+    return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
+
+
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     labels = [d["day"].strftime("%m-%d") for d in u.days]
-    count = lambda v: f"{v:,.0f}"  # noqa: E731
+    count = lambda v: formats.number_format(v, 0, force_grouping=True)  # noqa: E731
     charts = [
         (
             _("Spend per day (USD)"),
@@ -579,11 +635,18 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     )
     return {
         "usage": u,
+        "people": people(u.filters),
         "charts": charts,
         "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),
         "models": list(models),
         "teams": teams,
         "query": u.filters.query(),
+        "rows_range": urlencode(
+            {
+                "created_at__gte": u.filters.start.isoformat(),
+                "created_at__lt": (u.filters.end + dt.timedelta(days=1)).isoformat(),
+            }
+        ),
         "endpoint_label": endpoint_label,
     }

@@ -195,8 +195,10 @@ class RequestLog(models.Model):
     """One row per turn: an HTTP request, or one response.create on a WebSocket."""
 
     created_at = models.DateTimeField(_("time"), default=timezone.now, db_index=True)
-    api_key = models.ForeignKey(ApiKey, verbose_name=_("API key"), null=True, on_delete=models.SET_NULL)
-    team = models.ForeignKey(Team, verbose_name=_("team"), null=True, blank=True, on_delete=models.SET_NULL)
+    # The log is the record of spend: a key, team or person with rows is deactivated, never deleted (the
+    # database refuses; the admin offers deactivation instead).
+    api_key = models.ForeignKey(ApiKey, verbose_name=_("API key"), null=True, on_delete=models.PROTECT)
+    team = models.ForeignKey(Team, verbose_name=_("team"), null=True, blank=True, on_delete=models.PROTECT)
     provider = models.ForeignKey(
         "providers.Provider", verbose_name=_("provider"), null=True, blank=True, on_delete=models.SET_NULL
     )
@@ -228,13 +230,13 @@ class RequestLog(models.Model):
     upstream_ws_url = models.CharField(_("upstream WebSocket URL"), max_length=500, blank=True)
     response_id = models.CharField(_("response id"), max_length=200, blank=True, db_index=True)
     session_id = models.CharField(_("session"), max_length=200, blank=True)
-    # Who the turn belongs to when it was made: the key's owner, kept when the key goes.
+    # Who the turn belongs to when it was made: the key's owner.
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL,
         verbose_name=_("owner"),
         null=True,
         blank=True,
-        on_delete=models.SET_NULL,
+        on_delete=models.PROTECT,
         related_name="+",
     )
     # A database default: the log writer's multi-row INSERT names its columns, and rows written without a

@@ -22,6 +22,9 @@ from proxy.wire import WireError, validate_create_frame
 from proxy.ws_connection import Connection
 
 SLOW_MS = 10_000.0
+# HTTP chosen by the operator (the provider's setting, the system settings, the test's option): not a
+# degradation of the provider.
+HTTP_ON_PURPOSE = (FallbackReason.FORCED_HTTP, FallbackReason.PROVIDER_NEVER, FallbackReason.SETTING_OFF)
 PROMPT = "Reply with the single word: OK"
 
 
@@ -119,7 +122,7 @@ async def run_test(provider: Provider, *, transport: str = "auto", model: str | 
     last = json.loads(received[-1]) if received else {}
     if last.get("type") == "response.completed":
         degraded = []
-        if report.fallback_reason and report.fallback_reason != FallbackReason.FORCED_HTTP:
+        if report.fallback_reason and report.fallback_reason not in HTTP_ON_PURPOSE:
             degraded.append(_("fell back to HTTP: %(reason)s") % {"reason": report.fallback_label})
         if total > SLOW_MS:
             degraded.append(_("slow: %(ms).0f ms") % {"ms": total})

@@ -14,6 +14,8 @@ from django.db import connection, transaction
 from django.db.models import Count, Sum
 from django.db.models.functions import Coalesce, TruncHour
 
+from proxy.labels import Endpoint
+
 CELL = (
     "hour",
     "api_key_id",
@@ -60,7 +62,10 @@ def cells(rows: list[tuple], columns: tuple[str, ...]) -> dict[tuple, list]:
 
 
 def add(rows: list[tuple], columns: tuple[str, ...]) -> None:
-    """Add rows just inserted to their cells: call it in the transaction that inserted them."""
+    """Add rows just inserted to their cells: call it in the transaction that inserted them. The provider
+    test's turns stay out, as they stay out of spend and the dashboard."""
+    at = columns.index("endpoint")
+    rows = [row for row in rows if row[at] != Endpoint.PROVIDER_TEST]
     if rows:
         _upsert(cells(rows, columns), increment=True)
 
@@ -105,6 +110,7 @@ def rebuild(start: dt.datetime, end: dt.datetime) -> int:
         UsageHour.objects.filter(hour__gte=start, hour__lt=end).delete()
         rows = (
             RequestLog.objects.filter(created_at__gte=start, created_at__lt=end)
+            .exclude(endpoint=Endpoint.PROVIDER_TEST)
             .order_by()
             .annotate(h=TruncHour("created_at", tzinfo=dt.UTC))
             .values(

@@ -147,6 +147,7 @@ async def _relay(
         tracing.set_model(record, model)
         record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
+    record.session_id = routing.session_of(body, headers)  # on the row of a refused turn too
     admission = limits.UNLIMITED
     if endpoint in LIMITED_ENDPOINTS:
         try:

@@ -60,6 +60,9 @@ PAGES = [
     ("admin:proxy_usage_changelist", {}),
     ("admin:proxy_usage_changelist", {"export": "rows"}),
     ("admin:proxy_usage_changelist", {"export": "aggregates"}),
+    ("admin:proxy_usage_changelist", {"export": "chargeback", "period": "day"}),
+    ("admin:proxy_usage_changelist", {"export": "chargeback", "period": "month"}),
+    ("admin:proxy_requestlog_sessions", {}),
 ]
 
 

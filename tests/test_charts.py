@@ -19,3 +19,15 @@ def test_small_values_keep_an_axis_up_to_one():
 def test_a_count_axis_is_labelled_with_its_exact_steps():
     svg = bar_chart(["a", "b"], [("turns", [25, 3])], lambda v: f"{v:,.0f}", "Turns")
     assert [f">{n}</text>" in svg for n in (0, 8, 16, 24, 32)] == [True] * 5
+
+
+def axis_labels(svg: str) -> list[str]:
+    import re
+
+    return re.findall(r'text-anchor="end" fill="#666">([^<]*)</text>', svg)
+
+
+def test_an_empty_chart_says_zero_once_and_a_small_count_axis_has_whole_steps():
+    count = lambda v: f"{v:,.0f}"  # noqa: E731
+    assert axis_labels(bar_chart(["a", "b"], [("turns", [0, 0])], count, "Turns")) == ["0", "", "", "", ""]
+    assert axis_labels(bar_chart(["a"], [("turns", [1])], count, "Turns")) == ["0", "1", "2", "3", "4"]

@@ -175,3 +175,30 @@ def test_shipped_prices_cover_the_models_codex_uses():
     assert price_for(prices, "gpt-5.5-2026-04-23") is prices["gpt-5.5"]
     assert price_for(prices, "gpt-5.6") is None, "an unknown model is never priced like a relative"
     assert prices["gpt-5.5"].input_per_million == 5 and prices["gpt-5.5"].output_per_million == 30
+
+
+def test_filllogs_fills_the_log_with_rows_of_its_keys():
+    from proxy.models import ApiKey, RequestLog
+
+    out = StringIO()
+    call_command("filllogs", "--rows", "500", "--days", "3", stdout=out)
+    assert "500" in out.getvalue()
+    assert RequestLog.objects.count() == 500 and ApiKey.objects.count() == 40
+    keyed = RequestLog.objects.exclude(api_key=None)
+    assert keyed.exists() and not keyed.filter(owner=None).exists()
+    assert RequestLog.objects.filter(cost__gt=0).exists()
+
+
+def test_filllogs_that_fails_leaves_nothing_behind():
+    from django.contrib.auth import get_user_model
+
+    from providers.models import Provider
+    from proxy.models import ApiKey, RequestLog
+
+    # Ten million days back is before the first year a date can hold: the rows fail after the keys, user
+    # and providers were made.
+    with pytest.raises((ValueError, OverflowError)):
+        call_command("filllogs", "--rows", "20", "--days", "10000000", stdout=StringIO())
+    assert not ApiKey.objects.exists() and not Provider.objects.exists()
+    assert not RequestLog.objects.exists()
+    assert not get_user_model().objects.filter(username="filllogs").exists()

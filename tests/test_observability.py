@@ -304,8 +304,8 @@ def test_dashboard_aggregates_filters_and_csv(admin_client):
         (Decimal("0.0014"), "$0.0014"),
         (Decimal("0.00143"), "$0.0014"),
         (Decimal("0.001"), "$0.001"),
-        (Decimal("0.00003"), "<$0.0001"),  # not zero, and not shown as zero
-        (Decimal("1234.5"), "$1234.50"),
+        (Decimal("0.00003"), "$0.00003"),  # not zero, and not shown as zero
+        (Decimal("1234.5"), "$1,234.50"),
     ],
 )
 def test_the_dashboard_shows_every_amount_in_one_format(admin_client, cost, shown):
@@ -313,9 +313,10 @@ def test_the_dashboard_shows_every_amount_in_one_format(admin_client, cost, show
     RequestLog.objects.create(api_key=key, upstream_model="gpt-5.5", cost=cost, input_tokens=10)
     page = admin_client.get(reverse("admin:proxy_usage_changelist")).content.decode()
     total = html.unescape(re.search(r'id="sluice-total-cost">([^<]*)<', page)[1])
-    # The spend of the key, team, model and provider rows, and the key's spend beside its budget.
+    # The spend of the key, person, team, model and provider rows, and the key's spend today and this month
+    # beside its monthly budget (and what is left of it).
     cells = [html.unescape(c) for c in re.findall(r'<td class="num">([^<]*\$[^<]*)</td>', page)]
-    assert (total, cells) == (shown, [shown] * 5 + ["$5000.00"])
+    assert (total, cells[:8]) == (shown, [shown] * 7 + ["$5,000.00"])
 
 
 def test_request_log_status_classes(admin_client):

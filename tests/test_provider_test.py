@@ -99,3 +99,12 @@ def test_a_refused_connection_is_reported_with_the_address():
     address = provider.base_url.split("//")[1].split("/")[0]
     error = Provider.objects.get().last_test_report["error"]
     assert error == f"could not connect to {address} (connection refused)", error
+
+
+def test_a_provider_set_to_http_only_is_green_not_degraded(upstream):
+    from providers.models import Provider
+
+    make_provider(upstream, allowed_models=["gpt-5.5"], websocket_mode="never")
+    out = run("alpha")
+    assert "Verdict: Green" in out and "Transport: HTTP" in out and upstream.ws_connections == 0
+    assert Provider.objects.get(name="alpha").last_test_verdict == "green"

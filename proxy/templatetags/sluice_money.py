@@ -9,17 +9,22 @@ from django.utils import formats
 
 register = template.Library()
 
-_SMALLEST = Decimal("0.0001")
+CENT = Decimal("0.01")
 
 
 @register.filter
 def money(value: Any) -> str:
-    """Cents, and up to four decimals when an amount has them ($7.50, $0.001, $0.0014): a turn costs a
-    fraction of a cent. An amount too small even for that is "<$0.0001", never a misleading $0.00.
-    Localised like Django's ``floatformat`` (the decimal separator of the admin's language)."""
+    """One format for every amount: cents with the language's digit grouping ($1,234.50, $7.50), so that
+    amounts side by side line up. An amount under a cent (a turn often costs less) keeps two significant
+    digits ($0.0014, $0.000026): shown as it is, never as a misleading $0.00."""
     amount = Decimal(value or 0)
-    shown = amount.quantize(_SMALLEST, ROUND_HALF_UP)
-    if amount > 0 and not shown:
-        return "<$" + formats.number_format(_SMALLEST, 4)
-    places = next(p for p in (2, 3, 4) if shown == shown.quantize(Decimal(1).scaleb(-p)))
-    return "$" + formats.number_format(shown, places)
+    if not amount or abs(amount) >= CENT:
+        return _dollars(amount.quantize(CENT, ROUND_HALF_UP), 2)
+    exponent = amount.adjusted()  # -3 for 0.0014
+    shown = amount.quantize(Decimal(1).scaleb(exponent - 1), ROUND_HALF_UP).normalize()
+    return _dollars(shown, max(-shown.as_tuple().exponent, 2))  # type: ignore[operator]
+
+
+def _dollars(amount: Decimal, places: int) -> str:
+    sign = "-" if amount < 0 else ""
+    return f"{sign}${formats.number_format(abs(amount), places, force_grouping=True)}"
