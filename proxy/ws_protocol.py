@@ -91,7 +91,8 @@ class BoundedWebSocketProtocol(WebSocketsSansIOProtocol):
         fragments included); True when that, not the frame limit, is the bound."""
         room = settings.SLUICE_WS_TOTAL_BUFFER_BYTES - _waiting_total - _partial_total + self._partial
         limit = max(1, min(settings.SLUICE_WS_MAX_FRAME_BYTES, room))  # 0 would mean no limit to zlib
-        self.conn.max_size = limit
+        self.conn.max_size = limit  # websockets 15 reads this per frame,
+        self.conn.max_message_size = limit  # 16 and later this one
         return limit < settings.SLUICE_WS_MAX_FRAME_BYTES
 
     def _count_partial(self, size: int) -> None:
