@@ -18,23 +18,9 @@ from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from audit import alerts
-from audit.models import AlertChannel, AlertDelivery, AuditEvent, TeamAlertPolicy
+from audit.models import FIELDS, AlertChannel, AlertDelivery, AuditEvent, TeamAlertPolicy
 
-CSV_FIELDS = (
-    "seq",
-    "time",
-    "actor",
-    "actor_user_id",
-    "source",
-    "action",
-    "object_type",
-    "object_id",
-    "object_label",
-    "changes",
-    "client_ip",
-    "request_id",
-    "hash",
-)
+CSV_FIELDS = (*FIELDS, "hash")
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

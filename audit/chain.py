@@ -12,23 +12,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from audit.context import Actor, current
-from audit.models import AuditChain, AuditEvent
+from audit.models import FIELDS, AuditChain, AuditEvent
 
-HASHED = (
-    "seq",
-    "time",
-    "actor",
-    "actor_user_id",
-    "source",
-    "action",
-    "object_type",
-    "object_id",
-    "object_label",
-    "changes",
-    "client_ip",
-    "request_id",
-    "prev_hash",
-)
+HASHED = (*FIELDS, "prev_hash")
 
 
 def canonical(values: dict[str, Any]) -> str:

@@ -181,3 +181,21 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.time:%Y-%m-%d %H:%M:%S} {self.channel} {self.event} {self.status}"
+
+
+# An audit row's own fields, in the order every reader shows them (the chain hashes them with the
+# previous row's hash; the admin's CSV adds the row's hash).
+FIELDS = (
+    "seq",
+    "time",
+    "actor",
+    "actor_user_id",
+    "source",
+    "action",
+    "object_type",
+    "object_id",
+    "object_label",
+    "changes",
+    "client_ip",
+    "request_id",
+)

@@ -7,22 +7,7 @@ from django.utils import timezone
 from django.utils.dateparse import parse_date, parse_datetime
 from django.utils.translation import gettext as _
 
-from audit.models import AuditEvent
-
-FIELDS = (
-    "seq",
-    "time",
-    "actor",
-    "actor_user_id",
-    "source",
-    "action",
-    "object_type",
-    "object_id",
-    "object_label",
-    "changes",
-    "client_ip",
-    "request_id",
-)
+from audit.models import FIELDS, AuditEvent
 
 
 def parse_since(value: str) -> dt.datetime:
