@@ -257,13 +257,16 @@ def _run() -> None:
                 with _lock:
                     _pending -= 1
                     _lock.notify_all()
+        worked = job is not None
         if _periodic_on.is_set() and time.monotonic() - last_periodic >= period:
-            last_periodic = time.monotonic()
+            last_periodic, worked = time.monotonic(), True
             for periodic in _periodic:
                 try:
                     periodic()
                 except Exception:  # noqa: BLE001 - see above
                     log.exception("periodic alert check failed")
+        if not worked:
+            continue  # an idle worker leaves the database alone
         try:
             tidy_connections()
         except Exception:  # noqa: BLE001 - a broken connection is replaced on next use
