@@ -34,6 +34,7 @@ AUDITED = (
 # Written by the gateway itself (logs, sessions, bookkeeping), or the audit log's own rows.
 NOT_AUDITED = (
     "proxy.RequestLog",
+    "proxy.UsageHour",
     "proxy.Usage",
     "admin.LogEntry",
     "auth.Permission",

@@ -61,6 +61,9 @@ def cells(rows: list[tuple], columns: tuple[str, ...]) -> dict[tuple, list]:
     return out
 
 
+CENT_MILLIONTH = Decimal("0.00000001")  # the request log's cost precision
+
+
 def add(rows: list[tuple], columns: tuple[str, ...]) -> None:
     """Add rows just inserted to their cells: call it in the transaction that inserted them. The provider
     test's turns stay out, as they stay out of spend and the dashboard."""
@@ -150,5 +153,7 @@ def rebuild(start: dt.datetime, end: dt.datetime) -> int:
             sums = found.setdefault(cell, [0, Decimal(0), 0, 0, 0, 0])
             for j, name in enumerate(("turns", "c", "i", "ci", "o", "r")):
                 sums[j] += r[name]
+        for sums in found.values():  # SQLite sums decimals as floats: back to the column's 8 places
+            sums[1] = Decimal(sums[1]).quantize(CENT_MILLIONTH)
         _upsert(found, increment=False)
     return len(found)

@@ -84,10 +84,9 @@ def test_the_admin_index_leads_to_the_dashboard(admin_client, client):
     page = admin_client.get(reverse("admin:index")).content.decode()
     start = page.split('id="sluice-start"', 1)[1].split("</table>", 1)[0]
     assert reverse("admin:proxy_usage_changelist") in start
-    assert "/admin/audit/" not in start  # the audit app is not installed here: no link to nowhere
+    assert "/admin/audit/" in start  # and to the audit log (the link shows only with the app installed)
     # Staff who may not read the log get no dashboard link.
-    get_user_model().objects.create_user("clerk", password="pw-clerk-1", is_staff=True)
-    client.login(username="clerk", password="pw-clerk-1")
+    client.force_login(get_user_model().objects.create_user("clerk", password="pw-clerk-1", is_staff=True))
     assert "sluice-start" not in client.get(reverse("admin:index")).content.decode()
 
 

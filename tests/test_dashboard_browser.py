@@ -72,6 +72,7 @@ def test_dashboard_in_a_browser(gateway, superuser, browser):
 def test_provider_test_with_a_chosen_model(gateway, upstream, superuser, browser):
     def setup() -> Provider:
         # The shipped list prices may be there already (a transactional test empties them).
+        ModelPrice.objects.exclude(model="gpt-5.5").delete()  # the priced models offered: this one
         ModelPrice.objects.update_or_create(
             model="gpt-5.5", defaults={"input_per_million": 1, "output_per_million": 2}
         )

@@ -538,15 +538,16 @@ def test_a_budget_alert_is_sent_once_by_the_fleet(fleet, alpha):
         statuses = [post_turn(fleet.url, raw).status_code for _ in range(14)]
         assert 200 in statuses and statuses[-1] == 429, statuses  # the budget ran out within the turns
         assert len(set(fleet.balancer.upstreams_used())) == 2, "both nodes served the key's turns"
-        wait_for(lambda: len(hook.received) >= 2, 15)
+        full = "Sluice: API key “team” reached 100% of its daily budget"
+        wait_for(lambda: any(body["title"] == full for _path, body in hook.received), 15)
         time.sleep(2)  # a duplicate from the slower node would come within this
-        titles = sorted(body["title"] for _path, body in hook.received)
-        assert titles == [
-            "Sluice: API key “team” reached 100% of its daily budget",
-            "Sluice: API key “team” reached 80% of its daily budget",
-        ]
-        assert set(AlertSent.objects.values_list("threshold", flat=True)) == {"daily:80", "daily:100"}
-        assert AlertDelivery.objects.filter(status="sent").count() == 2
+        titles = [body["title"] for _path, body in hook.received]
+        # 80 % is alerted too unless one request-log batch crossed both thresholds (then the highest only):
+        # either way, each threshold is claimed once and nothing is sent twice.
+        assert full in titles and len(titles) == len(set(titles)), titles
+        assert set(titles) <= {full, "Sluice: API key “team” reached 80% of its daily budget"}
+        assert sorted(AlertSent.objects.values_list("threshold", flat=True)) == ["daily:100", "daily:80"]
+        assert AlertDelivery.objects.filter(status="sent").count() == len(titles)
     finally:
         hook.server.shutdown()
         hook.server.server_close()

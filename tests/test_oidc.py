@@ -386,6 +386,9 @@ def test_deactivating_in_the_admin_disables_the_keys(gateway, transactional_db):
         token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
         form = {"csrfmiddlewaretoken": token, "username": "leaver", "date_joined_0": "2026-01-01"}
         form |= {"date_joined_1": "00:00:00", "initial-date_joined_0": "2026-01-01"}
+        # The page's inline lists the person's keys: its management form goes back as the page has it.
+        for name, value in re.findall(r'<input type="hidden" name="([^"]+-(?:[A-Z_]+FORMS|\d+-\w+))"[^>]*?value="([^"]*)"', page.text):
+            form[name] = value
         saved = browser.post(url, data=form, headers={"referer": gateway.url + url})  # "active" unticked
         assert saved.status_code == 302, saved.text[:300]
     assert not get_user_model().objects.get(pk=key.owner_id).is_active
