@@ -4,7 +4,7 @@ import time
 from decimal import Decimal
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection, transaction
 from django.utils.translation import gettext as _
 
@@ -18,7 +18,21 @@ REFUSALS = ("invalid_api_key", "missing_required_parameter", "model_not_found", 
 REASONS = ("", "", "", "", "", "setting_off", "known_unsupported", "upgrade_refused")
 
 
-def fake_row(rng: random.Random, when: float, keys: list[int], providers: list[int]) -> tuple:
+# The columns the log writer has that the rows below leave to their defaults: named here, so that a new
+# column of the writer fails loudly until this command says what it holds.
+LATER_COLUMNS = ("owner_id", "trace_id")
+_KNOWN = len(COLUMNS) - len(LATER_COLUMNS)
+
+
+def fake_row(
+    rng: random.Random, when: float, keys: list[int], providers: list[int], owners: dict[int, int]
+) -> tuple:
+    base = _base_row(rng, when, keys, providers)
+    key = base[1]
+    return (*base, owners.get(key) if key is not None else None, "")
+
+
+def _base_row(rng: random.Random, when: float, keys: list[int], providers: list[int]) -> tuple:
     created = dt.datetime.fromtimestamp(when, dt.UTC)
     if rng.random() < 0.04:  # a refusal: no provider, no tokens
         return (
@@ -110,10 +124,12 @@ class Command(BaseCommand):
         first, step = time.time() - days * 86400, days * 86400 / rows
         started = time.perf_counter()
         done = 0
-        assert len(COLUMNS) == 23
+        if COLUMNS[_KNOWN:] != LATER_COLUMNS:
+            raise CommandError(f"filllogs does not know the request log's columns {COLUMNS[_KNOWN:]}")
+        owners = dict(ApiKey.objects.filter(pk__in=keys).values_list("pk", "owner_id"))
         while done < rows:
             n = min(10_000, rows - done)
-            batch = [fake_row(rng, first + (done + i) * step, keys, providers) for i in range(n)]
+            batch = [fake_row(rng, first + (done + i) * step, keys, providers, owners) for i in range(n)]
             with transaction.atomic():
                 _insert(batch)
             done += n
