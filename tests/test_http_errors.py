@@ -21,6 +21,8 @@ from tests.helpers import post
         (b"[1, 2]", "invalid_json"),
         (b'{"input": "no model"}', "missing_required_parameter"),
         (b'{"model": "", "input": "x"}', "missing_required_parameter"),
+        (b'{"model": 5, "input": "x"}', "invalid_type"),
+        (b'{"model": ["gpt-5.5"], "input": "x"}', "invalid_type"),
     ],
 )
 def test_malformed_body_is_a_400_with_an_openai_error(gateway, upstream, api_key, body, code):
@@ -29,6 +31,14 @@ def test_malformed_body_is_a_400_with_an_openai_error(gateway, upstream, api_key
     assert response.status_code == 400
     assert response.json()["error"]["code"] == code
     assert upstream.http_requests == 0
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_v1_without_its_slash_is_a_json_404_not_an_html_redirect(gateway, api_key, method):
+    response = httpx.request(method, gateway.url + "/v1", headers={"authorization": f"Bearer {api_key}"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "not_found"
 
 
 def test_body_over_the_limit_is_a_413(gateway, upstream, api_key, settings):
