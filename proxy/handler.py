@@ -16,14 +16,14 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponse
-from django.urls import set_script_prefix
+from django.urls import Resolver404, set_script_prefix
 
 from proxy import logwriter
 from proxy.ended_early import ended_early
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
 from proxy.refused import refuse
-from proxy.views import close_response, error_response, max_body_error
+from proxy.views import close_response, error_response, max_body_error, not_found
 from proxy.wire import WireError
 
 log = logging.getLogger("sluice.http")
@@ -44,6 +44,9 @@ class ApiHandler(ASGIHandler):
         """Django answers an unexpected exception with an HTML page; /v1 clients get an OpenAI error."""
         try:
             return await self._get_response_async(request)
+        except Resolver404:
+            # A path no pattern of proxy/urls.py matches ("/v1" itself): the catch-all's JSON 404.
+            return await not_found(request)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(
