@@ -19,6 +19,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, set_script_prefix
 
 from proxy import logwriter
+from proxy.auth import authenticate, presented_key
 from proxy.ended_early import ended_early
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
@@ -88,10 +89,16 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except (BodyTooLarge, ValueError):
+            # The body is not read, but the key is in the headers: the row names whose request it was.
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()
+            }
+            client = await authenticate(presented_key(headers))
             error = refuse(
                 max_body_error(),
                 scope=scope,
-                key_id=None,  # not authenticated: the body was never read
+                key_id=client.key_id if client else None,
+                team_id=client.team_id if client else None,
                 client_transport="http",
                 endpoint=endpoint_of(scope["method"], scope["path"]),
             )

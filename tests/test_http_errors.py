@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from proxy.models import ApiKey
 from tests.conftest import make_provider, request_logs, sdk
 from tests.helpers import post
 
@@ -47,6 +48,8 @@ def test_body_over_the_limit_is_a_413(gateway, upstream, api_key, settings):
     response = post(gateway, api_key, b'{"model": "gpt-5.5", "input": "' + b"x" * 2000 + b'"}')
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code, row.api_key_id) == (413, "request_too_large", ApiKey.objects.get().pk)
 
 
 def test_large_bodies_within_the_default_limit_pass(gateway, upstream, api_key):
