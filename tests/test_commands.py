@@ -1,6 +1,9 @@
 """Management commands a deployment script calls: their output is the contract."""
 
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -175,3 +178,19 @@ def test_shipped_prices_cover_the_models_codex_uses():
     assert price_for(prices, "gpt-5.5-2026-04-23") is prices["gpt-5.5"]
     assert price_for(prices, "gpt-5.6") is None, "an unknown model is never priced like a relative"
     assert prices["gpt-5.5"].input_per_million == 5 and prices["gpt-5.5"].output_per_million == 30
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [("--daily-budget", "abc", "Not an amount in USD: abc"), ("--rpm", "-1", "Not a whole number: -1")],
+)
+def test_a_bad_limit_flag_is_a_usage_error_not_a_traceback(flag, value, said):
+    done = subprocess.run(
+        [sys.executable, "manage.py", "createteam", "--name", "t", flag, value],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr
