@@ -25,7 +25,8 @@ api_application = ApiHandler()
 
 
 async def http_application(scope: dict, receive: object, send: object) -> None:
-    if scope["path"].startswith("/v1/") or scope["path"] in PROBE_PATHS:
+    # "/v1" itself too: Django would answer it with an HTML redirect to "/v1/".
+    if scope["path"] == "/v1" or scope["path"].startswith("/v1/") or scope["path"] in PROBE_PATHS:
         await api_application(scope, receive, send)
     else:
         await django_application(scope, receive, send)

@@ -16,14 +16,15 @@ from django.conf import settings
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponse
-from django.urls import set_script_prefix
+from django.urls import Resolver404, set_script_prefix
 
 from proxy import logwriter
+from proxy.auth import authenticate, presented_key
 from proxy.ended_early import ended_early
 from proxy.labels import endpoint_of
 from proxy.pipeline import BodyBroken
 from proxy.refused import refuse
-from proxy.views import close_response, error_response, max_body_error
+from proxy.views import close_response, error_response, max_body_error, not_found
 from proxy.wire import WireError
 
 log = logging.getLogger("sluice.http")
@@ -44,6 +45,9 @@ class ApiHandler(ASGIHandler):
         """Django answers an unexpected exception with an HTML page; /v1 clients get an OpenAI error."""
         try:
             return await self._get_response_async(request)
+        except Resolver404:
+            # A path no pattern of proxy/urls.py matches ("/v1" itself): the catch-all's JSON 404.
+            return await not_found(request)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
             return error_response(
@@ -85,10 +89,16 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except (BodyTooLarge, ValueError):
+            # The body is not read, but the key is in the headers: the row names whose request it was.
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()
+            }
+            client = await authenticate(presented_key(headers))
             error = refuse(
                 max_body_error(),
                 scope=scope,
-                key_id=None,  # not authenticated: the body was never read
+                key_id=client.key_id if client else None,
+                team_id=client.team_id if client else None,
                 client_transport="http",
                 endpoint=endpoint_of(scope["method"], scope["path"]),
             )

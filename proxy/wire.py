@@ -60,8 +60,16 @@ def parse_body(raw: bytes | str) -> dict[str, Any]:
     return body
 
 
+_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
+
+
 def require_model(body: dict[str, Any]) -> str:
     model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        # As the service words it: a model of the wrong type is not a missing one.
+        got = _JSON_TYPES.get(type(model), "another type")
+        message = f"Invalid type for 'model': expected a string, but got {got} instead."
+        raise WireError(400, "invalid_type", message, "model")
     if not isinstance(model, str) or not model.strip():
         raise WireError(400, "missing_required_parameter", "Missing required parameter: 'model'.", "model")
     return model

@@ -1,6 +1,9 @@
 """Management commands a deployment script calls: their output is the contract."""
 
+import subprocess
+import sys
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -202,3 +205,19 @@ def test_filllogs_that_fails_leaves_nothing_behind():
     assert not ApiKey.objects.exists() and not Provider.objects.exists()
     assert not RequestLog.objects.exists()
     assert not get_user_model().objects.filter(username="filllogs").exists()
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [("--daily-budget", "abc", "Not an amount in USD: abc"), ("--rpm", "-1", "Not a whole number: -1")],
+)
+def test_a_bad_limit_flag_is_a_usage_error_not_a_traceback(flag, value, said):
+    done = subprocess.run(
+        [sys.executable, "manage.py", "createteam", "--name", "t", flag, value],
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr

@@ -10,6 +10,7 @@ import httpx
 import openai
 import pytest
 
+from proxy.models import ApiKey
 from tests.conftest import make_provider, request_logs, sdk
 from tests.helpers import post
 
@@ -21,6 +22,8 @@ from tests.helpers import post
         (b"[1, 2]", "invalid_json"),
         (b'{"input": "no model"}', "missing_required_parameter"),
         (b'{"model": "", "input": "x"}', "missing_required_parameter"),
+        (b'{"model": 5, "input": "x"}', "invalid_type"),
+        (b'{"model": ["gpt-5.5"], "input": "x"}', "invalid_type"),
     ],
 )
 def test_malformed_body_is_a_400_with_an_openai_error(gateway, upstream, api_key, body, code):
@@ -31,12 +34,22 @@ def test_malformed_body_is_a_400_with_an_openai_error(gateway, upstream, api_key
     assert upstream.http_requests == 0
 
 
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_v1_without_its_slash_is_a_json_404_not_an_html_redirect(gateway, api_key, method):
+    response = httpx.request(method, gateway.url + "/v1", headers={"authorization": f"Bearer {api_key}"})
+    assert response.status_code == 404
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error"]["code"] == "not_found"
+
+
 def test_body_over_the_limit_is_a_413(gateway, upstream, api_key, settings):
     settings.SLUICE_MAX_BODY_BYTES = 1000
     make_provider(upstream)
     response = post(gateway, api_key, b'{"model": "gpt-5.5", "input": "' + b"x" * 2000 + b'"}')
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    (row,) = request_logs(1)
+    assert (row.status, row.error_code, row.api_key_id) == (413, "request_too_large", ApiKey.objects.get().pk)
 
 
 def test_large_bodies_within_the_default_limit_pass(gateway, upstream, api_key):

@@ -387,7 +387,8 @@ def test_deactivating_in_the_admin_disables_the_keys(gateway, transactional_db):
         form = {"csrfmiddlewaretoken": token, "username": "leaver", "date_joined_0": "2026-01-01"}
         form |= {"date_joined_1": "00:00:00", "initial-date_joined_0": "2026-01-01"}
         # The page's inline lists the person's keys: its management form goes back as the page has it.
-        for name, value in re.findall(r'<input type="hidden" name="([^"]+-(?:[A-Z_]+FORMS|\d+-\w+))"[^>]*?value="([^"]*)"', page.text):
+        hidden = r'<input type="hidden" name="([^"]+-(?:[A-Z_]+FORMS|\d+-\w+))"[^>]*?value="([^"]*)"'
+        for name, value in re.findall(hidden, page.text):
             form[name] = value
         saved = browser.post(url, data=form, headers={"referer": gateway.url + url})  # "active" unticked
         assert saved.status_code == 302, saved.text[:300]

@@ -1,5 +1,6 @@
 """The limit flags that createteam and createapikey share (deployment scripts rely on their names)."""
 
+from argparse import ArgumentTypeError
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -7,14 +8,18 @@ from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError, CommandParser
 from django.utils.translation import gettext as _
 
+# The flags' types raise ArgumentTypeError, not CommandError: raised while argparse parses, a CommandError
+# escaped as a traceback; argparse turns this one into its usage line and exit status 2 (and call_command
+# into a CommandError).
+
 
 def _budget(value: str) -> Decimal:
     try:
         amount = Decimal(value)
     except InvalidOperation:
-        raise CommandError(_("Not an amount in USD: %(value)s") % {"value": value}) from None
+        raise ArgumentTypeError(_("Not an amount in USD: %(value)s") % {"value": value}) from None
     if amount < 0 or not amount.is_finite():
-        raise CommandError(_("Not an amount in USD: %(value)s") % {"value": value})
+        raise ArgumentTypeError(_("Not an amount in USD: %(value)s") % {"value": value})
     return amount
 
 
@@ -22,9 +27,9 @@ def _count(value: str) -> int:
     try:
         number = int(value)
     except ValueError:
-        raise CommandError(_("Not a whole number: %(value)s") % {"value": value}) from None
+        raise ArgumentTypeError(_("Not a whole number: %(value)s") % {"value": value}) from None
     if number < 0:
-        raise CommandError(_("Not a whole number: %(value)s") % {"value": value})
+        raise ArgumentTypeError(_("Not a whole number: %(value)s") % {"value": value})
     return number
 
 
