@@ -644,8 +644,11 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
         "query": u.filters.query(),
         "rows_range": urlencode(
             {
-                "created_at__gte": u.filters.start.isoformat(),
-                "created_at__lt": (u.filters.end + dt.timedelta(days=1)).isoformat(),
+                # UTC days, as the dashboard counts them (a bare date would be a naive datetime).
+                "created_at__gte": dt.datetime.combine(u.filters.start, dt.time.min, dt.UTC).isoformat(),
+                "created_at__lt": dt.datetime.combine(
+                    u.filters.end + dt.timedelta(days=1), dt.time.min, dt.UTC
+                ).isoformat(),
             }
         ),
         "endpoint_label": endpoint_label,
