@@ -19,6 +19,7 @@ COPY providers ./providers
 COPY settings_app ./settings_app
 COPY identity ./identity
 COPY audit ./audit
+COPY portal ./portal
 COPY locale ./locale
 RUN /venv/bin/python -m compileall -q -j 0 config proxy providers settings_app identity audit
 
