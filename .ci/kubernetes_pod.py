@@ -53,13 +53,14 @@ def namespace_command(mounts: list[str], command: list[str]) -> list[str]:
     """The command, in a mount namespace with a read-only root and a tmpfs at each emptyDir path."""
     steps = ["mount -o remount,bind,ro /"]
     # A checkout under an emptyDir path (a clone in /tmp) would vanish under its tmpfs: it is set aside
-    # on /mnt first and put back, read-only, inside the tmpfs.
+    # on an empty directory that is no mount path first, and put back, read-only, inside the tmpfs.
     hidden = any(ROOT == Path(path) or Path(path) in ROOT.parents for path in mounts)
     if hidden:
-        steps.append(f"mount --bind {ROOT} /mnt")
+        stash = next(p for p in ("/srv", "/media", "/opt") if Path(p).is_dir() and p not in mounts)
+        steps.append(f"mount --bind {ROOT} {stash}")
     steps += [f"mount -t tmpfs -o size=256m,mode=1777 tmpfs {path}" for path in mounts]
     if hidden:
-        steps += [f"mkdir -p {ROOT}", f"mount --bind /mnt {ROOT}", f"mount -o remount,bind,ro {ROOT}"]
+        steps += [f"mkdir -p {ROOT}", f"mount --bind {stash} {ROOT}", f"mount -o remount,bind,ro {ROOT}"]
     script = " && ".join(steps) + ' && exec "$@"'
     return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "pod", *command]
 
