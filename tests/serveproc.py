@@ -77,9 +77,13 @@ class ServeProcess:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
+        # SIGTERM first, as a deployment stops it: the off-path log writer then flushes what it holds.
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.communicate(timeout=10)
+            try:
+                self.terminate(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate(timeout=10)
 
 
 class RedisServer:

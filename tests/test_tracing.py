@@ -202,8 +202,9 @@ def test_turns_are_traced_over_both_transports_with_failover(receiver, upstream)
             upstream.requests[-1].headers["traceparent"].startswith(f"00-{ws_trace}-{handshake['span_id']}-")
         )
         client.close()
+        # Read while the server runs: its log writer stores rows off the turn path, a moment later.
+        rows = [r for r in request_logs(3) if r.endpoint == "responses"]  # not the start-up probe's 401
 
-    rows = [r for r in request_logs(3) if r.endpoint == "responses"]  # not the start-up probe's 401
     assert [r.trace_id for r in rows] == [CLIENT_TRACE, ws_trace]
     assert receiver.resources[0]["service.name"] == "sluice-under-test"
     everything = b"".join(receiver.raw)
