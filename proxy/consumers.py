@@ -10,8 +10,8 @@ from django.conf import settings
 from proxy import lifecycle, limits, metrics, tracing, turn_state
 from proxy.auth import PROTOCOL_PREFIX, authenticate, presented_key
 from proxy.refusals import for_client, unauthenticated
-from proxy.refused import refuse
 from proxy.revocation import key_group
+from proxy.turn import Turn
 from proxy.wire import WireError
 from proxy.ws_connection import Connection
 from proxy.ws_writer import server_protocol, write_together
@@ -30,14 +30,7 @@ async def deny(
 ) -> None:
     """Refuse an upgrade with a real HTTP status where the server supports it (uvicorn, hypercorn);
     daphne can only refuse with 403."""
-    refuse(
-        error,
-        scope=scope,
-        key_id=client.key_id if client is not None else None,
-        team_id=client.team_id if client is not None else None,
-        client_transport="websocket",
-        endpoint=endpoint,
-    )
+    Turn.refusal(error, scope=scope, client=client, transport="websocket", endpoint=endpoint)
     shaped = for_client(error, request_headers(scope))  # the row above keeps the refusal's own status
     if shaped is not error:
         error, status = shaped, shaped.status

@@ -18,13 +18,12 @@ from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.http import HttpRequest, HttpResponse
 from django.urls import Resolver404, set_script_prefix
 
-from proxy import logwriter
 from proxy.auth import authenticate, presented_key
 from proxy.ended_early import ended_early
+from proxy.http_relay import BodyBroken
 from proxy.labels import endpoint_of
-from proxy.pipeline import BodyBroken
-from proxy.refused import refuse
-from proxy.views import close_response, error_response, max_body_error, not_found
+from proxy.turn import Turn
+from proxy.views import error_response, max_body_error, not_found
 from proxy.wire import WireError
 
 log = logging.getLogger("sluice.http")
@@ -50,11 +49,13 @@ class ApiHandler(ASGIHandler):
             return await not_found(request)
         except Exception:
             log.exception("unhandled error in %s %s", request.method, request.path)
-            return error_response(
-                WireError(
-                    500, "internal_error", "The gateway failed to serve this request.", None, "server_error"
-                )
+            error = WireError(
+                500, "internal_error", "The gateway failed to serve this request.", None, "server_error"
             )
+            turn = getattr(request, "turn", None)
+            if turn is not None and not turn.record.submitted:
+                turn.refuse(error)
+            return error_response(error)
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         await self.handle(scope, receive, send)
@@ -94,12 +95,11 @@ class ApiHandler(ASGIHandler):
                 k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()
             }
             client = await authenticate(presented_key(headers))
-            error = refuse(
+            error = Turn.refusal(
                 max_body_error(),
                 scope=scope,
-                key_id=client.key_id if client else None,
-                team_id=client.team_id if client else None,
-                client_transport="http",
+                client=client,
+                transport="http",
                 endpoint=endpoint_of(scope["method"], scope["path"]),
             )
             response = error_response(error)
@@ -118,16 +118,14 @@ class ApiHandler(ASGIHandler):
             response = await self.run_get_response(request)
             try:
                 await self.send_response(response, send)
-            except asyncio.CancelledError:
-                await abandoned(request)
             except BodyBroken:
                 # Logged by the relay. Returning before the body's end makes the server close the
                 # connection without it: the client cannot take what it got for a whole answer.
                 return True
             finally:
-                # Whether the body was sent, failed or never started: a streaming body's generator may
-                # never have run, so what the view took (a turn's slot) is given back here.
-                close_response(response)
+                # Whether the body was sent, failed or never started (a streaming body's generator may
+                # never have run): the turn ends here, its row written and what it took given back.
+                await close_turn(request)
             return False
 
         # A client that goes away cancels the view, and with it the upstream request.
@@ -153,17 +151,12 @@ class ApiHandler(ASGIHandler):
                 listener.exception()  # RequestAborted on disconnect: expected, retrieved so it is not logged
             body_file.close()
             if worker.cancelled():  # the client left while the view was still deciding
-                await abandoned(request)
+                await close_turn(request)
 
 
-async def abandoned(request: HttpRequest) -> None:
-    """A turn whose client left before its response started streaming (or before the view returned)
-    leaves no generator whose ``finally`` would log it: log it here, as 499, and free its upstream."""
-    record = getattr(request, "sluice_turn", None)
-    if record is None or record.submitted:
-        return
-    relay = getattr(request, "sluice_relay", None)
-    if relay is not None:
-        await relay.opened.close()
-    record.status, record.error_code = 499, "client_disconnected"
-    logwriter.submit(record)
+async def close_turn(request: HttpRequest) -> None:
+    """The request's turn (``proxy.views`` puts it on ``request.turn``), if it has one, ends: a turn whose
+    client left before its response streamed is logged as 499, its upstream freed, its limits released."""
+    turn: Turn | None = getattr(request, "turn", None)
+    if turn is not None:
+        await turn.close()

@@ -16,12 +16,13 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from providers import routing
 from providers.registry import enabled_providers
-from proxy import limits, logwriter, ownership, pipeline, tracing, turn_runner, turn_state
+from proxy import http_relay, limits, turn_state
 from proxy.auth import Client, authenticate, presented_key
 from proxy.labels import endpoint_of
-from proxy.record import TurnRecord
 from proxy.refusals import for_client, unauthenticated
-from proxy.refused import refuse
+from proxy.turn import Turn, run_guarded
+from proxy.turn.turn import client_address
+from proxy.turn.upstream import HttpCall
 from proxy.upstream_http import TransportError, open_request, returned_headers
 from proxy.wire import WireError, parse_body, require_model
 
@@ -39,14 +40,6 @@ def error_response(error: WireError) -> HttpResponse:
     return response
 
 
-def close_response(response: HttpResponse) -> None:
-    """What ``response.close()`` does for the resources a view attached (a limit admission's release),
-    without the request_finished signal that the lean /v1 handler does not send."""
-    for closer in response._resource_closers:  # type: ignore[attr-defined]
-        closer()
-    response._resource_closers.clear()  # type: ignore[attr-defined]
-
-
 def request_headers(request: HttpRequest) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in request.scope["headers"]}  # type: ignore[attr-defined]
 
@@ -60,13 +53,12 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             headers = request_headers(request)
             raw_key = presented_key(headers)
             client = await authenticate(raw_key)
-            key_id = client.key_id if client is not None else None
             if request.method not in methods:
                 error = WireError(
                     405, "method_not_allowed", f"Method {request.method} is not allowed on {request.path}."
                 )
                 counted = await _counted(client, error)
-                response = error_response(_refused(request, key_id, counted))
+                response = error_response(_refused(request, client, counted))
                 if counted is error:
                     response["Allow"] = ", ".join(methods)
                 return response
@@ -77,17 +69,13 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
             try:
                 return await view(request, client, headers, *args, **kwargs)
             except WireError as error:
-                if getattr(error, "recorded", False):
-                    log.info(
-                        "%s %s -> %s %s: %s",
-                        request.method,
-                        request.path,
-                        error.status,
-                        error.code,
-                        error.message,
-                    )
-                else:
-                    error = _refused(request, key_id, await _counted(client, error))
+                if not getattr(error, "recorded", False):  # refused before its turn was admitted
+                    error = await _counted(client, error)
+                    turn = getattr(request, "turn", None)
+                    if turn is None:
+                        _refused(request, client, error)
+                    else:
+                        turn.refuse(error, where=_where(request))
                 return error_response(for_client(error, headers))
 
         return wrapper
@@ -99,21 +87,18 @@ async def _counted(client: Client | None, error: WireError) -> WireError:
     return error if client is None else await limits.count_invalid(client, error)
 
 
-def _refused(request: HttpRequest, key_id: int | None, error: WireError) -> WireError:
-    return refuse(
+def _refused(request: HttpRequest, client: Client | None, error: WireError) -> WireError:
+    return Turn.refusal(
         error,
         scope=request.scope,  # type: ignore[attr-defined]
-        key_id=key_id,
-        client_transport="http",
+        client=client,
+        transport="http",
         endpoint=endpoint_of(request.method or "", request.path),
     )
 
 
-def _reject(record: TurnRecord, error: WireError) -> WireError:
-    record.status, record.error_code = error.status, error.code
-    logwriter.submit(record)
-    error.recorded = True  # type: ignore[attr-defined]
-    return error
+def _where(request: HttpRequest) -> str:
+    return f"{request.method} {request.path} from {client_address(request.scope)}"  # type: ignore[attr-defined]
 
 
 async def _relay(
@@ -127,48 +112,31 @@ async def _relay(
     with_body: bool,
     response_id: str | None = None,
 ) -> HttpResponse:
+    """One turn over HTTP: the request read, then the ``Turn`` admitted, routed and opened; the handler
+    closes the turn once the response is sent or the client is gone (``ApiHandler.handle``)."""
+    turn = Turn(client, "http", endpoint, parent=headers, client_addr=client_address(request.scope))  # type: ignore[attr-defined]
+    request.turn = turn  # type: ignore[attr-defined]
     raw: bytes | None = None
     body: dict[str, Any] | None = None
     model: str | None = None
-    record = TurnRecord(
-        key_id=client.key_id,
-        team_id=client.team_id,
-        client_transport="http",
-        endpoint=endpoint,
-        owner_id=client.owner_id,
-    )
-    request.sluice_turn = record  # type: ignore[attr-defined] # the handler logs it if the client leaves
-    tracing.start_turn(record, headers, key_name=client.key_name)
     if with_body:
         raw = request.body
         body = parse_body(raw)
         model = require_model(body)
-        record.requested_model = model
-        tracing.set_model(record, model)
-        record.stored = body.get("store") is not False
         response_id = response_id or body.get("previous_response_id") or None
-    record.session_id = routing.session_of(body, headers)  # on the row of a refused turn too
-    admission = limits.UNLIMITED
+    turn.ask(model, body, headers)  # the row of a refused turn names its model and session too
     if endpoint in LIMITED_ENDPOINTS:
-        try:
-            guess = limits.estimate(body, len(raw or b""))
-            with tracing.child(record, "admission"):
-                admission = await limits.admit(client, model, LIMITED_ENDPOINTS[endpoint], guess)
-        except WireError as error:
-            raise _reject(record, error) from None
+        guess = limits.estimate(body, len(raw or b""))
+        await run_guarded(turn, lambda: turn.admit(LIMITED_ENDPOINTS[endpoint], guess))
     try:
-        response = await _open(
-            request, client, headers, endpoint, method, path, raw, body, model, response_id, record
+        response = await run_guarded(
+            turn, lambda: _open(request, turn, headers, method, path, raw, body, model, response_id)
         )
-    except BaseException as exc:
-        admission.release(record)
-        if isinstance(exc, WireError) and admission.headers:
-            exc.headers = admission.headers  # type: ignore[attr-defined]
+    except WireError as error:
+        if turn.admission.headers:
+            error.headers = turn.admission.headers  # type: ignore[attr-defined]
         raise
-    # Released once the body is sent or the client is gone (the handler closes every response), with the
-    # usage the relay read from the terminal event.
-    response._resource_closers.append(functools.partial(admission.release, record))  # type: ignore[attr-defined]
-    for name, value in admission.headers.items():
+    for name, value in turn.admission.headers.items():
         response[name] = value
     return response
 
@@ -196,47 +164,27 @@ async def count_request(client: Client) -> dict[str, str]:
 
 async def _open(
     request: HttpRequest,
-    client: Client,
+    turn: Turn,
     headers: dict[str, str],
-    endpoint: str,
     method: str,
     path: str,
     raw: bytes | None,
     body: dict[str, Any] | None,
     model: str | None,
     response_id: str | None,
-    record: TurnRecord,
 ) -> HttpResponse:
+    client, record = turn.client, turn.record
+    assert client is not None
     if response_id is not None:  # another's response, or one never made here: as if it did not exist
-        try:
-            await ownership.require(client, response_id, previous=body is not None)
-        except WireError as error:
-            raise _reject(record, error) from None
-    record.session_id = routing.session_of(body, headers)
+        await turn.require_owner(response_id, previous=body is not None)
     affinity = routing.affinity_for(client.key_id, response_id, record.session_id)
     state = await turn_state.resume(headers.get(turn_state.HEADER), client.key_id)
     if state.provider_id is not None:
         affinity = dataclasses.replace(affinity, provider_id=state.provider_id)
-    plan = await routing.plan(model, affinity)
-    if not plan.routes:
-        raise _reject(
-            record,
-            WireError(404, "model_not_found", f"The model '{model}' is not served by this gateway.", "model")
-            if model
-            else WireError(503, "no_provider", "No upstream provider is enabled.", None, "server_error"),
-        )
+    plan = await turn.routes(model, affinity)
     query = checked_query(request.META.get("QUERY_STRING", ""))
-    try:
-        relay = await turn_runner.open_http(
-            plan,
-            record,
-            turn_runner.HttpCall(
-                method, path, model, raw, body, turn_state.forwarded(headers, state, state.provider_id), query
-            ),
-        )
-    except WireError as error:
-        raise _reject(record, error) from None
-    request.sluice_relay = relay  # type: ignore[attr-defined]
+    forwarded = turn_state.forwarded(headers, state, state.provider_id)
+    relay = await turn.open_http(plan, HttpCall(method, path, model, raw, body, forwarded, query))
     extra = returned_headers(relay.opened.response)
     upstream_token = relay.opened.response.headers.get(turn_state.HEADER)
     if upstream_token is not None or state.provider_id is not None:
@@ -245,14 +193,12 @@ async def _open(
         )
         extra[turn_state.HEADER] = state.token
     if relay.first is not None:
-        response = StreamingHttpResponse(
-            pipeline.relay_sse(relay, record, affinity, plan), content_type="text/event-stream"
-        )
+        response = StreamingHttpResponse(http_relay.relay_sse(turn, relay), content_type="text/event-stream")
         response["Cache-Control"] = "no-cache"
         response["X-Accel-Buffering"] = "no"
     else:
         response = StreamingHttpResponse(
-            pipeline.relay_bytes(relay, record, affinity, plan, scan=endpoint in ("responses", "compact")),
+            http_relay.relay_bytes(turn, relay, scan=turn.record.endpoint in ("responses", "compact")),
             status=relay.opened.status,
             content_type=relay.opened.content_type or "application/json",
         )
@@ -403,7 +349,7 @@ async def model_detail(
 async def not_found(request: HttpRequest, rest: str = "") -> HttpResponse:
     client = await authenticate(presented_key(request_headers(request)))
     error = WireError(404, "not_found", f"Unknown endpoint {request.method} {request.path}.")
-    return error_response(_refused(request, client.key_id if client else None, error))
+    return error_response(_refused(request, client, error))
 
 
 def max_body_error() -> WireError:

@@ -14,10 +14,11 @@ from django.conf import settings
 
 from providers.registry import ProviderInfo
 from providers.routing import Affinity
-from proxy import turn_runner, ws_controls
+from proxy import ws_controls
 from proxy.auth import Client
 from proxy.live_policy import KeyWatch
 from proxy.record import TurnRecord
+from proxy.turn import Turn
 from proxy.turn_state import TurnState, forwarded, remember
 from proxy.upstream_lanes import LaneView, SharedUpstream
 from proxy.upstream_ws import UpstreamSocket
@@ -165,17 +166,13 @@ class Connection:
                 "Create a new websocket connection to continue.",
             )
 
-    def submit(self, record: TurnRecord) -> None:
-        turn_runner.submit(record, self.records if self.keep_records else None)
+    def kept(self) -> list[TurnRecord] | None:
+        """Where this connection's turn records are kept, when a caller (the provider test) asks for them."""
+        return self.records if self.keep_records else None
 
     def _refused(self, error: WireError) -> WireError:
         """A response.create refused before it reached a lane still leaves its request-log row."""
-        record = TurnRecord(
-            key_id=self.client.key_id, client_transport="websocket", owner_id=self.client.owner_id
-        )
-        record.status, record.error_code = error.status, error.code
-        self.submit(record)
-        return error
+        return Turn(self.client, "websocket", kept=self.kept()).refuse(error)
 
     # ----- routing hooks for lanes -----
 

@@ -16,14 +16,16 @@ from django.conf import settings
 from providers import routing
 from providers.registry import enabled_providers
 from providers.routing import Plan, Route
-from proxy import limits, ownership, pipeline, tracing, ws_relay
+from proxy import limits, tracing, ws_relay
 from proxy.deadline import Deadline
 from proxy.limits import LimitError
-from proxy.pipeline import ProviderFailure, timeout_error
 from proxy.record import TurnRecord
 from proxy.refusals import for_client
 from proxy.transport import FallbackReason
-from proxy.turn_runner import FallBack, SocketTurn, admitted, open_for_lane
+from proxy.turn import Turn
+from proxy.turn.failover import FallBack, SocketTurn
+from proxy.turn.turn import no_route
+from proxy.turn.upstream import ProviderFailure, ProvidersFailed, Relay, open_route, timeout_error
 from proxy.upstream_lanes import LaneView, stream_id_of
 from proxy.upstream_ws import HANDSHAKE_HEADERS, UpstreamSocket, public_url
 from proxy.wire import WireError, event_type, validate_create_frame
@@ -131,48 +133,45 @@ class Lane:
 
     async def run(self, frame: dict[str, Any], text: str) -> None:
         connection = self.connection
-        record = TurnRecord(
-            key_id=connection.client.key_id,
-            team_id=connection.client.team_id,
-            client_transport="websocket",
-            endpoint="provider_test" if connection.pinned is not None else "responses",
-            owner_id=connection.client.owner_id,
+        core = Turn(
+            connection.client,
+            "websocket",
+            "provider_test" if connection.pinned is not None else "responses",
+            parent=tracing.turn_parent(frame),
+            link=connection.trace_link,
+            kept=connection.kept(),
         )
-        parent = tracing.turn_parent(frame)
-        tracing.start_turn(record, parent, key_name=connection.client.key_name, link=connection.trace_link)
         counted = False  # by the admission: an error before it still counts against the key's rate
         try:
             model = validate_create_frame(frame)
-            record.requested_model = model
-            tracing.set_model(record, model)
+            core.ask(model, frame, connection.headers)
             connection.check_age()
-            turn = self.prepare(frame, text, model, record)
+            turn = self.prepare(frame, text, model, core)
             counted = True
-            async with admitted(connection.client, record, limits.estimate(frame, len(text))):
-                if turn.cached is None and turn.frame.get("previous_response_id"):
-                    # Not this connection's own (those are in its cache): whose is it?
-                    await ownership.require(connection.client, previous_of(turn.frame), previous=True)
-                self.current = turn
-                await self._route(turn)
+            await core.admit(limits.TURN, limits.estimate(frame, len(text)))
+            if turn.cached is None and frame.get("previous_response_id"):
+                # Not this connection's own (those are in its cache): whose is it?
+                await core.require_owner(previous_of(frame), previous=True)
+            self.current = turn
+            await self._route(turn)
         except WireError as error:
             if not counted:
                 error = await limits.count_invalid(connection.client, error)
-            log.info("WebSocket turn refused: %s %s", error.code, error.message)
-            record.status, record.error_code = error.status, error.code
             if not isinstance(error, LimitError):  # refused before it reached anyone: the cache holds
                 connection.cache.evict(self.name)
+            core.refuse(error)  # every refused turn leaves a row, also one without a model
             await self.send_error(for_client(error, connection.headers))  # the row keeps its own status
-            connection.submit(record)  # every refused turn leaves a row, also one without a model
         except asyncio.CancelledError:
-            record.status, record.error_code = 499, "client_disconnected"
-            connection.submit(record)
+            core.gone()
+            core.submit()
             raise
         finally:
             if self.current is not None:
                 self.current.relayed.clear()
             self.current = None
+            await core.close()
 
-    def prepare(self, frame: dict[str, Any], text: str, model: str, record: TurnRecord) -> LaneTurn:
+    def prepare(self, frame: dict[str, Any], text: str, model: str, core: Turn) -> LaneTurn:
         previous = frame.get("previous_response_id") or None
         cached = self.connection.cache.find(previous)
         if previous is not None and cached is None and frame.get("store") is False:
@@ -189,42 +188,41 @@ class Lane:
             full_input = [*cached.full_input, *cached.output, *new_items]
         else:
             full_input = None  # continues a response stored upstream; only the upstream knows its input
-        record.session_id = routing.session_of(frame, self.connection.headers)
-        record.stored = frame.get("store") is not False
-        affinity = routing.affinity_for(self.connection.client.key_id, previous, record.session_id)
-        return LaneTurn(frame, text, model, full_input, cached, record, affinity)
+        core.affinity = routing.affinity_for(self.connection.client.key_id, previous, core.record.session_id)
+        return LaneTurn(frame, text, model, full_input, cached, core)
 
     async def _route(self, turn: LaneTurn) -> None:
         upstream_websockets = (await system_settings.aget()).upstream_websockets
         live = await self._live_plan(turn.model, upstream_websockets)
+        core = turn.core
         last: WireError | None = None
         if live is not None:
             # The live upstream socket holds the connection-local cache: the turn stays on it, with no
             # routing look-up; only if it fails do the other providers come into play.
             try:
-                return await self._relay(
-                    turn, live, await open_for_lane(live, turn.record, self, upstream_websockets)
-                )
-            except pipeline.ProvidersFailed as failed:
+                return await self._relay(turn, await core.open_for_lane(live, self, upstream_websockets))
+            except ProvidersFailed as failed:
                 if self.connection.pinned is not None:  # the provider test tries its provider only
                     raise
                 last = failed
-        plan = await routing.plan(turn.model, self.connection.preferred(turn.affinity))
+        assert core.affinity is not None
+        try:
+            plan = await core.routes(turn.model, self.connection.preferred(core.affinity))
+        except WireError:
+            if last is not None:
+                raise last from None
+            raise
         routes = [r for r in plan.routes if live is None or r.provider.id != live.routes[0].provider.id]
         if not routes:
-            if last is not None:
-                raise last
-            raise WireError(
-                404, "model_not_found", f"The model '{turn.model}' is not served by this gateway.", "model"
-            )
+            raise last if last is not None else no_route(turn.model)
         plan = Plan(routes, plan.session_provider)
-        await self._relay(turn, plan, await open_for_lane(plan, turn.record, self, upstream_websockets))
+        await self._relay(turn, await core.open_for_lane(plan, self, upstream_websockets))
 
-    async def _relay(self, turn: LaneTurn, plan: Plan, opened: Any) -> None:
+    async def _relay(self, turn: LaneTurn, opened: SocketTurn | Relay | None) -> None:
         if isinstance(opened, SocketTurn):
-            await ws_relay.relay_socket(self, turn, plan, opened)
+            await ws_relay.relay_socket(self, turn, opened)
         elif opened is not None:
-            await ws_relay.relay_http(self, turn, plan, opened)
+            await ws_relay.relay_http(self, turn, opened)
 
     async def _live_plan(self, model: str, upstream_websockets: bool) -> Plan | None:
         pinned = self.connection.pinned
@@ -318,14 +316,14 @@ class Lane:
             silence.cancel()
         raise ProviderFailure(timeout_error(route))
 
-    async def open_http(self, route: Route, record: TurnRecord) -> pipeline.Relay | None:
+    async def open_http(self, route: Route, record: TurnRecord) -> Relay | None:
         turn = self.current
         assert turn is not None
         record.upstream_transport = "http"
         if turn.frame.get("generate") is False:
             await ws_relay.local_warmup(self, turn)
             return None
-        relay = await pipeline.open_route(route, record, ws_relay.http_call(self, turn, route))
+        relay = await open_route(route, record, ws_relay.http_call(self, turn, route))
         returned = {k: v for k, v in relay.opened.response.headers.items() if k.lower() in HANDSHAKE_HEADERS}
         await self.connection.remember_route(route.provider.id, {k.lower(): v for k, v in returned.items()})
         return relay

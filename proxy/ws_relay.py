@@ -8,14 +8,12 @@ import secrets
 import time
 from typing import Any
 
-from providers.routing import Plan, Route
-from proxy import ownership, pipeline
+from providers.routing import Route
 from proxy.deadline import Deadline
-from proxy.outcome import terminal_status
-from proxy.pipeline import Relay
-from proxy.scrubbing import SCRUBBED_EVENTS, scrub_event, scrubbed_sse
+from proxy.scrubbing import SCRUBBED_EVENTS
 from proxy.transport import Transport
-from proxy.turn_runner import HttpCall, SocketTurn
+from proxy.turn.failover import SocketTurn
+from proxy.turn.upstream import HttpCall, Relay
 from proxy.upstream_http import TransportError
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import TERMINAL_TYPES, WireError, event_type
@@ -37,7 +35,7 @@ def response_id_of(data: str) -> str:
     return str(response.get("id") or "") if isinstance(response, dict) else ""
 
 
-async def relay_socket(lane: RelayLane, turn: LaneTurn, plan: Plan, opened: SocketTurn) -> None:
+async def relay_socket(lane: RelayLane, turn: LaneTurn, opened: SocketTurn) -> None:
     """Relay events from the upstream socket until the terminal one; after the first event there is no
     fallback and no replay. Frames that arrived together are read in one go."""
     record, route, socket = turn.record, opened.route, opened.socket
@@ -58,12 +56,12 @@ async def relay_socket(lane: RelayLane, turn: LaneTurn, plan: Plan, opened: Sock
                 for index, data in enumerate(batch):
                     kind = event_type(data)
                     if kind in SCRUBBED_EVENTS:  # an upstream's diagnostics may hold its key
-                        data = batch[index] = scrub_event(data, route.provider.api_key)
+                        data = batch[index] = turn.core.scrub(data)
                     if kind == "response.created" and not turn.response_id:
                         # Not always the first event: a late answer to an earlier control event
                         # (response.interrupt.failed) may come before it; it is relayed as is.
                         turn.response_id = response_id_of(data)
-                        await ownership.claim(record, turn.response_id)
+                        await turn.core.created(turn.response_id)
                     elif kind in TERMINAL_TYPES:
                         if kind == "error" and turn.relayed and refuses_event_type(data):
                             # The upstream does not know a client event the gateway relayed: that
@@ -74,10 +72,10 @@ async def relay_socket(lane: RelayLane, turn: LaneTurn, plan: Plan, opened: Sock
                                 continue
                             await send_many(batch[:index])
                             await lane.drop_upstream()  # which ends the response upstream
-                            return await stop_on_our_own(lane, turn, plan, route, control, frame)
-                        await terminal(lane, turn, kind, data, route, plan, socket)
+                            return await stop_on_our_own(lane, turn, control)
+                        await terminal(lane, turn, kind, data, socket)
                         await send_many(batch[: index + 1])
-                        lane.connection.submit(record)
+                        turn.core.submit()
                         return
                 await send_many(batch)
                 batch = await socket.recv_batch()
@@ -96,7 +94,7 @@ async def relay_socket(lane: RelayLane, turn: LaneTurn, plan: Plan, opened: Sock
     await broke_mid_turn(lane, turn)
 
 
-async def relay_http(lane: RelayLane, turn: LaneTurn, plan: Plan, relay: Relay) -> None:
+async def relay_http(lane: RelayLane, turn: LaneTurn, relay: Relay) -> None:
     record, route = turn.record, relay.route
     record.upstream_transport = Transport.HTTP.value
     progress = turn.progress
@@ -116,24 +114,24 @@ async def relay_http(lane: RelayLane, turn: LaneTurn, plan: Plan, relay: Relay) 
             for event in batch:
                 kind = event.type
                 if kind in SCRUBBED_EVENTS:
-                    event = scrubbed_sse(event, route.provider.api_key)
+                    event = turn.core.scrub_sse(event)
                 if kind in TERMINAL_TYPES:
-                    await terminal(lane, turn, kind, event.data, route, plan, None)
+                    await terminal(lane, turn, kind, event.data, None)
                     out.append(event.data)
                     await lane.send_many(out)
-                    lane.connection.submit(record)
+                    turn.core.submit()
                     await relay.opened.finish(relay.batches)
                     return
                 if kind in ("response.created", "response.output_item.added", "response.output_item.done"):
                     progress.see(kind, event.data)
                     turn.response_id = progress.response_id
-                    await ownership.claim(record, turn.response_id)
+                    await turn.core.created(turn.response_id)
                 else:
                     progress.events += 1
                 out.append(event.data)
             await lane.send_many(out)
             if turn.stop is not None:
-                return await stopped(lane, turn, plan, route)
+                return await stopped(lane, turn)
             turn.waiting = True
             try:
                 batch = await anext(relay.batches)  # type: ignore[arg-type]
@@ -145,7 +143,7 @@ async def relay_http(lane: RelayLane, turn: LaneTurn, plan: Plan, relay: Relay) 
         current = asyncio.current_task()
         if current is not None:
             current.uncancel()
-        await stopped(lane, turn, plan, route)
+        await stopped(lane, turn)
     except (StopAsyncIteration, *TransportError) as exc:
         log.warning("provider %s: HTTP stream broke mid-turn: %r", route.provider.name, exc)
         await broke_mid_turn(lane, turn)
@@ -166,18 +164,16 @@ def refuses_event_type(data: str) -> bool:
     )
 
 
-async def stop_on_our_own(
-    lane: RelayLane, turn: LaneTurn, plan: Plan, route: Route, control: str, frame: dict[str, Any]
-) -> None:
+async def stop_on_our_own(lane: RelayLane, turn: LaneTurn, control: str) -> None:
     """An upstream socket that cannot interrupt: its socket is dropped (which stops the response) and
     the client gets what the service sends for an interrupt; what streamed so far is not kept."""
     interrupt = control == "response.interrupt"
     turn.stop = ("interrupted" if interrupt else "cancelled", True)
     turn.progress.response = {"id": turn.response_id, "model": turn.model}
-    await stopped(lane, turn, plan, route)
+    await stopped(lane, turn)
 
 
-async def stopped(lane: RelayLane, turn: LaneTurn, plan: Plan, route: Route) -> None:
+async def stopped(lane: RelayLane, turn: LaneTurn) -> None:
     """The client interrupted a turn running over upstream HTTP: the request is dropped and the client
     gets what the service sends for an interrupt it applied."""
     assert turn.stop is not None
@@ -185,9 +181,9 @@ async def stopped(lane: RelayLane, turn: LaneTurn, plan: Plan, route: Route) -> 
     events = interrupted_events(turn.progress, discard, reason, acknowledge=reason == "interrupted")
     for data in events[:-1]:
         await lane.send(data)
-    await terminal(lane, turn, "response.incomplete", events[-1], route, plan, None)
+    await terminal(lane, turn, "response.incomplete", events[-1], None)
     await lane.send(events[-1])
-    lane.connection.submit(turn.record)
+    turn.core.submit()
 
 
 async def broke_mid_turn(lane: RelayLane, turn: LaneTurn) -> None:
@@ -195,25 +191,19 @@ async def broke_mid_turn(lane: RelayLane, turn: LaneTurn) -> None:
     error = WireError(
         502, "upstream_stream_error", "The upstream broke off during the response.", None, "server_error"
     )
-    turn.record.status, turn.record.error_code = 502, error.code
+    turn.core.broke(error.code)
     lane.connection.cache.evict(lane.name)
     await lane.send_error(error)
-    lane.connection.submit(turn.record)
+    turn.core.submit()
 
 
 async def terminal(
-    lane: RelayLane,
-    turn: LaneTurn,
-    kind: str,
-    data: str,
-    route: Route,
-    plan: Plan,
-    socket: UpstreamSocket | None,
+    lane: RelayLane, turn: LaneTurn, kind: str, data: str, socket: UpstreamSocket | None
 ) -> None:
-    """Read usage from the terminal event; keep the connection-local cache and affinity right."""
+    """The turn's terminal event (``Turn.end``: usage, status, breaker, affinity), then the connection-local
+    cache kept right for the next turn."""
     record = turn.record
-    record.outcome.read_terminal(kind, data)
-    record.status = terminal_status(kind, data, record.outcome)
+    await turn.core.end(kind, data)
     cache = lane.connection.cache
     response_id = record.outcome.response_id
     if kind in CONTINUABLE and response_id:
@@ -222,7 +212,6 @@ async def terminal(
         cache.evict(lane.name)
         if response_id:
             cache.ended(response_id)
-    await pipeline.finish(record, route, turn.affinity, plan)  # for every terminal kind, as over HTTP
 
 
 def socket_payload(turn: LaneTurn, route: Route, socket: UpstreamSocket, full: bool) -> str:
@@ -297,8 +286,8 @@ async def local_warmup(lane: RelayLane, turn: LaneTurn) -> None:
     }
     record.upstream_transport = ""
     record.outcome.response_id = response_id
-    await ownership.claim(record, response_id)
+    await turn.core.created(response_id)
     lane.connection.cache.keep(lane.name, Cached(response_id, turn.full_input, [], None))
     completed = {**response, "status": "completed", "usage": usage}
     await lane.send(json.dumps({"type": "response.completed", "sequence_number": 1, "response": completed}))
-    lane.connection.submit(record)
+    turn.core.submit()

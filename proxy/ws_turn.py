@@ -10,6 +10,7 @@ from providers.registry import ProviderInfo
 from providers.routing import Affinity
 from proxy.auth import Client
 from proxy.record import TurnRecord
+from proxy.turn import Turn
 from proxy.upstream_lanes import LaneView
 from proxy.upstream_ws import UpstreamSocket
 from proxy.wire import WireError
@@ -79,14 +80,17 @@ class LaneTurn:
     model: str
     full_input: list[Any] | None  # the whole conversation so far, when the connection knows it
     cached: Cached | None  # the connection's response this turn continues
-    record: TurnRecord
-    affinity: Affinity
+    core: Turn  # admission, routing, bookkeeping and the request-log row (``proxy.turn``)
     socket: UpstreamSocket | None = None  # the upstream socket it runs on, once it runs on one
     progress: Progress = field(default_factory=Progress)
     response_id: str = ""
     relayed: RelayedEvents = field(default_factory=RelayedEvents)  # client events sent upstream
     stop: tuple[str, bool] | None = None  # (reason, discard) once the client interrupted it over HTTP
     waiting: bool = False  # reading upstream HTTP: an interrupt may cancel the read at once
+
+    @property
+    def record(self) -> TurnRecord:
+        return self.core.record
 
 
 class LaneConnection(Protocol):
@@ -106,7 +110,7 @@ class LaneConnection(Protocol):
 
     def check_age(self) -> None: ...
 
-    def submit(self, record: TurnRecord) -> None: ...
+    def kept(self) -> list[TurnRecord] | None: ...
 
     def preferred(self, affinity: Affinity) -> Affinity: ...
 

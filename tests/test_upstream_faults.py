@@ -119,7 +119,7 @@ def test_when_every_provider_fails_the_client_gets_a_502_with_the_last_error(
 def test_any_upstream_error_body_becomes_an_openai_error(status, body, expected):
     """Upstream error bodies come in every shape (a proxy's HTML page, an error that is a bare string,
     nothing at all); the client always gets an OpenAI error with the upstream's words, scrubbed."""
-    from proxy.pipeline import upstream_error
+    from proxy.turn.upstream import upstream_error
 
     error = upstream_error(status, body, "k3y-123")
     assert (error.status, error.code, error.message, error.type, error.param) == (status, *expected)

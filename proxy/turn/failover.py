@@ -1,26 +1,23 @@
-"""The turn runner both ingresses call: routes in order with failover, the upstream transport of each
-route (an upstream WebSocket with its HTTP fallback, or HTTP), and the bookkeeping once the turn ends.
+"""A turn's routes in order with failover, and the upstream transport of each route: an upstream WebSocket
+with its HTTP fallback before the first event, or HTTP (``proxy.turn.upstream``).
 
-The caller owns what is per connection or per request: the HTTP view relays a ``Relay``; a WebSocket lane
-relays a ``Relay`` or a ``SocketTurn`` and gives the runner its upstream sockets through ``SocketSource``.
+``proxy.turn.Turn`` drives these; a WebSocket lane gives them its upstream sockets through ``SocketSource``.
 """
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from django.conf import settings
 
 from providers import health
 from providers.routing import Plan, Route
-from proxy import limits, logwriter, pipeline, tracing
-from proxy.auth import Client
-from proxy.pipeline import ProviderFailure
+from proxy import tracing
 from proxy.record import TurnRecord
 from proxy.transport import Decision, FallbackReason, Transport, choose
+from proxy.turn.upstream import ProviderFailure, Relay, all_failed
 from proxy.upstream_ws import (
     NO_WEBSOCKET_STATUSES,
     HandshakeFailed,
@@ -66,26 +63,7 @@ async def first_route(
                 raise asyncio.CancelledError() from None
             log.warning("provider %s failed before the first event: %s", route.provider.name, last.message)
             await health.record_failure(route.provider.id)
-    raise pipeline.all_failed(last)
-
-
-@dataclass
-class HttpCall:
-    """What an upstream HTTP request of this turn sends."""
-
-    method: str
-    path: str
-    model: str | None
-    raw: bytes | None
-    body: dict[str, Any] | None
-    headers: Mapping[str, str]
-    query: str = ""
-    read_first_event: bool = True
-
-
-async def open_http(plan: Plan, record: TurnRecord, call: HttpCall) -> pipeline.Relay:
-    """The HTTP view's turn: the routes in order over upstream HTTP."""
-    return await first_route(plan, record, lambda route: pipeline.open_route(route, record, call))
+    raise all_failed(last)
 
 
 @dataclass
@@ -116,7 +94,7 @@ class SocketSource(Protocol):
         one); raises FallBack, ProviderFailure or WireError."""
         ...
 
-    async def open_http(self, route: Route, record: TurnRecord) -> pipeline.Relay | None:
+    async def open_http(self, route: Route, record: TurnRecord) -> Relay | None:
         """The turn over upstream HTTP on this route (None: answered without the upstream)."""
         ...
 
@@ -147,11 +125,11 @@ async def open_socket(provider_route: Route, source: SocketSource, record: TurnR
 
 async def open_for_lane(
     plan: Plan, record: TurnRecord, source: SocketSource, upstream_websockets: bool
-) -> SocketTurn | pipeline.Relay | None:
+) -> SocketTurn | Relay | None:
     """A WebSocket client's turn: per route, its upstream socket or, where that is not possible before
     the first event, upstream HTTP."""
 
-    async def attempt(route: Route) -> SocketTurn | pipeline.Relay | None:
+    async def attempt(route: Route) -> SocketTurn | Relay | None:
         decision = await decide(source, route, upstream_websockets)
         if decision.transport == Transport.WEBSOCKET:
             try:
@@ -175,25 +153,3 @@ async def open_for_lane(
         return await source.open_http(route, record)
 
     return await first_route(plan, record, attempt, lambda: source.client_gone)
-
-
-@asynccontextmanager
-async def admitted(
-    client: Client, record: TurnRecord, guess: tuple[int, int] = (0, 0)
-) -> AsyncIterator[None]:
-    """One turn's admission, released on every exit path, whatever the ingress and the lane: the place
-    where per-key limits are taken and given back (with ``guess``, the turn's estimated tokens, reserved
-    against its budgets until then). Refusals are ``WireError``s."""
-    with tracing.child(record, "admission"):
-        admission = await limits.admit(client, record.requested_model or None, limits.TURN, guess)
-    try:
-        yield
-    finally:
-        admission.release(record)  # with the usage the terminal event left in the record
-
-
-def submit(record: TurnRecord, kept: list[TurnRecord] | None = None) -> None:
-    """The turn's one request-log row (and a copy for a caller that keeps them, the provider test)."""
-    if kept is not None:
-        kept.append(record)
-    logwriter.submit(record)
