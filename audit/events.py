@@ -23,7 +23,7 @@ from audit.chain import record
 from audit.context import SYSTEM, acting
 from audit.models import Action, TeamAlertPolicy, default_thresholds
 from providers.models import Provider
-from proxy import metrics
+from proxy import metrics, signals  # the gateway's signals: proxy never imports the audit app
 from proxy.models import ApiKey, RequestLog, Team
 
 NODE = f"{socket.gethostname()}:{os.getpid()}"
@@ -210,8 +210,6 @@ def expiry_timer() -> None:
 
 
 def connect() -> None:
-    from proxy import signals  # the gateway's signals; proxy never imports the audit app
-
     signals.turn_recorded.connect(turn_recorded, weak=False, dispatch_uid="audit:turn-recorded")
     signals.breaker_changed.connect(breaker_changed, weak=False, dispatch_uid="audit:breaker")
     signals.upstream_websocket_refused.connect(websocket_refused, weak=False, dispatch_uid="audit:ws")

@@ -6,6 +6,8 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
+from providers import crypto  # the provider keys' encryption at rest, reused for the channels' URLs
+
 
 class Action(models.TextChoices):
     CREATE = "create", _("create")
@@ -91,13 +93,9 @@ class AlertChannel(models.Model):
 
     @property
     def url(self) -> str:
-        from providers import crypto  # the provider keys' encryption at rest, reused as it is
-
         return crypto.decrypt(self.url_encrypted)
 
     def set_url(self, raw: str) -> None:
-        from providers import crypto  # see ``url``
-
         self.url_encrypted = crypto.encrypt(raw)
         self.url_hint = mask_url(raw)
 

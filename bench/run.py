@@ -198,7 +198,7 @@ def run(
 def write_docs(
     raw: dict[str, Any], summaries: list[dict[str, Any]], memory: dict[str, Any], found: list[report.Check]
 ) -> None:
-    from bench import chart
+    from bench import chart  # matplotlib, of the bench extra, loads only for a run that writes the docs
 
     machine = raw["machine"]
     DOCS.mkdir(exist_ok=True)
@@ -233,18 +233,38 @@ def render(path: Path) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    if args.render:
-        return render(args.render)
+def settings_of(args: argparse.Namespace) -> Settings:
     base = QUICK if args.quick else FULL
-    settings = Settings(
+    return Settings(
         pairs=args.pairs or base.pairs,
         batch_seconds=args.batch_seconds or base.batch_seconds,
         warmup_seconds=base.warmup_seconds,
         idle_connections=base.idle_connections,
         settle_seconds=base.settle_seconds,
     )
+
+
+def measured_machine() -> dict[str, Any]:
+    """The machine the run measures, with how busy it was just before (other work skews every figure)."""
+    busy = procstat.machine_busy()
+    machine = {**procstat.machine(REPO), "busy": f"{busy:.0%} of all CPUs in the second before the run"}
+    if busy > 0.1:
+        say(f"warning: {busy:.0%} of the CPUs were busy before the run; other work skews every figure")
+    return machine
+
+
+def save_results(raw: dict[str, Any], started: float) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    result_path = RESULTS / time.strftime("%Y%m%dT%H%M%S.json", time.gmtime(started))
+    result_path.write_text(json.dumps(raw, indent=1))
+    return result_path
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.render:
+        return render(args.render)
+    settings = settings_of(args)
     documented = not (
         args.quick or args.only or args.pairs or args.batch_seconds or args.no_idle or args.no_fleet
     )
@@ -253,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     raise_fd_limit()
-    busy = procstat.machine_busy()
-    machine = {**procstat.machine(REPO), "busy": f"{busy:.0%} of all CPUs in the second before the run"}
-    if busy > 0.1:
-        say(f"warning: {busy:.0%} of the CPUs were busy before the run; other work skews every figure")
+    machine = measured_machine()
     started = time.time()
     data_dir = Path(tempfile.mkdtemp(prefix="sluice-bench-"))
     try:
@@ -281,9 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.baseline:
         raw["baseline"] = report.baseline_figures(json.loads(args.baseline.read_text()))
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    result_path = RESULTS / time.strftime("%Y%m%dT%H%M%S.json", time.gmtime(started))
-    result_path.write_text(json.dumps(raw, indent=1))
+    result_path = save_results(raw, started)
 
     say("")
     for line in report.budget_lines(found):
