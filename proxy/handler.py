@@ -90,21 +90,7 @@ class ApiHandler(ASGIHandler):
         except RequestAborted:
             return
         except (BodyTooLarge, ValueError):
-            # The body is not read, but the key is in the headers: the row names whose request it was.
-            headers = {
-                k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()
-            }
-            client = await authenticate(presented_key(headers))
-            error = Turn.refusal(
-                max_body_error(),
-                scope=scope,
-                client=client,
-                transport="http",
-                endpoint=endpoint_of(scope["method"], scope["path"]),
-            )
-            response = error_response(error)
-            response["Connection"] = "close"
-            await self.send_response(response, send)
+            await self.send_response(await too_large(scope), send)
             return
         set_script_prefix(get_script_prefix(scope))
         request, error_response_ = self.create_request(scope, body_file)
@@ -152,6 +138,22 @@ class ApiHandler(ASGIHandler):
             body_file.close()
             if worker.cancelled():  # the client left while the view was still deciding
                 await close_turn(request)
+
+
+async def too_large(scope: dict) -> HttpResponse:
+    """A body over the limit is not read, but the key is in the headers: the row names whose it was."""
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers") or ()}
+    client = await authenticate(presented_key(headers))
+    error = Turn.refusal(
+        max_body_error(),
+        scope=scope,
+        client=client,
+        transport="http",
+        endpoint=endpoint_of(scope["method"], scope["path"]),
+    )
+    response = error_response(error)
+    response["Connection"] = "close"
+    return response
 
 
 async def close_turn(request: HttpRequest) -> None:

@@ -256,48 +256,14 @@ class Connection:
             return
         self.client = fresh
         stream_id = frame.get("stream_id")
-        if stream_id is None:
-            lane = self.default
-            if lane.task is not None and len(lane.pending) >= settings.SLUICE_WS_QUEUE_LIMIT:
-                limit = settings.SLUICE_WS_QUEUE_LIMIT
-                error = WireError(
-                    429, "too_many_queued_requests", f"At most {limit} turns may wait on a connection."
-                )
-                await self.send_text(self._refused(error).ws_frame())
-                return
-        else:
-            found = self._named_lane(stream_id)
-            if isinstance(found, WireError):
-                lane_name = stream_id if isinstance(stream_id, str) else None
-                await Lane(self, lane_name).send_error(self._refused(found))
-                return
-            lane = found
-        if lane.task is not None and self.pending_bytes + len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
-            # What waits is held in memory: all lanes' queued frames together stay within one frame.
-            error = WireError(
-                429, "too_many_queued_requests", "Too much is already waiting on this connection."
-            )
-            await lane.send_error(self._refused(error))
+        lane = self.default if stream_id is None else self._named_lane(stream_id)
+        if isinstance(lane, WireError):
+            named = Lane(self, stream_id if isinstance(stream_id, str) else None)
+            await named.send_error(self._refused(lane))
             return
-        if waiting_total() + relayed_total() + turns_total() > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
-            # This frame is counted already (the server holds it until this returns): the turns of all
-            # connections together hold no more than the process's total.
-            error = WireError(
-                429, "too_many_queued_requests", "The gateway is holding too much data; retry later."
-            )
+        error = over_capacity(self, lane, text)
+        if error is not None:
             await lane.send_error(self._refused(error))
-            return
-        if sum(each.load for each in self.all_lanes()) >= MAX_IN_FLIGHT:
-            await lane.send_error(
-                self._refused(
-                    WireError(
-                        400,
-                        "websocket_stream_limit_reached",
-                        f"At most {MAX_IN_FLIGHT} responses may be in flight on one connection.",
-                        "stream_id",
-                    )
-                )
-            )
             return
         lane.enqueue(frame, text)
 
@@ -318,3 +284,28 @@ class Connection:
                 return error
             lane = self.lanes[stream_id] = Lane(self, stream_id)
         return lane
+
+
+def over_capacity(connection: Connection, lane: Lane, text: str) -> WireError | None:
+    """Why a ``response.create`` cannot wait in ``lane`` now (None: it can): the lane's queue, what all
+    lanes of the connection hold, what the whole process holds, and the responses in flight."""
+    if lane.task is not None and lane.name is None and len(lane.pending) >= settings.SLUICE_WS_QUEUE_LIMIT:
+        limit = settings.SLUICE_WS_QUEUE_LIMIT
+        return WireError(429, "too_many_queued_requests", f"At most {limit} turns may wait on a connection.")
+    if lane.task is not None and connection.pending_bytes + len(text) > settings.SLUICE_WS_MAX_FRAME_BYTES:
+        # What waits is held in memory: all lanes' queued frames together stay within one frame.
+        return WireError(429, "too_many_queued_requests", "Too much is already waiting on this connection.")
+    if waiting_total() + relayed_total() + turns_total() > settings.SLUICE_WS_TOTAL_BUFFER_BYTES:
+        # This frame is counted already (the server holds it until this returns): the turns of all
+        # connections together hold no more than the process's total.
+        return WireError(
+            429, "too_many_queued_requests", "The gateway is holding too much data; retry later."
+        )
+    if sum(each.load for each in connection.all_lanes()) >= MAX_IN_FLIGHT:
+        return WireError(
+            400,
+            "websocket_stream_limit_reached",
+            f"At most {MAX_IN_FLIGHT} responses may be in flight on one connection.",
+            "stream_id",
+        )
+    return None

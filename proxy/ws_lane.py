@@ -193,7 +193,7 @@ class Lane:
 
     async def _route(self, turn: LaneTurn) -> None:
         upstream_websockets = (await system_settings.aget()).upstream_websockets
-        live = await self._live_plan(turn.model, upstream_websockets)
+        live = await live_plan(self, turn.model, upstream_websockets)
         core = turn.core
         last: WireError | None = None
         if live is not None:
@@ -223,18 +223,6 @@ class Lane:
             await ws_relay.relay_socket(self, turn, opened)
         elif opened is not None:
             await ws_relay.relay_http(self, turn, opened)
-
-    async def _live_plan(self, model: str, upstream_websockets: bool) -> Plan | None:
-        pinned = self.connection.pinned
-        if pinned is not None:
-            return Plan([Route(pinned, pinned.upstream_model(model), None)], None)
-        upstream = self.upstream
-        if upstream is None or not upstream.is_open or not upstream_websockets:
-            return None
-        provider = upstream.provider
-        if provider not in (await enabled_providers.aget()) or not provider.serves(model):
-            return None  # disabled, changed in the admin, or not for this model: route afresh
-        return Plan([Route(provider, provider.upstream_model(model), None)], session_provider=provider.id)
 
     # ----- the runner's SocketSource -----
 
@@ -282,7 +270,7 @@ class Lane:
     ) -> tuple[UpstreamSocket, str]:
         turn = self.current
         assert turn is not None
-        first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, False))
+        first = await first_event(self, route, socket, ws_relay.socket_payload(turn, route, socket, False))
         if event_type(first) == "error" and LIMIT_REACHED in first:
             # The upstream socket reached the service's lifetime: a fresh one, the whole conversation,
             # before anything reaches the client; HTTP only if that fails too.
@@ -292,29 +280,12 @@ class Lane:
             )
             await self.drop_upstream()
             socket = await self.socket_for(route, record)
-            first = await self._first_event(route, socket, ws_relay.socket_payload(turn, route, socket, True))
+            first = await first_event(self, route, socket, ws_relay.socket_payload(turn, route, socket, True))
             if event_type(first) == "error" and LIMIT_REACHED in first:
                 await self.drop_upstream()
                 raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT)
         turn.socket = socket
         return socket, first
-
-    async def _first_event(self, route: Route, socket: UpstreamSocket, text: str) -> str:
-        silence = Deadline(route.provider.first_byte_timeout)
-        try:
-            await socket.send(text)
-            return await socket.recv()
-        except asyncio.CancelledError:
-            await self.drop_upstream()
-            if not silence.expired:
-                raise
-        except Exception as exc:  # noqa: BLE001 - every failure before the first event may fall back
-            log.info("provider %s: WebSocket failed before the first event: %r", route.provider.name, exc)
-            await self.drop_upstream()
-            raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
-        finally:
-            silence.cancel()
-        raise ProviderFailure(timeout_error(route))
 
     async def open_http(self, route: Route, record: TurnRecord) -> Relay | None:
         turn = self.current
@@ -327,3 +298,37 @@ class Lane:
         returned = {k: v for k, v in relay.opened.response.headers.items() if k.lower() in HANDSHAKE_HEADERS}
         await self.connection.remember_route(route.provider.id, {k.lower(): v for k, v in returned.items()})
         return relay
+
+
+async def first_event(lane: Lane, route: Route, socket: UpstreamSocket, text: str) -> str:
+    """Send the turn on ``socket`` and read its first event; a failure before it may fall back to HTTP."""
+    silence = Deadline(route.provider.first_byte_timeout)
+    try:
+        await socket.send(text)
+        return await socket.recv()
+    except asyncio.CancelledError:
+        await lane.drop_upstream()
+        if not silence.expired:
+            raise
+    except Exception as exc:  # noqa: BLE001 - every failure before the first event may fall back
+        log.info("provider %s: WebSocket failed before the first event: %r", route.provider.name, exc)
+        await lane.drop_upstream()
+        raise FallBack(FallbackReason.CLOSED_BEFORE_FIRST_EVENT) from None
+    finally:
+        silence.cancel()
+    raise ProviderFailure(timeout_error(route))
+
+
+async def live_plan(lane: Lane, model: str, upstream_websockets: bool) -> Plan | None:
+    """The plan of a turn that stays where the lane is: its pinned provider (the provider test) or its
+    live upstream socket, when that still serves ``model``; None: route afresh."""
+    pinned = lane.connection.pinned
+    if pinned is not None:
+        return Plan([Route(pinned, pinned.upstream_model(model), None)], None)
+    upstream = lane.upstream
+    if upstream is None or not upstream.is_open or not upstream_websockets:
+        return None
+    provider = upstream.provider
+    if provider not in (await enabled_providers.aget()) or not provider.serves(model):
+        return None  # disabled, changed in the admin, or not for this model: route afresh
+    return Plan([Route(provider, provider.upstream_model(model), None)], session_provider=provider.id)

@@ -26,14 +26,9 @@ MAX_FUNCTION_LINES = 60
 KNOWN: frozenset[tuple[str, str, str]] = frozenset(
     {
         ("proxy/dashboard.py", "render_context", "function"),
-        ("proxy/handler.py", "ApiHandler.handle", "function"),
         ("proxy/logwriter.py", "write", "function"),
-        ("proxy/pipeline.py", "relay_sse", "function"),
         ("proxy/rollup.py", "_upsert", "import"),
         ("proxy/rollup.py", "rebuild", "import"),
-        ("proxy/views.py", "_open", "function"),
-        ("proxy/ws_connection.py", "Connection", "class"),
-        ("proxy/ws_lane.py", "Lane", "class"),
     }
 )
 
