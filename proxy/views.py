@@ -75,7 +75,7 @@ def api_view(methods: tuple[str, ...]) -> Callable[[View], View]:
                     if turn is None:
                         _refused(request, client, error)
                     else:
-                        turn.refuse(error, where=_where(request))
+                        turn.refuse(error)
                 return error_response(for_client(error, headers))
 
         return wrapper
@@ -97,10 +97,6 @@ def _refused(request: HttpRequest, client: Client | None, error: WireError) -> W
     )
 
 
-def _where(request: HttpRequest) -> str:
-    return f"{request.method} {request.path} from {client_address(request.scope)}"  # type: ignore[attr-defined]
-
-
 async def _relay(
     request: HttpRequest,
     client: Client,
@@ -114,7 +110,9 @@ async def _relay(
 ) -> HttpResponse:
     """One turn over HTTP: the request read, then the ``Turn`` admitted, routed and opened; the handler
     closes the turn once the response is sent or the client is gone (``ApiHandler.handle``)."""
-    turn = Turn(client, "http", endpoint, parent=headers, client_addr=client_address(request.scope))  # type: ignore[attr-defined]
+    address = client_address(request.scope)  # type: ignore[attr-defined]
+    where = f"{request.method} {request.path} from {address or '?'}"
+    turn = Turn(client, "http", endpoint, parent=headers, client_addr=address, where=where)
     request.turn = turn  # type: ignore[attr-defined]
     raw: bytes | None = None
     body: dict[str, Any] | None = None

@@ -61,8 +61,10 @@ class Turn:
         link: Any = None,
         kept: list[TurnRecord] | None = None,
         client_addr: str = "",
+        where: str = "",
     ) -> None:
         self.client = client
+        self.where = where  # for the log line of a refusal: the method and path, and the client's address
         self.record = TurnRecord(
             key_id=client.key_id if client is not None else None,
             team_id=client.team_id if client is not None else None,
@@ -97,9 +99,10 @@ class Turn:
         parent = None
         if tracing.ENABLED:
             parent = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
-        turn = cls(client, transport, endpoint, parent=parent, client_addr=client_address(scope))
-        where = f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')} from {turn.record.client_addr}"
-        return turn.refuse(error, where=where)
+        address = client_address(scope)
+        where = f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')} from {address or '?'}"
+        turn = cls(client, transport, endpoint, parent=parent, client_addr=address, where=where)
+        return turn.refuse(error)
 
     # ----- what the client asked for -----
 
@@ -200,13 +203,14 @@ class Turn:
 
     # ----- how it ended -----
 
-    def refuse(self, error: WireError, *, where: str = "") -> WireError:
+    def refuse(self, error: WireError) -> WireError:
         """The turn's answer is ``error`` (a refusal, or the upstream's own error before anything was
         relayed): logged once, one row; returns the error for the adapter to send in its protocol."""
         record = self.record
         log.info(
-            "refused %s %s: %s %s: %s",
-            where or record.client_transport,
+            "refused %s (%s, %s): %s %s: %s",
+            self.where or "a turn",
+            record.client_transport,
             record.endpoint,
             error.status,
             error.code,
