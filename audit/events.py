@@ -23,8 +23,8 @@ from audit.chain import record
 from audit.context import SYSTEM, acting
 from audit.models import Action, TeamAlertPolicy, default_thresholds
 from providers.models import Provider
-from proxy import metrics, signals  # the gateway's signals: proxy never imports the audit app
 from proxy.models import ApiKey, RequestLog, Team
+from proxy.usage import metrics, signals  # the gateway's signals: proxy never imports the audit app
 
 NODE = f"{socket.gethostname()}:{os.getpid()}"
 

@@ -15,10 +15,10 @@ from django.urls import path, re_path  # noqa: E402
 
 from audit import alerts as audit_alerts  # noqa: E402
 from config.urls import PROBE_PATHS  # noqa: E402
-from proxy import logwriter, metrics  # noqa: E402
-from proxy.consumers import NotFoundConsumer, ResponsesConsumer  # noqa: E402
-from proxy.handler import ApiHandler  # noqa: E402
-from proxy.upstream_http import close_session  # noqa: E402
+from proxy.http.handler import ApiHandler  # noqa: E402
+from proxy.upstream.http import close_session  # noqa: E402
+from proxy.usage import logwriter, metrics  # noqa: E402
+from proxy.ws.consumers import NotFoundConsumer, ResponsesConsumer  # noqa: E402
 from settings_app.runtime import refresh_in_background  # noqa: E402
 
 api_application = ApiHandler()

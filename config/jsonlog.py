@@ -16,7 +16,7 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         span = trace.get_current_span().get_span_context()
-        if span.is_valid:  # a line written during a traced turn (proxy/tracing.py)
+        if span.is_valid:  # a line written during a traced turn (proxy/usage/tracing.py)
             entry["trace_id"] = trace.format_trace_id(span.trace_id)
             entry["span_id"] = trace.format_span_id(span.span_id)
         if record.exc_info:

@@ -234,9 +234,10 @@ LOGGING = {
 # Gateway behaviour.
 SLUICE_MAX_BODY_BYTES = env.int("SLUICE_MAX_BODY_BYTES", default=32 * 1024 * 1024)
 SLUICE_WS_MAX_FRAME_BYTES = env.int("SLUICE_WS_MAX_FRAME_BYTES", default=32 * 1024 * 1024)
-# Inflated WebSocket messages waiting for the application, all connections together (proxy/ws_protocol.py).
+# Inflated WebSocket messages waiting for the application, all connections together
+# (proxy/server/ws_protocol.py).
 SLUICE_WS_TOTAL_BUFFER_BYTES = env.int("SLUICE_WS_TOTAL_BUFFER_BYTES", default=128 * 1024 * 1024)
-# Read deadlines and header limits of every connection (proxy/server.py).
+# Read deadlines and header limits of every connection (proxy/server/serving.py).
 SLUICE_HEADER_TIMEOUT = env.float("SLUICE_HEADER_TIMEOUT", default=10.0)
 SLUICE_BODY_TIMEOUT = env.float("SLUICE_BODY_TIMEOUT", default=60.0)
 SLUICE_MAX_HEADER_BYTES = env.int("SLUICE_MAX_HEADER_BYTES", default=64 * 1024)

@@ -5,13 +5,14 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from identity import views as identity_views
-from proxy import metrics, probes
+from proxy.server import probes
+from proxy.usage import metrics
 
 # /healthz, /readyz and /metrics: served by the lean handler too (config/asgi.py), whatever the Host.
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 urlpatterns = [
-    path("v1/", include("proxy.urls")),
+    path("v1/", include("proxy.http.urls")),
     path("healthz", probes.healthz),
     path("readyz", probes.readyz),
     path("metrics", metrics.metrics_view),

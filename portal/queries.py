@@ -1,7 +1,7 @@
 """Every portal query starts here, filtered by the signed-in person (or, for a lead, the teams they lead).
 
 A request-log row is a person's when its ``owner`` is them, or, for rows written before owners were
-recorded, when its key is theirs. The aggregates are the usage dashboard's own (``proxy.dashboard``),
+recorded, when its key is theirs. The aggregates are the usage dashboard's own (``proxy.admin.dashboard``),
 run over those rows only.
 """
 
@@ -16,7 +16,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from identity.models import Membership, Role
-from proxy import dashboard, limits
+from proxy.admin import dashboard
+from proxy.governance import limits
 from proxy.models import ApiKey, RequestLog, Team
 
 DAYS = 30

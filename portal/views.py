@@ -19,8 +19,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from portal import queries
-from proxy import dashboard
-from proxy.charts import bar_chart
+from proxy.admin import dashboard
+from proxy.admin.charts import bar_chart
 from proxy.models import ApiKey, Team
 from proxy.templatetags.sluice_money import money
 

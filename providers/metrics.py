@@ -1,5 +1,5 @@
 """The providers' own metrics: whether each one's circuit breaker is open, labelled with the provider's
-name (``proxy.metrics`` labels the turns with the same names, and serves both on ``/metrics``)."""
+name (``proxy.usage.metrics`` labels the turns with the same names, and serves both on ``/metrics``)."""
 
 from prometheus_client import Gauge
 

@@ -13,15 +13,15 @@ class ProxyConfig(AppConfig):
         from django.contrib.auth import get_user_model
         from django.db.models.signals import post_delete, post_save
 
-        from proxy import tracing
+        from proxy.usage import tracing
 
         tracing.configure()  # every process, uvicorn's workers included: the exporter's thread is its own
 
         # The models, and what acts on their changes, as above: only once the apps are loaded.
-        from proxy import rollup
-        from proxy.logwriter import COLUMNS
+        from proxy.governance.revocation import revoke_everywhere
         from proxy.models import ApiKey, ModelPrice, RequestLog, Team
-        from proxy.revocation import revoke_everywhere
+        from proxy.usage import rollup
+        from proxy.usage.logwriter import COLUMNS
         from settings_app.runtime import bump_version
 
         def key_changed(instance: ApiKey, **kwargs: object) -> None:

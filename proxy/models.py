@@ -8,8 +8,8 @@ from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
-from proxy.labels import Endpoint, error_label
-from proxy.transport import FallbackReason, Transport
+from proxy.common.labels import Endpoint, error_label
+from proxy.common.transport import FallbackReason, Transport
 
 KEY_PREFIX = "sk-sluice-"
 
@@ -329,8 +329,9 @@ class Usage(RequestLog):
 
 class UsageHour(models.Model):
     """The request log summed per UTC hour and per everything the usage dashboard filters and groups by
-    (proxy/rollup.py keeps it). Ids are plain integers, 0 for none, so that the unique key the increments
-    upsert on holds (NULLs are never equal in a unique constraint); a deleted key's hours keep its id."""
+    (proxy/usage/rollup.py keeps it). Ids are plain integers, 0 for none, so that the unique key the
+    increments upsert on holds (NULLs are never equal in a unique constraint); a deleted key's hours keep its
+    id."""
 
     hour = models.DateTimeField()
     api_key_id = models.BigIntegerField(default=0)

@@ -47,7 +47,7 @@ class ServerThread:
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.loop.run_until_complete(self.server.serve())
-        from proxy.upstream_http import close_session
+        from proxy.upstream.http import close_session
 
         self.loop.run_until_complete(close_session())
 
@@ -78,7 +78,7 @@ class ServerThread:
 def gateway_server(django_db_setup: None, django_db_blocker: Any) -> Iterator[ServerThread]:
     with django_db_blocker.unblock():
         from config.asgi import application
-        from proxy.server import server_options
+        from proxy.server.serving import server_options
 
         server = ServerThread(application, **server_options()).start()  # as manage.py serve has it
     yield server
@@ -124,7 +124,8 @@ def _fresh_state() -> Iterator[None]:
     """Every test starts with empty shared state: cache (affinity, breakers) and config snapshots, and no
     request-log row of an earlier test still waiting to be written into this one's tables."""
     from audit import alerts
-    from proxy import limits, logwriter
+    from proxy.governance import limits
+    from proxy.usage import logwriter
     from settings_app import shared
     from settings_app.runtime import invalidate_all
 
@@ -151,7 +152,7 @@ def gateway(gateway_server: ServerThread, transactional_db: None) -> Iterator[Se
 
 def flush_request_log() -> None:
     """Rows of a test are written before its tables are emptied, not into the next test's."""
-    from proxy import logwriter
+    from proxy.usage import logwriter
 
     logwriter.flush(10)
 
@@ -222,8 +223,8 @@ def api_key(transactional_db: None) -> Iterator[str]:
 
 def request_logs(count: int, timeout: float = 10.0) -> list[Any]:
     """Wait for the off-path writer to store ``count`` rows; return them oldest first."""
-    from proxy import logwriter
     from proxy.models import RequestLog
+    from proxy.usage import logwriter
 
     deadline = time.monotonic() + timeout
     while True:

@@ -6,7 +6,7 @@ import json
 import httpx
 from websockets.sync.client import connect
 
-from proxy import logwriter
+from proxy.usage import logwriter
 from tests.conftest import make_key, make_provider, request_logs
 
 

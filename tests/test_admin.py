@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync, sync_to_async
 from django.urls import reverse
 
 from providers.models import Provider, Verdict
-from proxy.auth import authenticate
+from proxy.governance.auth import authenticate
 from proxy.models import ApiKey, RequestLog, hash_key
 from settings_app.models import SystemSettings
 from settings_app.runtime import system_settings
@@ -269,7 +269,7 @@ def under_a_running_loop(call: Any) -> Any:
     """Run an admin request as the ASGI server runs a sync view: in a worker thread under a running event
     loop, which the provider test's ``async_to_sync`` then uses (a bare test client would give it a new
     loop per call, and leave that loop's upstream pool unclosed). The pool is closed with the loop."""
-    from proxy.upstream_http import close_session
+    from proxy.upstream.http import close_session
 
     async def run() -> Any:
         try:

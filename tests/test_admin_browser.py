@@ -14,7 +14,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from providers.models import Provider, Verdict
-from proxy.admin import USAGE_FIELDS
+from proxy.admin.modeladmins import USAGE_FIELDS
 from settings_app.models import SystemSettings
 from tests.conftest import ServerThread, make_provider, require
 

@@ -10,9 +10,9 @@ from django.urls import reverse
 from django.utils import translation
 from django.utils.text import capfirst
 
-from proxy import limits
-from proxy.auth import authenticate
-from proxy.record import TurnRecord
+from proxy.common.record import TurnRecord
+from proxy.governance import limits
+from proxy.governance.auth import authenticate
 from tests.conftest import make_key, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -72,8 +72,8 @@ def test_limit_labels_in_every_language(admin_client):
 
 
 def test_request_log_says_price_unknown_rather_than_zero(admin_client):
-    from proxy import logwriter
     from proxy.models import ModelPrice
+    from proxy.usage import logwriter
 
     key, _ = make_key()
     ModelPrice.objects.update_or_create(
@@ -91,7 +91,7 @@ def test_request_log_says_price_unknown_rather_than_zero(admin_client):
 
 
 def test_a_team_and_its_limits_saved_in_the_admin_reach_the_keys(admin_client):
-    from proxy.auth import _load
+    from proxy.governance.auth import _load
     from proxy.models import Team
 
     form = {

@@ -119,7 +119,7 @@ def turn(gateway: Any, key: str) -> int:
 
 
 def settle() -> None:
-    from proxy import logwriter
+    from proxy.usage import logwriter
 
     assert logwriter.flush(10) and alerts.flush(15)
 
@@ -300,7 +300,7 @@ def test_rows_dropped_by_the_request_log_are_alerted(gateway, hook, settings):
     """Refusals without a valid key past their allowance per address are not written (the metrics count
     them); the worker's periodic check notices the counter rising."""
     from audit.events import dropped_rows
-    from proxy import logwriter
+    from proxy.usage import logwriter
 
     settings.SLUICE_ALERT_URLS = ""
     settings.SLUICE_ALERT_CHECK_SECONDS = 3600  # no periodic check until the test asks for one
@@ -348,7 +348,7 @@ def test_an_upstream_refusing_websockets_is_alerted_once(gateway, upstream, api_
 def test_a_node_losing_readiness_is_alerted_once_an_hour_but_not_for_a_drain(
     hook, settings, transactional_db
 ):
-    from proxy import signals
+    from proxy.usage import signals
 
     settings.SLUICE_ALERT_URLS = hook.url()
     signals.readiness_lost.send(sender=None, down={"lifecycle": "draining"})

@@ -6,7 +6,7 @@ import datetime as dt
 import pytest
 from django.utils import timezone
 
-from proxy.auth import authenticate, presented_key
+from proxy.governance.auth import authenticate, presented_key
 from tests.conftest import make_key
 
 KEY = "sk-sluice-abc"

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from proxy import limits
+from proxy.governance import limits
 from proxy.models import ModelPrice, RequestLog, Team
 from tests.conftest import make_key, make_provider, request_logs
 

@@ -1,6 +1,6 @@
 """The dashboard's chart axes: round grid steps that reach the tallest bar without wasting the height."""
 
-from proxy.charts import _nice_max, bar_chart
+from proxy.admin.charts import _nice_max, bar_chart
 
 
 def test_grid_steps_are_whole_and_round_and_the_axis_reaches_the_value():

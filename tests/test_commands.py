@@ -12,7 +12,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_createapikey_prints_the_key_alone_on_its_last_line():
-    from proxy.auth import _load
+    from proxy.governance.auth import _load
     from proxy.models import ApiKey, hash_key
 
     out = StringIO()
@@ -67,7 +67,7 @@ def test_createapikey_refuses_a_missing_user_unless_asked_to_create_it():
 def test_createteam_and_a_key_with_limits_in_it():
     from decimal import Decimal
 
-    from proxy.auth import _load
+    from proxy.governance.auth import _load
     from proxy.models import ApiKey, Team
 
     out = StringIO()
@@ -166,8 +166,8 @@ def test_shipped_prices_cover_the_models_codex_uses():
 
     from django.apps import apps
 
+    from proxy.governance.prices import price_for
     from proxy.models import ModelPrice
-    from proxy.prices import price_for
 
     migration = importlib.import_module("proxy.migrations.0003_list_prices")
     ModelPrice.objects.all().delete()

@@ -24,7 +24,7 @@ def test_a_settings_change_reaches_a_process_that_did_not_make_it(settings):
 
 def test_provider_and_key_changes_are_seen(settings):
     from providers.registry import enabled_providers
-    from proxy.auth import keys
+    from proxy.governance.auth import keys
     from proxy.models import hash_key
     from tests.conftest import make_key, make_provider
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from proxy.deadline import Deadline
+from proxy.common.deadline import Deadline
 
 
 async def cancelled_after(armed: float, extensions: list[tuple[float, float]]) -> float | None:

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from proxy import lifecycle
-from proxy.drain import DrainingServer
+from proxy.server import lifecycle
+from proxy.server.drain import DrainingServer
 from tests.conftest import ServerThread, make_provider, request_logs
 
 
@@ -105,7 +105,7 @@ async def test_a_socket_whose_client_left_first_does_not_stop_the_drain(not_drai
     """go_away() on a socket whose client is gone raises (uvicorn: ClientDisconnected); the drain goes on."""
     import asyncio
 
-    from proxy.drain import drain_sockets
+    from proxy.server.drain import drain_sockets
 
     class Gone:
         def idle(self) -> bool:

@@ -27,9 +27,9 @@ BODY = {"model": "gpt-5.5", "input": "hi", "stream": True}
 
 
 def counters(gateway, upstream) -> dict[str, int]:
-    from proxy import logwriter
-    from proxy.upstream_http import close_session
-    from proxy.ws_protocol import waiting_total
+    from proxy.server.ws_protocol import waiting_total
+    from proxy.upstream.http import close_session
+    from proxy.usage import logwriter
 
     async def in_server_loop() -> int:
         await close_session()  # idle pooled upstream connections are not leaks; in-use ones stay open

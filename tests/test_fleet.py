@@ -366,10 +366,12 @@ def test_the_request_log_has_one_row_per_turn_from_every_node(fleet, alpha):
     assert {r.client_transport for r in rows} == {"http", "websocket"}
 
 
-LIMITS_BUILT = (Path(__file__).resolve().parent.parent / "proxy" / "limits.py").exists()
+LIMITS_BUILT = (Path(__file__).resolve().parent.parent / "proxy" / "governance" / "limits.py").exists()
 
 
-@pytest.mark.xfail(not LIMITS_BUILT, reason="per-key limits (proxy/limits.py) are not built yet", strict=True)
+@pytest.mark.xfail(
+    not LIMITS_BUILT, reason="per-key limits (proxy/governance/limits.py) are not built yet", strict=True
+)
 def test_a_keys_requests_per_minute_are_counted_across_nodes(fleet, alpha):
     _, raw = add_key()
     add_provider(fleet, alpha, "alpha")

@@ -31,7 +31,7 @@ def bearer(raw: str) -> dict[str, str]:
 
 
 def in_flight(scope: str) -> int:
-    from proxy import limits
+    from proxy.governance import limits
 
     return limits.usage(scope).slots
 
@@ -86,7 +86,7 @@ def test_input_tokens_counts_against_the_request_rate_only(gateway, upstream, sh
 
 
 def test_the_token_limit_counts_each_turns_input_and_output(gateway, upstream, settings):
-    from proxy import limits
+    from proxy.governance import limits
 
     settings.SLUICE_RATE_WINDOW_SECONDS = 10**6  # one window for the whole test
     make_provider(upstream)

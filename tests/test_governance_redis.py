@@ -93,7 +93,7 @@ def two_gateways(transactional_db):
 
 
 def test_two_processes_let_through_exactly_the_limit(two_gateways, upstream, settings):
-    from proxy import limits
+    from proxy.governance import limits
 
     settings.SLUICE_RATE_WINDOW_SECONDS = 3600
     make_provider(upstream)
@@ -131,8 +131,8 @@ def test_a_turn_right_after_another_gets_the_slot_just_given_back(transactional_
     the same quotas, so a key with one slot can run turn after turn."""
     from asgiref.sync import async_to_sync
 
-    from proxy import limits
-    from proxy.auth import _load
+    from proxy.governance import limits
+    from proxy.governance.auth import _load
 
     key, raw = make_key(concurrency=1)
     client = _load()[key.hashed_key]

@@ -26,7 +26,7 @@ def socket_url(gateway) -> str:
 
 
 def open_sockets(scope: str) -> int:
-    from proxy import limits
+    from proxy.governance import limits
 
     return limits.open_sockets(scope)
 
@@ -95,7 +95,7 @@ def test_open_sockets_limit_refuses_the_upgrade_with_429_and_frees_on_disconnect
             pass
     assert wait_until(lambda: open_sockets(scope) == 0)
     assert released_explicitly(caplog)
-    from proxy import limits
+    from proxy.governance import limits
 
     assert limits.usage(scope).day == 0, "a socket's release adds no spend (the key has no budget)"
     with ws_connect(socket_url(gateway), additional_headers=headers):

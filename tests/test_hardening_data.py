@@ -6,8 +6,8 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from proxy import logwriter
-from proxy.record import TurnRecord
+from proxy.common.record import TurnRecord
+from proxy.usage import logwriter
 from tests.conftest import make_key, make_provider, request_logs
 
 # JSON allows escaped lone surrogates; UTF-8 (SQLite, PostgreSQL, Redis keys) does not.

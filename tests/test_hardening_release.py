@@ -11,7 +11,7 @@ import time
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from proxy import metrics
+from proxy.usage import metrics
 from tests.conftest import make_key, make_provider
 from tests.helpers import scrape, value
 

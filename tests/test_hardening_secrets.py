@@ -15,8 +15,8 @@ async def test_debug_page_hides_the_client_key_and_the_provider_key(settings):
     from asgiref.sync import sync_to_async
 
     from providers.registry import ProviderInfo
-    from proxy.upstream_http import upstream_headers
-    from proxy.views import api_view
+    from proxy.http.views import api_view
+    from proxy.upstream.http import upstream_headers
 
     settings.DEBUG = True
     _, raw = await sync_to_async(make_key)()

@@ -144,7 +144,7 @@ def test_a_message_over_the_process_budget_closes_with_1009(gateway, upstream, a
 @pytest.fixture(autouse=True)
 def _nothing_left_waiting():
     yield
-    from proxy.ws_protocol import waiting_total
+    from proxy.server.ws_protocol import waiting_total
 
     deadline = time.monotonic() + 5
     while waiting_total() and time.monotonic() < deadline:

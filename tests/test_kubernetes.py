@@ -23,8 +23,8 @@ BASE_DIR = Path(settings.BASE_DIR)
 MANIFESTS = BASE_DIR / "deploy" / "kubernetes"
 OVERLAYS = sorted(path.name for path in (MANIFESTS / "overlays").iterdir() if path.is_dir())
 # After the drain, a worker closes what is left (at least 1 s) and its lifespan waits up to 15 s for the
-# request log's last rows (config/asgi.py); the drain's own final flush (proxy/drain.py) only runs long when
-# the database is gone, and then the rows are lost anyway.
+# request log's last rows (config/asgi.py); the drain's own final flush (proxy/server/drain.py) only runs long
+# when the database is gone, and then the rows are lost anyway.
 SHUTDOWN_AFTER_DRAIN = 1 + 15
 # env("NAME", ...), env.int("NAME", ...), env.list("NAME", ...) and so on in config/settings.py.
 SETTINGS_READ = re.compile(r"\benv(?:\.\w+)?\(\s*\"([A-Z][A-Z0-9_]*)\"")

@@ -7,7 +7,7 @@ from pathlib import Path
 from django.conf import settings
 from django.utils import translation
 
-from proxy.labels import ERROR_LABELS, error_label
+from proxy.common.labels import ERROR_LABELS, error_label
 
 # A refusal's status and code as the gateway writes them: `WireError(429, "code", …` and the conditional
 # `WireError(400, "a" if … else "b", …`.

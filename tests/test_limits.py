@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from proxy import limits
-from proxy.limit_stores import LocalStore, RedisStore, local_store
-from proxy.limits import MICRO, Policy
-from proxy.quotas import (
+from proxy.governance import limits
+from proxy.governance.limit_stores import LocalStore, RedisStore, local_store
+from proxy.governance.limits import MICRO, Policy
+from proxy.governance.quotas import (
     DAILY,
     MONTHLY,
     REQUEST,
@@ -248,7 +248,7 @@ def price(model: str, per_million: int) -> Any:
 
 
 def test_spend_is_priced_per_token_and_rounded_up():
-    from proxy.outcome import Outcome
+    from proxy.common.outcome import Outcome
 
     outcome = Outcome(input_tokens=1000, cached_input_tokens=400, output_tokens=100)
     # 600 x 2 + 400 x 1 + 100 x 8 = 2400 USD per million tokens = 2400 micro-USD
@@ -261,7 +261,7 @@ def test_spend_is_priced_per_token_and_rounded_up():
 def test_spend_uses_the_price_table_it_is_given(reload):
     """Rates are cached per price table: a reloaded table pricing a model differently is used at once,
     even when the old table is gone and the new one took its place in memory."""
-    from proxy.outcome import Outcome
+    from proxy.common.outcome import Outcome
 
     outcome = Outcome(input_tokens=1000, output_tokens=0)
     old, dearer = {"m": price("m", 2)}, price("m", 3)
@@ -299,7 +299,7 @@ def test_a_token_count_holds_no_turn_slot(settings):
     free (on whichever store the settings choose)."""
     from asgiref.sync import async_to_sync
 
-    from proxy.auth import Client
+    from proxy.governance.auth import Client
 
     settings.SLUICE_RATE_WINDOW_SECONDS = 10**6
     client = Client(1, "k", 1, None, None, limits.policy_for(row(42, concurrency=1), None))
@@ -317,7 +317,7 @@ def test_with_redis_unreachable_limits_hold_in_the_process(settings, monkeypatch
     from asgiref.sync import async_to_sync
     from django.core.cache.backends.redis import RedisCache
 
-    from proxy.auth import Client
+    from proxy.governance.auth import Client
     from settings_app import shared
     from tests.conftest import free_port
 

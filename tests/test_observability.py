@@ -18,8 +18,9 @@ from django.utils import timezone
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
-from proxy import lifecycle, logwriter
 from proxy.models import ModelPrice, RequestLog
+from proxy.server import lifecycle
+from proxy.usage import logwriter
 from tests.conftest import make_key, make_provider, request_logs, sdk, sdk_turn
 from tests.helpers import scrape, value
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from proxy import limits
-from proxy.limit_stores import LocalStore, RedisStore
-from proxy.quotas import REQUESTS, TOKENS, TURN, Clock, Quota, free_at
+from proxy.governance import limits
+from proxy.governance.limit_stores import LocalStore, RedisStore
+from proxy.governance.quotas import REQUESTS, TOKENS, TURN, Clock, Quota, free_at
 from tests.serveproc import RedisServer
 
 WINDOW = 60.0

@@ -11,9 +11,9 @@ from asgiref.sync import async_to_sync
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from proxy import refusals
-from proxy.refusals import for_client, in_words
-from proxy.wire import WireError
+from proxy.common.wire import WireError
+from proxy.governance import refusals
+from proxy.governance.refusals import for_client, in_words
 from tests.conftest import make_key, make_provider, request_logs
 
 CODEX = {"originator": "codex_exec", "user-agent": "codex_exec/0.169.0 (Debian 12; x86_64)"}

@@ -2,8 +2,8 @@
 
 import pytest
 
-from proxy import logwriter
-from proxy.record import TurnRecord
+from proxy.common.record import TurnRecord
+from proxy.usage import logwriter
 from tests.conftest import make_key, make_provider, request_logs
 
 pytestmark = pytest.mark.django_db(transaction=True)

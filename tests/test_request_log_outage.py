@@ -10,9 +10,9 @@ import pytest
 from django.db import connection
 from prometheus_client import REGISTRY
 
-from proxy import logwriter
+from proxy.common.record import TurnRecord
 from proxy.models import RequestLog
-from proxy.record import TurnRecord
+from proxy.usage import logwriter
 from tests.conftest import make_key, make_provider
 
 # The gateway's SQLite connections wait this long on a lock before the write fails (config/settings.py).

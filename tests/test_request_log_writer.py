@@ -2,8 +2,8 @@
 
 from prometheus_client import REGISTRY
 
-from proxy import logwriter
-from proxy.record import TurnRecord
+from proxy.common.record import TurnRecord
+from proxy.usage import logwriter
 
 
 def dropped() -> float:

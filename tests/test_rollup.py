@@ -9,7 +9,7 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Count, Sum
 
-from proxy import dashboard
+from proxy.admin import dashboard
 from proxy.models import RequestLog, UsageHour
 
 pytestmark = pytest.mark.django_db

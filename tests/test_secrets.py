@@ -126,6 +126,6 @@ def test_streamed_upstream_errors_that_echo_the_provider_key_are_scrubbed(
     ],
 )
 def test_scrub_removes_the_provider_key_and_anything_shaped_like_a_key(text, provider_key, scrubbed):
-    from proxy.scrubbing import scrub
+    from proxy.common.scrubbing import scrub
 
     assert scrub(text, provider_key) == scrubbed

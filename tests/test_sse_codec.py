@@ -1,6 +1,6 @@
 """The SSE decoder keeps each event's bytes for untouched relaying, whatever the chunking."""
 
-from proxy.wire import SSEDecoder, event_type
+from proxy.common.wire import SSEDecoder, event_type
 
 STREAM = (
     b'event: response.created\ndata: {"type":"response.created","sequence_number":0}\n\n'

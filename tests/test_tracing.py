@@ -16,7 +16,7 @@ import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from proxy import tracing
+from proxy.usage import tracing
 from tests.conftest import make_key, make_provider, request_logs
 from tests.serveproc import ServeProcess
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from proxy.transport import Decision, FallbackReason, Transport, choose
+from proxy.common.transport import Decision, FallbackReason, Transport, choose
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import httpx
 import pytest
 from websockets.sync.client import connect
 
-from proxy import limits
+from proxy.governance import limits
 from tests.conftest import make_key, make_provider, request_logs
 
 NEGATIVE = {

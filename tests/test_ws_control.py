@@ -9,7 +9,7 @@ import pytest
 from django.core.cache import cache
 
 from providers.routing import response_key
-from proxy.upstream_ws import public_url
+from proxy.upstream.websocket import public_url
 from tests.conftest import TERMINAL, make_provider, request_logs
 from tests.fakeupstream import function_call_item, message_item
 from tests.helpers import create, open_socket, read, slow, until_terminal

@@ -51,7 +51,7 @@ async def until_terminal(comm: WebsocketCommunicator) -> list[dict]:
 async def _close_upstream_pool():
     """Each test has its own event loop; its upstream connection pool goes with it."""
     yield
-    from proxy.upstream_http import close_session
+    from proxy.upstream.http import close_session
 
     await close_session()
 

@@ -3,7 +3,7 @@
 import pytest
 from websockets.frames import Frame, Opcode
 
-from proxy.ws_writer import frame_text
+from proxy.ws.writer import frame_text
 
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
@@ -19,7 +19,7 @@ def test_the_served_configuration_writes_events_that_arrived_together_in_one_cal
 
     from websockets.sync.client import connect
 
-    from proxy import ws_writer
+    from proxy.ws import writer as ws_writer
     from tests.conftest import make_provider
 
     upstream.events_per_chunk = 20

@@ -14,18 +14,18 @@ from django.conf import settings
 
 from providers import health
 from providers.routing import Plan, Route
-from proxy import tracing
-from proxy.record import TurnRecord
-from proxy.transport import Decision, FallbackReason, Transport, choose
+from proxy.common.record import TurnRecord
+from proxy.common.transport import Decision, FallbackReason, Transport, choose
+from proxy.common.wire import WireError
 from proxy.turn.upstream import ProviderFailure, Relay, all_failed
-from proxy.upstream_ws import (
+from proxy.upstream.websocket import (
     NO_WEBSOCKET_STATUSES,
     HandshakeFailed,
     UpstreamSocket,
     known_unsupported,
     remember_unsupported,
 )
-from proxy.wire import WireError
+from proxy.usage import tracing
 
 log = logging.getLogger("sluice.turn")
 

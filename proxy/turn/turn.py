@@ -1,7 +1,7 @@
 """One turn, from admission to its request-log row, whichever ingress drives it.
 
-The HTTP view (``proxy.views`` with ``proxy.http_relay``) and a WebSocket lane (``proxy.ws_lane`` with
-``proxy.ws_relay``) are adapters: they read what the client sent, and turn what the Turn relays into SSE
+The HTTP view (``proxy.http.views`` with ``proxy.http.relay``) and a WebSocket lane (``proxy.ws.lane`` with
+``proxy.ws.relay``) are adapters: they read what the client sent, and turn what the Turn relays into SSE
 bytes or WebSocket frames. What a turn does for the gateway happens here, the same way on both:
 
 - admission and its release (``admit``; ``close`` gives back what it took, on every exit path);
@@ -20,15 +20,16 @@ from typing import Any, TypeVar
 
 from providers import health, routing
 from providers.routing import Affinity, Plan, Route
-from proxy import limits, logwriter, ownership, tracing
-from proxy.auth import Client
-from proxy.outcome import terminal_status
-from proxy.record import TurnRecord
-from proxy.scrubbing import scrub_event, scrubbed_sse
+from proxy.common.outcome import terminal_status
+from proxy.common.record import TurnRecord
+from proxy.common.scrubbing import scrub_event, scrubbed_sse
+from proxy.common.wire import Event, WireError
+from proxy.governance import limits, ownership
+from proxy.governance.auth import Client
 from proxy.turn import failover
 from proxy.turn.upstream import HttpCall, Relay, open_route
-from proxy.upstream_http import Opened
-from proxy.wire import Event, WireError
+from proxy.upstream.http import Opened
+from proxy.usage import logwriter, tracing
 
 log = logging.getLogger("sluice.refusals")
 

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from providers.routing import Route
-from proxy.record import TurnRecord
-from proxy.scrubbing import scrub, scrub_value
-from proxy.upstream_http import Opened, TransportError, open_request
-from proxy.wire import Event, WireError
+from proxy.common.record import TurnRecord
+from proxy.common.scrubbing import scrub, scrub_value
+from proxy.common.wire import Event, WireError
+from proxy.upstream.http import Opened, TransportError, open_request
 
 log = logging.getLogger("sluice.pipeline")
 

@@ -391,7 +391,7 @@ async def _parallel(url: str, headers: dict[str, str], n: int, body: dict[str, A
 
 def limit_races(p: Probe) -> None:
     # imported here: Django needs django.setup(), which runs once the environment is set
-    from proxy import limits
+    from proxy.governance import limits
     from proxy.models import ApiKey, RequestLog
 
     p.fake.head_delay = 1.0  # every admitted turn is still in flight while the others ask
@@ -419,7 +419,7 @@ def limit_races(p: Probe) -> None:
 
 def _prices() -> dict:
     # imported here: Django needs django.setup(), which runs once the environment is set
-    from proxy.prices import model_prices
+    from proxy.governance.prices import model_prices
 
     return model_prices.get()
 
@@ -537,7 +537,7 @@ def csv_exports(p: Probe) -> None:
     import csv
     import io
 
-    from proxy import dashboard
+    from proxy.admin import dashboard
 
     with httpx.Client(base_url=p.url, timeout=30) as client:
         for payload in ("=HYPERLINK(1)", "+1", "-1+1", "@SUM(1)"):

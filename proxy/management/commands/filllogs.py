@@ -9,9 +9,10 @@ from django.db import connection, transaction
 from django.utils.translation import gettext as _
 
 from providers.models import Provider
-from proxy import dashboard, rollup
-from proxy.logwriter import COLUMNS, _insert
+from proxy.admin import dashboard
 from proxy.models import ApiKey
+from proxy.usage import rollup
+from proxy.usage.logwriter import COLUMNS, _insert
 
 MODELS = ("gpt-5.5", "gpt-5.5-mini", "gpt-5.4", "o4-deep", "gpt-5.5-pro")
 REFUSALS = ("invalid_api_key", "missing_required_parameter", "model_not_found", "invalid_json")

@@ -7,8 +7,8 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from proxy import rollup
 from proxy.models import RequestLog, UsageHour
+from proxy.usage import rollup
 
 BATCH = 5000
 

@@ -5,8 +5,8 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from audit.context import Actor, acting
-from proxy import rollup
 from proxy.models import RequestLog
+from proxy.usage import rollup
 
 
 class Command(BaseCommand):

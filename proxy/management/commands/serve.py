@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 from django.utils.translation import gettext as _
 
-from proxy import drain
-from proxy.server import server_options
+from proxy.server import drain
+from proxy.server.serving import server_options
 
 
 class Command(BaseCommand):

@@ -4,10 +4,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.translation import gettext as _
 
 from providers.models import Provider, Verdict
-from proxy import logwriter
-from proxy.provider_test import Report, run_test, save_result
-from proxy.upstream_http import close_session
-from proxy.wire import WireError
+from proxy.admin.provider_test import Report, run_test, save_result
+from proxy.common.wire import WireError
+from proxy.upstream.http import close_session
+from proxy.usage import logwriter
 
 
 def format_report(report: Report) -> list[str]:

@@ -1,0 +1,655 @@
+"""The usage dashboard: aggregates in SQL over the request log, for a date range and filters.
+
+Teams and budgets: everything that reads them is in the "Governance" section below (``team_field``,
+``budgets``); the rest of the dashboard does not know whether they exist.
+"""
+
+import csv
+import datetime as dt
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlencode
+
+from django.db import connection, transaction
+from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
+from django.db.models.functions import Cast, Coalesce
+from django.http import HttpRequest, StreamingHttpResponse
+from django.utils import formats, timezone
+from django.utils.translation import gettext as _
+
+from providers.models import Provider
+from proxy.admin.charts import bar_chart
+from proxy.admin.limits import TEST_ENDPOINT, spend
+from proxy.common.labels import endpoint_label, error_label
+from proxy.common.transport import FallbackReason, Transport
+from proxy.models import ApiKey, RequestLog, Team, UsageHour
+from proxy.templatetags.sluice_money import money
+from proxy.usage import logwriter
+
+DEFAULT_DAYS = 30
+TOP = 10
+TTFE_BUCKET_MS = 10  # percentiles from a histogram of 10 ms buckets: one scan, any database
+
+
+class Day(Func):
+    """The UTC day of ``created_at`` as YYYY-MM-DD, computed without a per-row function call in SQLite
+    (Django's TruncDate calls back into Python for every row)."""
+
+    output_field = CharField()
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(compiler, connection, template="substr(%(expressions)s, 1, 10)", **extra)
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="((%(expressions)s AT TIME ZONE 'UTC')::date)::text",
+            **extra,
+        )
+
+
+# ----- Governance: the one place that reads teams and budgets -----
+
+
+def team_field() -> str | None:
+    """The request log's team foreign key, once governance adds one."""
+    names = {f.name for f in RequestLog._meta.get_fields()}
+    return "team" if "team" in names else None
+
+
+def team_model() -> Any:
+    field_name = team_field()
+    return RequestLog._meta.get_field(field_name).related_model if field_name else None
+
+
+def budgets(f: "Filters") -> list[dict[str, Any]]:
+    """Every key and team with a daily or monthly budget, within the filters (a key: it and its team; a
+    team: it and its keys; a lead: their teams), with today's and this month's spend (UTC, provider tests
+    left out) and what is left of each."""
+    has_budget = ~Q(daily_budget=None) | ~Q(monthly_budget=None)
+    keys = ApiKey.objects.filter(has_budget).select_related("team")
+    teams = Team.objects.filter(has_budget)
+    if f.teams is not None:
+        keys, teams = keys.filter(team_id__in=f.teams), teams.filter(pk__in=f.teams)
+    if f.key:
+        team_id = ApiKey.objects.filter(pk=f.key).values_list("team_id", flat=True).first()
+        keys, teams = keys.filter(pk=f.key), teams.filter(pk=team_id)
+    if f.team:
+        keys, teams = keys.filter(team_id=f.team), teams.filter(pk=f.team)
+    rows = []
+    for holders, column, kind in ((list(teams), "team_id", "team"), (list(keys), "api_key_id", "key")):
+        spent = spend(column, [h.pk for h in holders])
+        for holder in holders:
+            day, month = spent[holder.pk]
+            row = {"kind": holder._meta.verbose_name, "name": holder.name, "id": holder.pk, "filter": kind}
+            percents = []
+            periods = (("day", day, holder.daily_budget), ("month", month, holder.monthly_budget))
+            for period, used, budget in periods:
+                row[period] = {
+                    "budget": budget,
+                    "spent": used,
+                    "left": None if budget is None else max(budget - used, Decimal(0)),
+                }
+                if budget:
+                    percents.append(float(used / budget * 100))
+            row["percent"] = max(percents, default=0.0)
+            row["periods"] = [row["day"], row["month"]]
+            rows.append(row)
+    return sorted(rows, key=lambda r: -r["percent"])
+
+
+# ----- Filters -----
+
+
+@dataclass
+class Filters:
+    start: dt.date
+    end: dt.date  # inclusive
+    key: int | None = None
+    team: int | None = None
+    model: str = ""
+    provider: int | None = None
+    errors: list[str] = field(default_factory=list)
+    teams: list[int] | None = None  # a team lead's teams: nothing of other teams is read (None: all)
+
+    @property
+    def days(self) -> list[dt.date]:
+        return [self.start + dt.timedelta(days=i) for i in range((self.end - self.start).days + 1)]
+
+    def query(self) -> dict[str, str]:
+        out = {"start": self.start.isoformat(), "end": self.end.isoformat()}
+        for name in ("key", "team", "model", "provider"):
+            value = getattr(self, name)
+            if value:
+                out[name] = str(value)
+        return out
+
+
+# Ids the database can hold (a 64-bit signed integer); dates whose next day still exists.
+MAX_ID = 2**63 - 1
+LAST_DAY = dt.date.max - dt.timedelta(days=1)
+
+
+def _int(value: str | None) -> int | None:
+    try:
+        number = int(value) if value else None
+    except ValueError:
+        return None
+    return number if number is None or 0 < number <= MAX_ID else None
+
+
+def _id_filter(params: Any, name: str, errors: list[str]) -> int | None:
+    """The id a filter names, or None with a message when it is not one (the page still answers)."""
+    number = _int(params.get(name))
+    if number is None and params.get(name):
+        errors.append(_("The filter “%(name)s” is not valid; it is ignored.") % {"name": name})
+    return number
+
+
+def parse_filters(params: Any) -> Filters:
+    today = timezone.now().astimezone(dt.UTC).date()
+    errors = []
+    try:
+        end = dt.date.fromisoformat(params.get("end") or today.isoformat())
+    except ValueError:
+        end, errors = today, [*errors, _("The end date is not a date (YYYY-MM-DD).")]
+    try:
+        start = dt.date.fromisoformat(
+            params.get("start") or (end - dt.timedelta(days=DEFAULT_DAYS - 1)).isoformat()
+        )
+    except ValueError:
+        start, errors = (
+            end - dt.timedelta(days=DEFAULT_DAYS - 1),
+            [
+                *errors,
+                _("The start date is not a date (YYYY-MM-DD)."),
+            ],
+        )
+    if end > LAST_DAY:
+        end, errors = today, [*errors, _("The end date is out of range.")]
+    if start > LAST_DAY:
+        start, errors = (
+            end - dt.timedelta(days=DEFAULT_DAYS - 1),
+            [*errors, _("The start date is out of range.")],
+        )
+    if start > end:
+        start, end = end, start
+    if (end - start).days > 366:
+        start = end - dt.timedelta(days=366)
+        errors.append(_("The range was shortened to a year."))
+    return Filters(
+        start=start,
+        end=end,
+        key=_id_filter(params, "key", errors),
+        team=_id_filter(params, "team", errors) if team_field() else None,
+        model=(params.get("model") or "")[:200],
+        provider=_id_filter(params, "provider", errors),
+        errors=errors,
+    )
+
+
+def queryset(f: Filters) -> QuerySet[RequestLog]:
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    # A provider's test turns are recorded but are not spend: outside the totals, as outside budgets.
+    qs = RequestLog.objects.filter(created_at__gte=start, created_at__lt=end).exclude(endpoint=TEST_ENDPOINT)
+    if f.teams is not None:
+        qs = qs.filter(team_id__in=f.teams)
+    if f.key:
+        qs = qs.filter(api_key_id=f.key)
+    if f.team and team_field():
+        qs = qs.filter(**{f"{team_field()}_id": f.team})
+    if f.model:
+        qs = qs.filter(upstream_model=f.model)
+    if f.provider:
+        qs = qs.filter(provider_id=f.provider)
+    return qs.order_by()
+
+
+def rolled(f: Filters) -> QuerySet[UsageHour]:
+    """The hourly roll-up cells of ``f`` (proxy/usage/rollup.py): the whole hours of its whole days."""
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    qs = UsageHour.objects.filter(hour__gte=start, hour__lt=end)
+    if f.teams is not None:
+        qs = qs.filter(team_id__in=f.teams)
+    if f.key:
+        qs = qs.filter(api_key_id=f.key)
+    if f.team and team_field():
+        qs = qs.filter(team_id=f.team)
+    if f.model:
+        qs = qs.filter(upstream_model=f.model)
+    if f.provider:
+        qs = qs.filter(provider_id=f.provider)
+    return qs.order_by()
+
+
+# ----- Aggregates -----
+
+SUMS = {
+    "cost": Coalesce(Sum("cost"), Value(Decimal(0))),
+    "input": Coalesce(Sum("input_tokens"), 0),
+    "cached": Coalesce(Sum("cached_input_tokens"), 0),
+    "output": Coalesce(Sum("output_tokens"), 0),
+    "reasoning": Coalesce(Sum("reasoning_tokens"), 0),
+    "turns": Count("pk"),
+}
+# The same sums over roll-up cells.
+ROLLED = {
+    "cost": Coalesce(Sum("cost"), Value(Decimal(0))),
+    "input": Coalesce(Sum("input_tokens"), 0),
+    "cached": Coalesce(Sum("cached_input_tokens"), 0),
+    "output": Coalesce(Sum("output_tokens"), 0),
+    "reasoning": Coalesce(Sum("reasoning_tokens"), 0),
+    "turns": Coalesce(Sum("turns"), 0),
+}
+
+
+def _sums(qs: QuerySet) -> dict[str, Any]:
+    return ROLLED if qs.model is UsageHour else SUMS
+
+
+def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Sums per day, and turns per transport pair: one scan, grouped by both."""
+    by_day: dict[str, dict[str, Any]] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    sums = _sums(qs)
+    moment = "hour" if qs.model is UsageHour else "created_at"
+    for r in (
+        qs.annotate(day=Day(moment)).values("day", "client_transport", "upstream_transport").annotate(**sums)
+    ):
+        day = by_day.setdefault(r["day"], {k: 0 for k in SUMS})
+        for k in SUMS:
+            day[k] += r[k]
+        pair = (r["client_transport"], r["upstream_transport"])
+        pairs[pair] = pairs.get(pair, 0) + r["turns"]
+    empty = {k: 0 for k in SUMS}
+    days = [{**empty, **by_day.get(d.isoformat(), {}), "day": d} for d in f.days]
+    total = sum(pairs.values())
+    transports = [
+        {
+            "client_transport": c,
+            "upstream_transport": u,
+            "turns": n,
+            "share": n / total * 100 if total else 0.0,
+        }
+        for (c, u), n in sorted(pairs.items(), key=lambda item: -item[1])
+    ]
+    return days, transports
+
+
+def tops(
+    qs: QuerySet, columns: list[str], named_only: tuple[str, ...] = ()
+) -> dict[str, list[dict[str, Any]]]:
+    """The top ``columns`` values by spend: one scan grouped by all of them, ranked here. Rows without a
+    value of a ``named_only`` column are left out of its table (a refused request that named no model)."""
+    sums: dict[str, dict[Any, list]] = {c: {} for c in columns}
+    measures = _sums(qs)
+    for r in qs.values(*columns).annotate(cost=measures["cost"], turns=measures["turns"]):
+        for c in columns:
+            if not r[c] and c in named_only:
+                continue
+            entry = sums[c].setdefault(r[c], [Decimal(0), 0])
+            entry[0] += r["cost"]
+            entry[1] += r["turns"]
+    return {
+        c: [
+            {"id": value, "name": value or "—", "cost": cost, "turns": turns}
+            for value, (cost, turns) in sorted(found.items(), key=lambda item: (-item[1][0], -item[1][1]))[
+                :TOP
+            ]
+        ]
+        for c, found in sums.items()
+    }
+
+
+def shares(qs: QuerySet, columns: list[str], total: int) -> list[dict[str, Any]]:
+    rows = qs.values(*columns).annotate(turns=_sums(qs)["turns"]).order_by("-turns")
+    return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
+
+
+def percentiles(qs: QuerySet[RequestLog], names: dict[Any, str]) -> list[dict[str, Any]]:
+    """p50 and p95 of the time to first event per provider, from 10 ms buckets counted in SQL."""
+    buckets = (
+        qs.filter(time_to_first_event_ms__isnull=False)
+        .annotate(bucket=Cast(F("time_to_first_event_ms") / TTFE_BUCKET_MS, IntegerField()))
+        .values("provider_id", "bucket")
+        .annotate(n=Count("pk"))
+    )
+    per: dict[Any, list[tuple[int, int]]] = {}
+    for r in buckets:
+        per.setdefault(r["provider_id"], []).append((r["bucket"], r["n"]))
+    out = []
+    for provider_id, counts in per.items():
+        counts.sort()
+        total = sum(n for _, n in counts)
+        out.append(
+            {
+                "name": names.get(provider_id) or "—",
+                "turns": total,
+                "p50": _rank(counts, total * 0.5),
+                "p95": _rank(counts, total * 0.95),
+            }
+        )
+    return sorted(out, key=lambda r: -r["turns"])
+
+
+def _rank(counts: list[tuple[int, int]], rank: float) -> float:
+    seen = 0
+    for bucket, n in counts:
+        seen += n
+        if seen >= rank:
+            return (bucket + 0.5) * TTFE_BUCKET_MS
+    return 0.0
+
+
+def names_of(model: Any, ids: set[Any], attr: str = "name") -> dict[Any, str]:
+    ids = {i for i in ids if i is not None}
+    return {o.pk: getattr(o, attr) for o in model.objects.filter(pk__in=ids)} if ids else {}
+
+
+@dataclass
+class Usage:
+    filters: Filters
+    days: list[dict[str, Any]]
+    totals: dict[str, Any]
+    keys: list[dict[str, Any]]
+    teams: list[dict[str, Any]]
+    models: list[dict[str, Any]]
+    providers: list[dict[str, Any]]
+    transports: list[dict[str, Any]]
+    fallbacks: list[dict[str, Any]]
+    refusals: list[dict[str, Any]]
+    ttfe: list[dict[str, Any]]
+    budgets: list[dict[str, Any]]
+
+
+def usage(f: Filters) -> Usage:
+    """All the aggregates of the page, in one transaction: on PostgreSQL with room to group a month of
+    rows in memory (the default work_mem sends the sorts to disk)."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL work_mem = '64MB'")
+        return _usage(f)
+
+
+def _usage(f: Filters) -> Usage:
+    qs = queryset(f)
+    cells = rolled(f)  # everything but the latency percentiles, from the hourly roll-up
+    days, transports = daily(cells, f)
+    totals = {k: sum(d[k] for d in days) for k in SUMS}
+    provider_names = dict(Provider.objects.values_list("pk", "name"))
+    team_column = f"{team_field()}_id" if team_field() else None
+    ranked = tops(
+        cells,
+        ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])],
+        named_only=("upstream_model",),
+    )
+    key_rows = ranked["api_key_id"]
+    key_names = {k.pk: str(k) for k in ApiKey.objects.filter(pk__in=[r["id"] for r in key_rows if r["id"]])}
+    for r in key_rows:
+        r["name"] = key_names.get(r["id"]) or _("(no key)")
+    for r in ranked["provider_id"]:
+        r["name"] = provider_names.get(r["id"]) or _("(no provider)")
+    teams = []
+    if team_column:
+        team_names = {t.pk: str(t) for t in team_model().objects.all()}
+        teams = ranked[team_column]
+        for r in teams:
+            r["name"] = team_names.get(r["id"]) or _("(no team)")
+    for r in transports:
+        r["client_label"] = _label(Transport, r["client_transport"])
+        r["upstream_label"] = _label(Transport, r["upstream_transport"]) or _("none")
+    fallbacks = shares(cells.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
+    for r in fallbacks:
+        r["label"] = _label(FallbackReason, r["fallback_reason"])
+    refusals = shares(cells.filter(status_class__gte=4, provider_id=0), ["error_code"], totals["turns"])
+    for r in refusals:
+        r["label"] = error_label(r["error_code"]) or _("(no code)")
+    return Usage(
+        filters=f,
+        days=days,
+        totals=totals,
+        keys=key_rows,
+        teams=teams,
+        models=ranked["upstream_model"],
+        providers=ranked["provider_id"],
+        transports=transports,
+        fallbacks=fallbacks,
+        refusals=refusals,
+        ttfe=percentiles(qs, provider_names),
+        budgets=budgets(f),
+    )
+
+
+def _label(choices: Any, value: str) -> str:
+    try:
+        return str(choices(value).label) if value else ""
+    except ValueError:
+        return value
+
+
+# ----- CSV -----
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+# Cells a spreadsheet would read as a formula (OWASP's CSV injection list): model names, session ids, key
+# and team names are the clients' and the people's own strings.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutral(cell: Any) -> Any:
+    """A text cell made inert with a leading single quote when it starts like a formula; numbers kept."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
+def _csv_response(rows: Iterator[list[Any]], filename: str) -> StreamingHttpResponse:
+    writer = csv.writer(_Echo())
+    response = StreamingHttpResponse(
+        (writer.writerow([neutral(c) for c in r]) for r in rows), content_type="text/csv"
+    )
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+def usd(value: Any) -> str:
+    """A cost as plain digits, the same on every database (PostgreSQL keeps 8 decimals, 0 as 0E-8)."""
+    return f"{Decimal(value or 0):.8f}".rstrip("0").rstrip(".")
+
+
+def aggregates_csv(u: Usage) -> StreamingHttpResponse:
+    def rows() -> Iterator[list[Any]]:
+        yield [
+            _("section"),
+            _("name"),
+            _("cost (USD)"),
+            _("turns"),
+            _("input tokens"),
+            _("cached"),
+            _("output tokens"),
+            _("reasoning tokens"),
+        ]
+        for d in u.days:
+            yield [
+                "day",
+                d["day"].isoformat(),
+                usd(d["cost"]),
+                d["turns"],
+                d["input"],
+                d["cached"],
+                d["output"],
+                d["reasoning"],
+            ]
+        for section, items in (
+            ("key", u.keys),
+            ("team", u.teams),
+            ("model", u.models),
+            ("provider", u.providers),
+        ):
+            for r in items:
+                yield [section, r["name"], usd(r["cost"]), r["turns"]]
+        for r in u.transports:
+            yield ["transport", f"{r['client_transport']}/{r['upstream_transport']}", "", r["turns"]]
+        for r in u.fallbacks:
+            yield ["fallback", r["fallback_reason"], "", r["turns"]]
+        for r in u.refusals:
+            yield ["refusal", r["error_code"], "", r["turns"]]
+        for r in u.ttfe:
+            yield ["ttfe_ms", r["name"], "", r["turns"], r["p50"], r["p95"]]
+        for r in u.budgets:
+            for period in ("day", "month"):
+                if r[period]["budget"] is not None:
+                    spent, budget = r[period]["spent"], r[period]["budget"]
+                    yield [f"budget_{period}", f"{r['filter']}:{r['name']}", usd(spent), "", usd(budget)]
+
+    f = u.filters
+    return _csv_response(rows(), f"sluice-usage-{f.start}-{f.end}.csv")
+
+
+# The request log's own columns, less the upstream WebSocket details only the detail page needs.
+LOG_COLUMNS = tuple(c for c in logwriter.COLUMNS if c not in ("ws_handshake_ms", "upstream_ws_url"))
+
+
+# Beside the ids, the names a chargeback needs: the key's, its owner's, the team's, the provider's.
+NAME_COLUMNS = {
+    "key_name": "api_key__name",
+    "owner_name": "owner__username",
+    "team_name": "team__name",
+    "provider_name": "provider__name",
+}
+
+
+def rows_csv(f: Filters) -> StreamingHttpResponse:
+    def rows() -> Iterator[list[Any]]:
+        yield [*LOG_COLUMNS, *NAME_COLUMNS]
+        columns = [*LOG_COLUMNS, *NAME_COLUMNS.values()]
+        for values in queryset(f).order_by("created_at").values_list(*columns).iterator(2000):
+            yield list(values)
+
+    return _csv_response(rows(), f"sluice-requests-{f.start}-{f.end}.csv")
+
+
+def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
+    """Every key's usage per UTC day or month (``period``), provider and model, with names."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    from providers.models import Provider
+
+    groups = ("api_key_id", "owner_id", "team_id", "provider_id", "upstream_model")
+    width = 7 if period == "month" else 10  # "YYYY-MM" of "YYYY-MM-DD"
+    merged: dict[tuple, dict[str, Any]] = {}
+    for r in queryset(f).annotate(day=Day("created_at")).values("day", *groups).annotate(**SUMS):
+        sums = merged.setdefault((r["day"][:width], *(r[g] for g in groups)), dict.fromkeys(SUMS, 0))
+        for k in SUMS:
+            sums[k] += r[k] or 0
+    names = {
+        "api_key_id": names_of(ApiKey, {k[1] for k in merged}),
+        "owner_id": names_of(get_user_model(), {k[2] for k in merged}, "username"),
+        "team_id": names_of(Team, {k[3] for k in merged}),
+        "provider_id": names_of(Provider, {k[4] for k in merged}),
+    }
+
+    def rows() -> Iterator[list[Any]]:
+        yield [
+            _("month") if period == "month" else _("day"),
+            *(_(c) for c in ("API key", "owner", "team", "provider", "model", "turns")),
+            *(_(c) for c in ("input tokens", "cached input tokens", "output tokens", "reasoning tokens")),
+            _("cost (USD)"),
+        ]
+        for key in sorted(merged, key=lambda k: tuple("" if v is None else str(v) for v in k)):
+            r = merged[key]
+            people = [names[g].get(v, "") for g, v in zip(groups[:4], key[1:5], strict=True)]
+            tokens = [r["input"], r["cached"], r["output"], r["reasoning"]]
+            yield [key[0], *people, key[5], r["turns"], *tokens, usd(r["cost"])]
+
+    return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
+
+
+def people(f: Filters) -> list[dict[str, Any]]:
+    """Spend per person (the owner of the keys when the turns ran), the top ten, within the filters."""
+    from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
+
+    ranked = list(
+        queryset(f)
+        .values("owner_id")
+        .annotate(cost=SUMS["cost"], turns=Count("pk"))
+        .order_by("-cost", "-turns")[:TOP]
+    )
+    names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
+    return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
+
+
+def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
+    """What the template needs beyond the aggregates: charts and the filter choices."""
+    labels = [d["day"].strftime("%m-%d") for d in u.days]
+    count = lambda v: formats.number_format(v, 0, force_grouping=True)  # noqa: E731
+    charts = [
+        (
+            _("Spend per day (USD)"),
+            bar_chart(
+                labels, [(_("spend"), [float(d["cost"]) for d in u.days])], money, _("Spend per day (USD)")
+            ),
+        ),
+        (
+            _("Tokens per day"),
+            bar_chart(
+                labels,
+                [
+                    (_("input (not cached)"), [d["input"] - d["cached"] for d in u.days]),
+                    (_("cached input"), [d["cached"] for d in u.days]),
+                    (_("output (not reasoning)"), [d["output"] - d["reasoning"] for d in u.days]),
+                    (_("reasoning"), [d["reasoning"] for d in u.days]),
+                ],
+                count,
+                _("Tokens per day"),
+            ),
+        ),
+        (
+            _("Turns per day"),
+            bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
+        ),
+    ]
+    scoped = RequestLog.objects.all()
+    keys = ApiKey.objects.all()
+    teams = team_model().objects.all() if team_field() else None
+    if u.filters.teams is not None:
+        scoped = scoped.filter(team_id__in=u.filters.teams)
+        keys = keys.filter(team_id__in=u.filters.teams)
+        teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
+    models = (
+        scoped.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
+        .exclude(upstream_model="")
+        .values_list("upstream_model", flat=True)
+        .distinct()
+        .order_by("upstream_model")[:200]
+    )
+    return {
+        "usage": u,
+        "people": people(u.filters),
+        "charts": charts,
+        "keys": keys.order_by("name").values_list("pk", "name"),
+        "providers": Provider.objects.order_by("name").values_list("pk", "name"),
+        "models": list(models),
+        "teams": teams,
+        "query": u.filters.query(),
+        "rows_range": urlencode(
+            {
+                # UTC days, as the dashboard counts them (a bare date would be a naive datetime).
+                "created_at__gte": dt.datetime.combine(u.filters.start, dt.time.min, dt.UTC).isoformat(),
+                "created_at__lt": dt.datetime.combine(
+                    u.filters.end + dt.timedelta(days=1), dt.time.min, dt.UTC
+                ).isoformat(),
+            }
+        ),
+        "endpoint_label": endpoint_label,
+    }

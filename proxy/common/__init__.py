@@ -1,0 +1,1 @@
+"""What every layer shares: the wire format, the turn record, outcomes, transports, labels, scrubbing."""

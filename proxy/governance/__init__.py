@@ -1,0 +1,1 @@
+"""Who may run which turn: API keys, limits and budgets, prices, ownership, revocation."""

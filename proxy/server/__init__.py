@@ -1,0 +1,1 @@
+"""Serving the process: uvicorn's options and WebSocket protocol, lifecycle, probes, drain."""

@@ -1,0 +1,1 @@
+"""What turns did and cost: the request-log writer, refused requests' rows, roll-up, metrics, traces."""

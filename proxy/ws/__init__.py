@@ -1,0 +1,1 @@
+"""WebSocket ingress: a client connection, its lanes, the relaying of their turns, its local cache."""
