@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from audit.context import Actor, current
 from audit.models import FIELDS, AuditChain, AuditEvent
+from proxy.usage.batches import BATCH, delete_in_batches
 
 HASHED = (*FIELDS, "prev_hash")
 
@@ -98,15 +99,17 @@ def verify() -> Break | None:
     return None
 
 
-def prune(before: dt.datetime) -> int:
-    """Delete rows older than ``before``, keeping the last deleted row's sequence and hash as the anchor
-    the check starts from. Rows go in sequence order only, so the chain after the anchor stays whole."""
-    with transaction.atomic():
+def prune(before: dt.datetime, batch: int = BATCH) -> int:
+    """Delete rows older than ``before``, a batch per short transaction (appending waits only for one),
+    in sequence order only, so the chain after the anchor stays whole: each batch leaves its last row's
+    sequence and hash as the anchor the check starts from."""
+    last = AuditEvent.objects.filter(time__lt=before).order_by("-seq").values_list("seq", flat=True).first()
+    if last is None:
+        return 0
+
+    def anchor(keys: list[Any]) -> None:
         head = _head()
-        last = AuditEvent.objects.filter(time__lt=before).order_by("-seq").values("seq", "hash").first()
-        if last is None:
-            return 0
-        deleted, _detail = AuditEvent.objects.filter(seq__lte=last["seq"]).delete()
-        head.anchor_seq, head.anchor_hash = last["seq"], last["hash"]
+        head.anchor_seq, head.anchor_hash = AuditEvent.objects.values_list("seq", "hash").get(pk=keys[-1])
         head.save(update_fields=["anchor_seq", "anchor_hash"])
-    return deleted
+
+    return delete_in_batches(AuditEvent.objects.filter(seq__lte=last).order_by("seq"), batch, anchor)

@@ -8,7 +8,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from django.conf import settings
@@ -151,21 +151,38 @@ def filter_value(request: HttpRequest, allowed: set[str]) -> tuple[str, str] | N
         raise ScimError(400, "The filter's value is not a valid string.", "invalidFilter") from None
 
 
+def listing(
+    request: HttpRequest,
+    everything: Callable[[], Iterable[Any]],
+    filters: dict[str, Callable[[str], Iterable[Any]]],
+    dump: Callable[[Any, str, ResponseParameters], dict[str, Any]],
+) -> HttpResponse:
+    """A GET of the Users or the Groups: all of them, or those of the one filter the client gave (an
+    attribute of ``filters`` equal to a value), a page of them as a ListResponse, each with the attributes
+    the client asked for."""
+    chosen = filter_value(request, set(filters))
+    if chosen is None:
+        found = everything()
+    else:
+        by_name = {name.lower(): select for name, select in filters.items()}
+        found = by_name[chosen[0]](chosen[1])
+    base, fields = base_url(request), shown(request)
+    return paginate(request, list(found), lambda item: dump(item, base, fields))
+
+
 # Users
+
+USER_FILTERS: dict[str, Callable[[str], Iterable[Any]]] = {
+    "userName": lambda value: res.scim_users().filter(username__iexact=value),
+    "externalId": lambda value: res.scim_users().filter(scim__external_id=value),
+}
 
 
 @endpoint
 def users(request: HttpRequest) -> HttpResponse:
-    base = base_url(request)
     if request.method == "GET":
-        people = res.scim_users()
-        chosen = filter_value(request, {"userName", "externalId"})
-        if chosen and chosen[0] == "username":
-            people = people.filter(username__iexact=chosen[1])
-        elif chosen:
-            people = people.filter(scim__external_id=chosen[1])
-        fields = shown(request)
-        return paginate(request, list(people), lambda user: res.user_dump(user, base, fields))
+        return listing(request, res.scim_users, USER_FILTERS, res.user_dump)
+    base = base_url(request)
     if request.method != "POST":
         raise ScimError(405, "Users takes GET and POST.")
     resource = parse(User, body_of(request), Context.RESOURCE_CREATION_REQUEST)
@@ -227,19 +244,16 @@ def _apply(patch: Any, resource: Any) -> None:
 
 # Groups
 
+GROUP_FILTERS: dict[str, Callable[[str], Iterable[Any]]] = {
+    "displayName": lambda value: [team] if (team := res.team_named(value)) is not None else [],
+}
+
 
 @endpoint
 def groups(request: HttpRequest) -> HttpResponse:
-    base = base_url(request)
     if request.method == "GET":
-        chosen = filter_value(request, {"displayName"})
-        if chosen:
-            team = res.team_named(chosen[1])
-            teams = [team] if team is not None else []
-        else:
-            teams = list(Team.objects.order_by("pk"))
-        fields = shown(request)
-        return paginate(request, teams, lambda team: res.group_dump(team, base, fields))
+        return listing(request, lambda: Team.objects.order_by("pk"), GROUP_FILTERS, res.group_dump)
+    base = base_url(request)
     if request.method != "POST":
         raise ScimError(405, "Groups takes GET and POST.")
     resource = parse(Group, body_of(request), Context.RESOURCE_CREATION_REQUEST)

@@ -18,7 +18,7 @@ from django.urls import reverse, reverse_lazy
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from portal import queries
+from portal import policy, queries
 from proxy.admin import dashboard
 from proxy.admin.charts import bar_chart
 from proxy.models import ApiKey, Team
@@ -63,7 +63,7 @@ def teams(request: HttpRequest) -> HttpResponse:
                 "own_day": day,
                 "own_month": month,
                 "keys_held": queries.keys_held(request.user, team),
-                "max_days": team.key_max_days or 90,
+                "max_days": policy.max_days(team),
             }
         )
     return render(request, "portal/teams.html", {"rows": rows, "section": "teams"})

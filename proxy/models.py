@@ -4,6 +4,7 @@ from decimal import Decimal
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
@@ -88,10 +89,12 @@ class Team(Limits):
         _("self-service keys"), default=True, help_text=_("Members may create their own keys in the portal.")
     )
     max_keys_per_user = models.PositiveIntegerField(_("most keys per person"), null=True, blank=True)
+    # Portal keys always expire: 0 is no lifetime (nor "no maximum"), refused here and by the database.
     key_max_days = models.PositiveIntegerField(
         _("longest key lifetime (days)"),
         null=True,
         blank=True,
+        validators=[MinValueValidator(1)],
         help_text=_("Keys made in the portal always expire; blank: 90 days."),
     )
 
@@ -99,6 +102,12 @@ class Team(Limits):
         ordering = ["name"]
         verbose_name = _("team")
         verbose_name_plural = _("teams")
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(key_max_days__isnull=True) | models.Q(key_max_days__gte=1),
+                name="team_key_max_days_at_least_1",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.name

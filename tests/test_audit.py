@@ -285,6 +285,28 @@ def test_pruning_keeps_the_chain_verifiable_from_its_anchor():
     assert verifyaudit()[1].startswith(f"Audit row {rows[3].seq} was removed")
 
 
+def test_pruning_goes_in_batches_each_leaving_its_last_row_as_the_anchor():
+    """The audit log is pruned by the request log's batch loop: a short transaction per batch (appending
+    waits for one batch only), the anchor moving with each, so the chain verifies between any two."""
+    import datetime as dt
+
+    from django.utils import timezone
+
+    from audit.chain import prune
+    from audit.models import AuditChain
+
+    rows = _rows(7)
+    AuditEvent.objects.filter(pk__in=[r.pk for r in rows[:5]]).update(
+        time=timezone.now() - dt.timedelta(days=9)
+    )
+    assert prune(timezone.now() - dt.timedelta(days=8), batch=2) == 5
+    head = AuditChain.objects.get(pk=1)
+    assert (head.anchor_seq, head.anchor_hash) == (rows[4].seq, rows[4].hash)
+    assert list(AuditEvent.objects.order_by("seq").values_list("seq", flat=True)) == [r.seq for r in rows[5:]]
+    assert verifyaudit()[0] == 0
+    assert prune(timezone.now() - dt.timedelta(days=8), batch=2) == 0
+
+
 def test_the_admin_shows_the_log_but_lets_nobody_add_change_or_delete(admin_client):
     rows = _rows(2)
     changelist = reverse("admin:audit_auditevent_changelist")

@@ -232,6 +232,28 @@ def test_prunelogs_deletes_old_rows_in_batches(settings):
     assert prune(30, batch=3) == 7 and RequestLog.objects.count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_the_retention_commands_delete_a_batch_per_transaction_oldest_first():
+    from django.db import connection
+
+    from proxy.usage.batches import delete_in_batches
+
+    now = timezone.now()
+    made = [
+        RequestLog.objects.create(created_at=now - dt.timedelta(days=60 - i), requested_model=str(i)).pk
+        for i in range(7)
+    ]
+    seen: list[tuple[list[int], bool]] = []
+
+    def each(keys: list[int]) -> None:
+        seen.append((keys, connection.in_atomic_block))
+
+    rows = RequestLog.objects.filter(created_at__lt=now - dt.timedelta(days=30)).order_by("created_at")
+    assert delete_in_batches(rows, batch=3, before_delete=each, pause=0) == 7
+    assert seen == [(made[:3], True), (made[3:6], True), (made[6:], True)]
+    assert not RequestLog.objects.exists()
+
+
 def fill_usage() -> tuple:
     """Rows over three days: two keys, two providers, a fallback and refusals."""
     from proxy.models import RequestLog

@@ -4,11 +4,13 @@ someone else's."""
 import datetime as dt
 import re
 from decimal import Decimal
+from io import StringIO
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
+from django.db import IntegrityError, transaction
 from django.db.models.signals import post_save
 from django.test import Client
 from django.utils import timezone
@@ -324,3 +326,39 @@ def test_createteam_sets_the_portal_policy(world):
     call_command("createteam", "--name", "gamma", "--self-service")
     team.refresh_from_db()
     assert (team.self_service, team.max_keys_per_user, team.key_max_days) == (True, 3, 14)
+
+
+def test_a_key_lifetime_of_0_days_is_refused_by_createteam(world):
+    """Portal keys always expire: 0 days is no lifetime (and not "no maximum"), so it is refused, as the
+    admin and the database refuse it; a team's lifetime is unchanged by the refused run."""
+    with pytest.raises(CommandError, match="--key-max-days"):
+        call_command("createteam", "--name", "gamma", "--key-max-days", "0", stdout=StringIO())
+    assert not Team.objects.filter(name="gamma").exists()
+    call_command("createteam", "--name", "gamma", "--key-max-days", "14", stdout=StringIO())
+    with pytest.raises(CommandError, match="--key-max-days"):
+        call_command("createteam", "--name", "gamma", "--key-max-days", "0", stdout=StringIO())
+    assert Team.objects.get(name="gamma").key_max_days == 14
+    call_command("createteam", "--name", "gamma", "--key-max-days", "1", stdout=StringIO())
+    assert Team.objects.get(name="gamma").key_max_days == 1
+
+
+def test_a_key_lifetime_of_0_days_is_refused_by_the_admin(world, admin_client):
+    form = {"name": "gamma", "enabled": "on", "allowed_models": "", "key_max_days": "0", "_save": "Save"}
+    response = admin_client.post("/admin/proxy/team/add/", form)
+    assert response.status_code == 200
+    assert "Ensure this value is greater than or equal to 1." in response.content.decode()
+    assert not Team.objects.filter(name="gamma").exists()
+    assert admin_client.post("/admin/proxy/team/add/", {**form, "key_max_days": ""}).status_code == 302
+    assert Team.objects.get(name="gamma").key_max_days is None
+
+
+def test_the_portal_never_meets_a_key_lifetime_of_0_days_and_shows_the_one_it_enforces(world):
+    """Nothing writes a 0 past the database (the portal read it as 90 days); the teams page shows the
+    lifetime the key form enforces: the team's, or 90 days when it sets none."""
+    with pytest.raises(IntegrityError), transaction.atomic():
+        Team.objects.filter(pk=world["a"].pk).update(key_max_days=0)
+    Team.objects.filter(pk=world["b"].pk).update(key_max_days=7)
+    page = signed_in(world["alice"]).get("/portal/").content.decode()
+    assert re.search(r"Longest key lifetime</dt><dd>90 days</dd>", page)
+    page = signed_in(world["dave"]).get("/portal/").content.decode()
+    assert re.search(r"Longest key lifetime</dt><dd>7 days</dd>", page)

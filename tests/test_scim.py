@@ -188,3 +188,27 @@ def test_deactivation_closes_a_live_websocket_and_refuses_the_key(scim, gateway,
             ws.recv(timeout=5)
         assert closed.value.rcvd.code == 1008
     assert httpx.get(gateway.url + "/v1/models", headers=headers, timeout=20).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("path", "attribute", "name_of"),
+    [("/Users", "userName", "userName"), ("/Groups", "displayName", "displayName")],
+    ids=["users", "groups"],
+)
+def test_users_and_groups_list_filter_and_page_alike(scim, path, attribute, name_of):
+    """The two collections share one listing: the filter, the page, the attributes asked for, the errors."""
+    for n in range(5):
+        if path == "/Users":
+            new_user(scim, f"name{n}")
+        else:
+            Team.objects.create(name=f"name{n}")
+    page = scim.get(path, params={"startIndex": 2, "count": 2, "attributes": attribute}).json()
+    assert (page["totalResults"], page["startIndex"], page["itemsPerPage"]) == (5, 2, 2)
+    assert [r[name_of] for r in page["Resources"]] == ["name1", "name2"]
+    assert all(set(r) <= {"id", "schemas", name_of} for r in page["Resources"]), page["Resources"]
+    found = scim.get(path, params={"filter": f'{attribute} eq "name3"'}).json()
+    assert found["totalResults"] == 1 and found["Resources"][0][name_of] == "name3"
+    assert scim.get(path, params={"filter": f'{attribute} eq "nobody"'}).json()["totalResults"] == 0
+    for params in ({"filter": 'title eq "x"'}, {"count": "many"}):
+        refused = scim.get(path, params=params)
+        assert refused.status_code == 400 and refused.json()["schemas"] == [ERROR_SCHEMA]

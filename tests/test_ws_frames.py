@@ -107,8 +107,8 @@ async def test_invalid_frames_get_stable_error_codes(key, http_provider, frame, 
 
 @pytest.mark.parametrize(
     ("stream_id", "accepted"),
-    [("", False), (5, False), ("x" * 65, False), ("x" * 64, True)],
-    ids=["empty", "not-a-string", "65-characters", "64-characters"],
+    [("", False), (5, False), ([], False), ("x" * 65, False), ("x" * 64, True)],
+    ids=["empty", "not-a-string", "an-array", "65-characters", "64-characters"],
 )
 async def test_a_stream_id_is_a_string_of_1_to_64_characters(key, http_provider, stream_id, accepted):
     comm = await connected(key)

@@ -60,18 +60,69 @@ def parse_body(raw: bytes | str) -> dict[str, Any]:
     return body
 
 
-_JSON_TYPES = {bool: "a boolean", int: "an integer", float: "a number", list: "an array", dict: "an object"}
+# How the service names a JSON value's type in its errors ("but got an integer instead").
+_JSON_TYPES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a decimal",
+    str: "a string",
+    list: "an array",
+    dict: "an object",
+    type(None): "null",
+}
+
+# The top-level fields the gateway reads itself (input, previous_response_id, store, stream, background,
+# metadata, max_output_tokens), and a few others whose type is plain, in the order the service reports
+# them: their JSON types, and how the service's error words the type it expected. A null passes (the
+# field is then unset), and every field not named here passes as it is: what the upstream accepts is its
+# own to judge (client_metadata, include, tool_choice, ...).
+_FIELD_TYPES: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("input", (str, list), "one of a string or array of input items"),
+    ("previous_response_id", (str,), "a string"),
+    ("tools", (list,), "an array of tools"),
+    ("metadata", (dict,), "a metadata object"),
+    ("text", (dict,), "an object"),
+    ("temperature", (int, float), "a decimal"),
+    ("top_p", (int, float), "a decimal"),
+    ("parallel_tool_calls", (bool,), "a boolean"),
+    ("stream", (bool,), "a boolean"),
+    ("background", (bool,), "a boolean"),
+    ("max_output_tokens", (int,), "an integer"),
+    ("max_tool_calls", (int,), "an integer"),
+    ("reasoning", (dict,), "an object"),
+    ("user", (str,), "a string"),
+    ("safety_identifier", (str,), "a string"),
+    ("prompt_cache_key", (str,), "a string"),
+    ("instructions", (str,), "a string"),
+    ("store", (bool,), "a boolean"),
+)
+
+
+def invalid_type(name: str, expected: str, value: object) -> WireError:
+    got = _JSON_TYPES.get(type(value), "another type")
+    message = f"Invalid type for '{name}': expected {expected}, but got {got} instead."
+    return WireError(400, "invalid_type", message, name)
+
+
+def check_types(body: dict[str, Any]) -> None:
+    """Refuse a body whose typed fields (``_FIELD_TYPES``) hold a value of another type, as the service
+    does, before the gateway reads them or an upstream is asked: a dict lookup per field."""
+    for name, kinds, expected in _FIELD_TYPES:
+        value = body.get(name)
+        if value is None or (isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool))):
+            continue  # JSON's true is no integer, nor a decimal
+        raise invalid_type(name, expected, value)
 
 
 def require_model(body: dict[str, Any]) -> str:
+    """The body's model, once the body holds one and its typed fields are of their types."""
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         # As the service words it: a model of the wrong type is not a missing one.
-        got = _JSON_TYPES.get(type(model), "another type")
-        message = f"Invalid type for 'model': expected a string, but got {got} instead."
-        raise WireError(400, "invalid_type", message, "model")
+        raise invalid_type("model", "a string", model)
     if not isinstance(model, str) or not model.strip():
         raise WireError(400, "missing_required_parameter", "Missing required parameter: 'model'.", "model")
+    check_types(body)
     return model
 
 
@@ -87,6 +138,7 @@ def validate_create_frame(frame: dict[str, Any]) -> str:
             else "Every client event needs a 'type'; send 'response.create'.",
             "type",
         )
+    model = require_model(frame)
     if frame.get("background"):
         raise WireError(
             400,
@@ -95,9 +147,9 @@ def validate_create_frame(frame: dict[str, Any]) -> str:
             "background",
         )
     generate = frame.get("generate", True)
-    if not isinstance(generate, bool):
-        raise WireError(400, "invalid_type", "'generate' must be a boolean.", "generate")
-    return require_model(frame)
+    if not isinstance(generate, bool):  # the WebSocket's own field: an HTTP body never carries it
+        raise invalid_type("generate", "a boolean", generate)
+    return model
 
 
 def event_type(data: str) -> str:

@@ -38,7 +38,9 @@ class Command(BaseCommand):
         )
         parser.add_argument("--max-keys-per-user", type=_count, help=_("Most keys per person in the portal."))
         parser.add_argument(
-            "--key-max-days", type=_count, help=_("Longest lifetime of a portal key, in days (default 90).")
+            "--key-max-days",
+            type=_count,
+            help=_("Longest lifetime of a portal key, in days, at least 1 (default 90)."),
         )
 
     def handle(self, *args: Any, **options: Any) -> None:

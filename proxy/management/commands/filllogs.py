@@ -10,7 +10,7 @@ from django.utils.translation import gettext as _
 
 from providers.models import Provider
 from proxy.admin import dashboard
-from proxy.models import ApiKey
+from proxy.models import ApiKey, RequestLog
 from proxy.usage import rollup
 from proxy.usage.logwriter import COLUMNS, _insert
 
@@ -82,8 +82,22 @@ class Command(BaseCommand):
         parser.add_argument("--days", type=int, default=90, help=_("Spread the rows over this many days."))
         parser.add_argument("--seed", type=int, default=1)
         parser.add_argument("--measure", action="store_true", help=_("Then time the dashboard's queries."))
+        parser.add_argument(
+            "--into-existing-database",
+            action="store_true",
+            help=_("Add the rows even if the request log already holds rows (they cannot be told apart)."),
+        )
 
     def handle(self, *args: object, **options: object) -> None:
+        # Generated rows are not marked: once among real ones (a production log), they are spend no one can
+        # take back out. So a log that holds rows is refused unless the operator says so.
+        if not options["into_existing_database"] and RequestLog.objects.exists():
+            raise CommandError(
+                _(
+                    "The request log of this database already holds rows, and generated rows cannot be told "
+                    "from them afterwards. Run filllogs on a new database, or pass --into-existing-database."
+                )
+            )
         rng = random.Random(options["seed"])
         rows, days = int(options["rows"]), int(options["days"])  # type: ignore[arg-type]
         if rows < 1 or days < 1:

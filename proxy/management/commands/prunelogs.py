@@ -1,5 +1,4 @@
 import datetime as dt
-import time
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -9,31 +8,20 @@ from django.utils.translation import gettext as _
 
 from proxy.models import RequestLog, UsageHour
 from proxy.usage import rollup
-
-BATCH = 5000
+from proxy.usage.batches import BATCH, delete_in_batches
 
 
 def prune(older_than_days: int, batch: int = BATCH) -> int:
     """Delete request-log rows older than the given number of days, a batch per short transaction so the
     log writer never waits long for the table."""
     cutoff = timezone.now() - dt.timedelta(days=older_than_days)
-    deleted = 0
-    while True:
-        with transaction.atomic():
-            ids = list(
-                RequestLog.objects.filter(created_at__lt=cutoff)
-                .order_by()
-                .values_list("pk", flat=True)[:batch]
-            )
-            if not ids:
-                # The roll-up forgets the same hours; the hour the cutoff falls in is summed again.
-                hour = cutoff.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-                UsageHour.objects.filter(hour__lt=hour).delete()
-                rollup.rebuild(hour, hour + dt.timedelta(hours=1))
-                return deleted
-            RequestLog.objects.filter(pk__in=ids).delete()
-        deleted += len(ids)
-        time.sleep(0.01)  # let writers in between batches
+    deleted = delete_in_batches(RequestLog.objects.filter(created_at__lt=cutoff).order_by(), batch)
+    with transaction.atomic():
+        # The roll-up forgets the same hours; the hour the cutoff falls in is summed again.
+        hour = cutoff.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        UsageHour.objects.filter(hour__lt=hour).delete()
+        rollup.rebuild(hour, hour + dt.timedelta(hours=1))
+    return deleted
 
 
 class Command(BaseCommand):
