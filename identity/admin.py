@@ -5,7 +5,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from identity.models import BreakGlass, Membership, OidcSubject
-from proxy.admin import LedTeamsFilter, led_teams
+from proxy.admin.modeladmins import LedTeamsFilter, led_teams
 from proxy.models import Team
 
 
