@@ -36,15 +36,19 @@ class Scenario:
     transport: str  # "http" or "websocket"
     concurrency: int
     events: int
+    # Against a second gateway started with SLUICE_BENCHMARK_UNGOVERNED=1: no limits, metrics or request
+    # log, so that the difference from the same scenario without it is what those cost per turn.
+    bare: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.transport}-c{self.concurrency}-e{self.events}"
+        return f"{self.transport}-c{self.concurrency}-e{self.events}" + ("-bare" if self.bare else "")
 
     @property
     def label(self) -> str:
         kind = "WebSocket" if self.transport == "websocket" else "HTTP SSE"
-        return f"{kind}, c={self.concurrency}, {self.events} events"
+        bare = ", no limits, metrics or log" if self.bare else ""
+        return f"{kind}, c={self.concurrency}, {self.events} events{bare}"
 
     @property
     def model(self) -> str:
@@ -52,10 +56,15 @@ class Scenario:
 
 
 SCENARIOS = tuple(
-    Scenario(transport, concurrency, events)
+    scenario
     for transport in ("websocket", "http")
     for events in (8, 200)
     for concurrency in (1, 50)
+    for scenario in (
+        (Scenario(transport, concurrency, events), Scenario(transport, concurrency, events, bare=True))
+        if (concurrency, events) == (1, 8)
+        else (Scenario(transport, concurrency, events),)
+    )
 )
 
 

