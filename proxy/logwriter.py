@@ -9,6 +9,7 @@ import queue
 import threading
 import time
 from decimal import Decimal
+from typing import Any
 
 from django.conf import settings
 
@@ -256,13 +257,16 @@ def write(batch: list[TurnRecord]) -> None:
     from proxy.models import ApiKey
 
     prices = model_prices.get()
+    priced: dict[str, Any] = {}  # model -> price, for this batch (an unpriced model scans the whole table)
     used: dict[int, dt.datetime] = {}
     rows = []
     costs = []
     for r in batch:
         o = r.outcome
         model = r.model
-        price = price_for(prices, model)
+        price = priced.get(model, priced)
+        if price is priced:
+            price = priced[model] = price_for(prices, model)
         # No price: no cost, which the admin shows as "price unknown" (a cost of 0 would be a lie).
         spent = price.cost(o.input_tokens, o.cached_input_tokens, o.output_tokens) if price else None
         costs.append(spent if spent is not None else Decimal(0))
@@ -378,7 +382,7 @@ def _insert(rows: list[tuple]) -> None:
     adapters = []
     for f in fields:
         if f.get_internal_type() == "DateTimeField":
-            adapters.append(ops.adapt_datetimefield_value)
+            adapters.append(_datetime_adapter(connection))
         elif f.get_internal_type() == "DecimalField":
             adapters.append(lambda v, f=f: ops.adapt_decimalfield_value(v, f.max_digits, f.decimal_places))
         else:
@@ -398,6 +402,22 @@ def _insert(rows: list[tuple]) -> None:
     )
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
+
+
+def _datetime_adapter(connection: Any) -> Any:
+    """The backend's adapter of a datetime column; on SQLite storing UTC (the default), the text it would
+    make of the writer's UTC datetimes, without its per-value settings and time-zone checks."""
+    if connection.vendor == "sqlite" and connection.timezone is dt.UTC:
+        return _sqlite_utc
+    return connection.ops.adapt_datetimefield_value
+
+
+def _sqlite_utc(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is not dt.UTC:
+        value = value.astimezone(dt.UTC)
+    return str(value.replace(tzinfo=None))
 
 
 def _without_dangling_links(rows: list[tuple]) -> list[tuple]:
