@@ -13,6 +13,7 @@ from bench import procstat
 from bench.client import ConnectionLost, SseConnection, Turn, WsConnection
 
 HOST = "127.0.0.1"
+LOG_THREAD = "sluice-request-log"  # the gateway's request-log writer thread (proxy.logwriter)
 # Long agent loops chain many turns on one socket; a new conversation (full input, no previous id) starts
 # after this many, as a client would, so the gateway's per-connection history stays realistic in size.
 CHAIN_TURNS = 100
@@ -253,6 +254,7 @@ class Interleaved:
     # The gateway's CPU from the first measured batch until it has settled after the last: work it defers
     # (the request log is written by a thread, in batches) lands in whichever batch runs next.
     gateway_cpu: float = 0.0
+    log_thread_cpu: float = 0.0  # of which the request log's writer thread (rows, roll-up, metrics)
 
 
 async def run_scenario(
@@ -274,6 +276,7 @@ async def run_scenario(
             await connect_all(workers[target.name])
             await run_batch(target, workers[target.name], scenario, warmup, pids)
         gateway_cpu = procstat.cpu_seconds(gateway_pid)
+        log_thread_cpu = procstat.thread_cpu_seconds(gateway_pid, LOG_THREAD)
         for pair in range(pairs):
             order = targets if pair % 2 == 0 else targets[::-1]
             for target in order:
@@ -286,6 +289,7 @@ async def run_scenario(
                 )
         await asyncio.sleep(settle)
         result.gateway_cpu = procstat.cpu_seconds(gateway_pid) - gateway_cpu
+        result.log_thread_cpu = procstat.thread_cpu_seconds(gateway_pid, LOG_THREAD) - log_thread_cpu
     finally:
         for group in workers.values():
             for worker in group:

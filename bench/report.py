@@ -55,6 +55,7 @@ def summarize(run: Interleaved) -> dict[str, Any]:
     direct = side([b for b in run.batches if b.target == "direct"])
     gateway = side([b for b in run.batches if b.target == "gateway"])
     gateway["cpu_ms_per_turn"]["gateway"] = ms(run.gateway_cpu) / gateway["turns"]
+    gateway["log_thread_cpu_ms_per_turn"] = ms(run.log_thread_cpu) / gateway["turns"]
     gateway["total_cpu_ms_per_turn"] = sum(gateway["cpu_ms_per_turn"].values())
     added: dict[str, dict[str, float]] = {}
     ratio: dict[str, Any] = {}
@@ -182,9 +183,11 @@ def governance_lines(summaries: list[dict[str, Any]]) -> list[str]:
         if name.endswith("-bare") and (full := by_name.get(name.removesuffix("-bare"))):
             with_all = full["gateway"]["cpu_ms_per_turn"]["gateway"]
             without = bare["gateway"]["cpu_ms_per_turn"]["gateway"]
+            thread = full["gateway"].get("log_thread_cpu_ms_per_turn", 0.0)
             lines.append(
                 f"{full['label']}: limits, metrics and request log {with_all - without:+.3f} ms per turn "
-                f"(gateway CPU {with_all:.3f} ms with them, {without:.3f} ms without)"
+                f"(gateway CPU {with_all:.3f} ms with them, {without:.3f} ms without; "
+                f"the request log's thread alone {thread:.3f} ms)"
             )
     return lines
 
