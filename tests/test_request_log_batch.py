@@ -2,8 +2,12 @@
 per label set, the datetimes in the text Django's own adapter makes, the prices looked up per model."""
 
 import datetime as dt
+import os
+import subprocess
+import sys
 import zoneinfo
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -79,3 +83,38 @@ def test_datetimes_are_stored_as_djangos_adapter_would_store_them():
         None,
     ):
         assert adapt(value) == connection.ops.adapt_datetimefield_value(value), value
+
+
+def test_the_benchmark_switch_turns_the_request_log_off(tmp_path):
+    """SLUICE_BENCHMARK_UNGOVERNED=1 (the benchmark's -bare scenarios) writes no row and starts no writer;
+    without it the same submit queues the row (the switch is read once, at start-up: a process of its own)."""
+    code = (
+        "import django; django.setup()\n"
+        "from proxy import logwriter\n"
+        "from proxy.record import TurnRecord\n"
+        "logwriter.submit(TurnRecord(key_id=None, client_transport='http'))\n"
+        "print(logwriter._pending, logwriter._thread is None)\n"
+        "logwriter._pending = 0\n"  # no database here: nothing for the exit's flush to wait for
+    )
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")},
+        "DJANGO_SETTINGS_MODULE": "config.settings",
+        "SLUICE_DATA_DIR": str(tmp_path),
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        "REDIS_URL": "",
+    }
+    found = {}
+    for switch in ("1", ""):
+        done = subprocess.run(
+            [sys.executable, "-c", code],
+            cwd=Path(__file__).resolve().parent.parent,
+            env={**env, "SLUICE_BENCHMARK_UNGOVERNED": switch},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        found[switch] = done.stdout.split()
+        if switch:
+            assert "SLUICE_BENCHMARK_UNGOVERNED=1" in done.stderr, "the switch is said at start-up"
+    assert found == {"1": ["0", "True"], "": ["1", "False"]}
