@@ -6,7 +6,7 @@ import gc
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 
 from bench import procstat
@@ -259,39 +259,51 @@ class Interleaved:
 
 async def run_scenario(
     scenario: Scenario,
-    targets: tuple[Target, Target],
+    targets: tuple[Target, ...],
     pids: dict[str, int],
-    gateway_pid: int,
+    gateway_pids: dict[str, int],
     pairs: int,
     seconds: float,
     warmup: float,
     settle: float = 0.5,
     progress: Callable[[str], None] = print,
-) -> Interleaved:
-    """Warm both targets up, then run ``pairs`` direct/gateway batch pairs, the order alternating."""
+) -> dict[str, Interleaved]:
+    """Warm every target up, then run ``pairs`` rounds of one batch per target, the order reversed every
+    other round. ``targets`` are ``direct`` and one or more gateways, each with its process in
+    ``gateway_pids`` (by target name); the result holds, per gateway, its batches and the direct ones,
+    its batches named ``gateway``, and the gateway's CPU over the whole measured part."""
     workers = {t.name: new_workers(t, scenario) for t in targets}
-    result = Interleaved(scenario)
+    batches: list[Batch] = []
     try:
         for target in targets:
             await connect_all(workers[target.name])
             await run_batch(target, workers[target.name], scenario, warmup, pids)
-        gateway_cpu = procstat.cpu_seconds(gateway_pid)
-        log_thread_cpu = procstat.thread_cpu_seconds(gateway_pid, LOG_THREAD)
+        cpu = {name: procstat.cpu_seconds(pid) for name, pid in gateway_pids.items()}
+        log_cpu = {name: procstat.thread_cpu_seconds(pid, LOG_THREAD) for name, pid in gateway_pids.items()}
         for pair in range(pairs):
-            order = targets if pair % 2 == 0 else targets[::-1]
-            for target in order:
-                rss_of = gateway_pid if target.name == "gateway" else None
-                batch = await run_batch(target, workers[target.name], scenario, seconds, pids, rss_of)
-                result.batches.append(batch)
+            for target in targets if pair % 2 == 0 else targets[::-1]:
+                pid = gateway_pids.get(target.name)  # none for direct: the first gateway's idle CPU
+                counted = {**pids, "gateway": pid or next(iter(gateway_pids.values()))}
+                batch = await run_batch(target, workers[target.name], scenario, seconds, counted, pid)
+                batches.append(batch)
                 progress(
                     f"  {scenario.name:<22} {target.name:<8} {batch.turns / batch.seconds:9.0f} turns/s"
                     f"  errors {batch.errors}"
                 )
         await asyncio.sleep(settle)
-        result.gateway_cpu = procstat.cpu_seconds(gateway_pid) - gateway_cpu
-        result.log_thread_cpu = procstat.thread_cpu_seconds(gateway_pid, LOG_THREAD) - log_thread_cpu
+        results = {}
+        for name, pid in gateway_pids.items():
+            result = Interleaved(scenario)
+            result.batches = [
+                replace(b, target="gateway") if b.target == name else b
+                for b in batches
+                if b.target in (name, "direct")
+            ]
+            result.gateway_cpu = procstat.cpu_seconds(pid) - cpu[name]
+            result.log_thread_cpu = procstat.thread_cpu_seconds(pid, LOG_THREAD) - log_cpu[name]
+            results[name] = result
     finally:
         for group in workers.values():
             for worker in group:
                 worker.close()
-    return result
+    return results

@@ -159,20 +159,29 @@ async def measure_load(
     memory: dict[str, Any] = {"idle_start_bytes": procstat.rss_bytes(gateway.pid)}
     say(f"gateway pid {gateway.pid}, idle RSS {memory['idle_start_bytes'] / report.MB:.1f} MB")
     summaries: list[dict[str, Any]] = []
-    for scenario in selected(only):
-        say(f"{scenario.label}")
-        served = bare if scenario.bare and bare is not None else gateway
-        run = await run_scenario(
+    chosen = selected(only)
+    for scenario in chosen:
+        twins = {s.name: s for s in chosen}
+        if scenario.bare and scenario.name.removesuffix("-bare") in twins:
+            continue  # interleaved with its twin's batches, below
+        twin = twins.get(f"{scenario.name}-bare")
+        say(scenario.label + (" (and without limits, metrics or log, interleaved)" if twin else ""))
+        gateways = {"bare": (bare, scenario)} if scenario.bare else {"gateway": (gateway, scenario)}
+        if twin is not None:
+            gateways["bare"] = (bare, twin)
+        runs = await run_scenario(
             scenario,
-            (direct, targets(upstream, served, key)[1]),
-            {"gateway": served.pid, "upstream": upstream.pid},
-            served.pid,
+            (direct, *(Target(name, s.port, key, "/v1/responses") for name, (s, _) in gateways.items())),
+            {"upstream": upstream.pid},
+            {name: s.pid for name, (s, _) in gateways.items()},
             pairs=settings.pairs,
             seconds=settings.batch_seconds,
             warmup=settings.warmup_seconds,
             progress=say,
         )
-        summaries.append(report.summarize(run))
+        for name, (_, which) in gateways.items():
+            runs[name].scenario = which
+            summaries.append(report.summarize(runs[name]))
     await asyncio.sleep(settings.settle_seconds)
     memory["idle_end_bytes"] = procstat.rss_bytes(gateway.pid)
     memory["peak_load_bytes"] = max((s["gateway"]["rss_peak_bytes"] for s in summaries), default=0)
