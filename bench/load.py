@@ -6,13 +6,14 @@ import gc
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from time import perf_counter
 
 from bench import procstat
 from bench.client import ConnectionLost, SseConnection, Turn, WsConnection
 
 HOST = "127.0.0.1"
+LOG_THREAD = "sluice-request-log"  # the gateway's request-log writer thread (proxy.usage.logwriter)
 # Long agent loops chain many turns on one socket; a new conversation (full input, no previous id) starts
 # after this many, as a client would, so the gateway's per-connection history stays realistic in size.
 CHAIN_TURNS = 100
@@ -36,15 +37,19 @@ class Scenario:
     transport: str  # "http" or "websocket"
     concurrency: int
     events: int
+    # Against a second gateway started with SLUICE_BENCHMARK_UNGOVERNED=1: no limits, metrics or request
+    # log, so that the difference from the same scenario without it is what those cost per turn.
+    bare: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.transport}-c{self.concurrency}-e{self.events}"
+        return f"{self.transport}-c{self.concurrency}-e{self.events}" + ("-bare" if self.bare else "")
 
     @property
     def label(self) -> str:
         kind = "WebSocket" if self.transport == "websocket" else "HTTP SSE"
-        return f"{kind}, c={self.concurrency}, {self.events} events"
+        bare = ", no limits, metrics or log" if self.bare else ""
+        return f"{kind}, c={self.concurrency}, {self.events} events{bare}"
 
     @property
     def model(self) -> str:
@@ -52,10 +57,15 @@ class Scenario:
 
 
 SCENARIOS = tuple(
-    Scenario(transport, concurrency, events)
+    scenario
     for transport in ("websocket", "http")
     for events in (8, 200)
     for concurrency in (1, 50)
+    for scenario in (
+        (Scenario(transport, concurrency, events), Scenario(transport, concurrency, events, bare=True))
+        if (concurrency, events) == (1, 8)
+        else (Scenario(transport, concurrency, events),)
+    )
 )
 
 
@@ -244,41 +254,56 @@ class Interleaved:
     # The gateway's CPU from the first measured batch until it has settled after the last: work it defers
     # (the request log is written by a thread, in batches) lands in whichever batch runs next.
     gateway_cpu: float = 0.0
+    log_thread_cpu: float = 0.0  # of which the request log's writer thread (rows, roll-up, metrics)
 
 
 async def run_scenario(
     scenario: Scenario,
-    targets: tuple[Target, Target],
+    targets: tuple[Target, ...],
     pids: dict[str, int],
-    gateway_pid: int,
+    gateway_pids: dict[str, int],
     pairs: int,
     seconds: float,
     warmup: float,
     settle: float = 0.5,
     progress: Callable[[str], None] = print,
-) -> Interleaved:
-    """Warm both targets up, then run ``pairs`` direct/gateway batch pairs, the order alternating."""
+) -> dict[str, Interleaved]:
+    """Warm every target up, then run ``pairs`` rounds of one batch per target, the order reversed every
+    other round. ``targets`` are ``direct`` and one or more gateways, each with its process in
+    ``gateway_pids`` (by target name); the result holds, per gateway, its batches and the direct ones,
+    its batches named ``gateway``, and the gateway's CPU over the whole measured part."""
     workers = {t.name: new_workers(t, scenario) for t in targets}
-    result = Interleaved(scenario)
+    batches: list[Batch] = []
     try:
         for target in targets:
             await connect_all(workers[target.name])
             await run_batch(target, workers[target.name], scenario, warmup, pids)
-        gateway_cpu = procstat.cpu_seconds(gateway_pid)
+        cpu = {name: procstat.cpu_seconds(pid) for name, pid in gateway_pids.items()}
+        log_cpu = {name: procstat.thread_cpu_seconds(pid, LOG_THREAD) for name, pid in gateway_pids.items()}
         for pair in range(pairs):
-            order = targets if pair % 2 == 0 else targets[::-1]
-            for target in order:
-                rss_of = gateway_pid if target.name == "gateway" else None
-                batch = await run_batch(target, workers[target.name], scenario, seconds, pids, rss_of)
-                result.batches.append(batch)
+            for target in targets if pair % 2 == 0 else targets[::-1]:
+                pid = gateway_pids.get(target.name)  # none for direct: the first gateway's idle CPU
+                counted = {**pids, "gateway": pid or next(iter(gateway_pids.values()))}
+                batch = await run_batch(target, workers[target.name], scenario, seconds, counted, pid)
+                batches.append(batch)
                 progress(
                     f"  {scenario.name:<22} {target.name:<8} {batch.turns / batch.seconds:9.0f} turns/s"
                     f"  errors {batch.errors}"
                 )
         await asyncio.sleep(settle)
-        result.gateway_cpu = procstat.cpu_seconds(gateway_pid) - gateway_cpu
+        results = {}
+        for name, pid in gateway_pids.items():
+            result = Interleaved(scenario)
+            result.batches = [
+                replace(b, target="gateway") if b.target == name else b
+                for b in batches
+                if b.target in (name, "direct")
+            ]
+            result.gateway_cpu = procstat.cpu_seconds(pid) - cpu[name]
+            result.log_thread_cpu = procstat.thread_cpu_seconds(pid, LOG_THREAD) - log_cpu[name]
+            results[name] = result
     finally:
         for group in workers.values():
             for worker in group:
                 worker.close()
-    return result
+    return results

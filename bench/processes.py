@@ -68,9 +68,12 @@ def start_upstream() -> Server:
     return Server("upstream", process, port)
 
 
-def gateway_env(data_dir: Path) -> dict[str, str]:
-    """Embedded defaults in a data directory of the benchmark's own, whatever the shell or .env says."""
+def gateway_env(data_dir: Path, bare: bool = False) -> dict[str, str]:
+    """Embedded defaults in a data directory of the benchmark's own, whatever the shell or .env says;
+    ``bare``: without limits, metrics and the request log (SLUICE_BENCHMARK_UNGOVERNED)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    if bare:
+        env["SLUICE_BENCHMARK_UNGOVERNED"] = "1"
     env.update(
         SLUICE_DATA_DIR=str(data_dir),
         DATABASE_URL=f"sqlite:///{data_dir / 'sluice.sqlite3'}",
@@ -110,7 +113,7 @@ def configure_gateway(data_dir: Path, upstream_port: int) -> str:
 
 
 @contextmanager
-def running_gateway(data_dir: Path, log_name: str = "gateway.log") -> Iterator[Server]:
+def running_gateway(data_dir: Path, log_name: str = "gateway.log", bare: bool = False) -> Iterator[Server]:
     """A fresh gateway process; on failure the tail of its log goes to stderr."""
     port = free_port()
     log_path = data_dir / log_name
@@ -118,7 +121,7 @@ def running_gateway(data_dir: Path, log_name: str = "gateway.log") -> Iterator[S
     process = subprocess.Popen(
         [sys.executable, "manage.py", "serve", "--host", HOST, "--port", str(port)],
         cwd=REPO,
-        env=gateway_env(data_dir),
+        env=gateway_env(data_dir, bare),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -12,7 +12,25 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of every thread of ``pid`` so far (``/proc/<pid>/stat`` utime + stime)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
+    return cpu_seconds_of(Path(f"/proc/{pid}/stat"))
+
+
+def thread_cpu_seconds(pid: int, name: str) -> float:
+    """CPU time so far of the threads of ``pid`` whose name starts with ``name`` (the kernel keeps 15
+    characters of it); 0 when there are none."""
+    total = 0.0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            if not Path(f"/proc/{pid}/task/{tid}/comm").read_text().startswith(name[:15]):
+                continue
+            total += cpu_seconds_of(Path(f"/proc/{pid}/task/{tid}/stat"))
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+    return total
+
+
+def cpu_seconds_of(path: Path) -> float:
+    stat = path.read_text()
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 

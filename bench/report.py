@@ -55,6 +55,7 @@ def summarize(run: Interleaved) -> dict[str, Any]:
     direct = side([b for b in run.batches if b.target == "direct"])
     gateway = side([b for b in run.batches if b.target == "gateway"])
     gateway["cpu_ms_per_turn"]["gateway"] = ms(run.gateway_cpu) / gateway["turns"]
+    gateway["log_thread_cpu_ms_per_turn"] = ms(run.log_thread_cpu) / gateway["turns"]
     gateway["total_cpu_ms_per_turn"] = sum(gateway["cpu_ms_per_turn"].values())
     added: dict[str, dict[str, float]] = {}
     ratio: dict[str, Any] = {}
@@ -171,6 +172,24 @@ def checks(summaries: list[dict[str, Any]], memory: dict[str, Any]) -> list[Chec
             )
         )
     return found
+
+
+def governance_lines(summaries: list[dict[str, Any]]) -> list[str]:
+    """What limits, metrics and the request log cost per turn: a scenario's gateway CPU less that of its
+    ``-bare`` twin (a gateway with SLUICE_BENCHMARK_UNGOVERNED=1), where both were run."""
+    by_name = {s["scenario"]: s for s in summaries}
+    lines = []
+    for name, bare in by_name.items():
+        if name.endswith("-bare") and (full := by_name.get(name.removesuffix("-bare"))):
+            with_all = full["gateway"]["cpu_ms_per_turn"]["gateway"]
+            without = bare["gateway"]["cpu_ms_per_turn"]["gateway"]
+            thread = full["gateway"].get("log_thread_cpu_ms_per_turn", 0.0)
+            lines.append(
+                f"{full['label']}: limits, metrics and request log {with_all - without:+.3f} ms per turn "
+                f"(gateway CPU {with_all:.3f} ms with them, {without:.3f} ms without; "
+                f"the request log's thread alone {thread:.3f} ms)"
+            )
+    return lines
 
 
 def budget_lines(found: list[Check]) -> list[str]:
@@ -396,6 +415,7 @@ def write_markdown(
         first_event=latency_table(summaries, "first_event_ms"),
         throughput=throughput_table(summaries),
         cpu=cpu_table(summaries),
+        governance="\n".join(f"- {line}" for line in governance_lines(summaries)) or "(not measured)",
         memory=memory_table(memory),
         chart=chart,
         comparison=comparison_table(baseline, current) if current else "",

@@ -17,6 +17,7 @@ import signal
 import sys
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from bench import procstat, report
 from bench.client import SseConnection, WsConnection
 from bench.fleet import FleetSettings, fleet_table, measure_fleet
 from bench.idle import IdleSockets, idle_websockets
-from bench.load import CHAIN_TURNS, HOST, SCENARIOS, Target, http_request, run_scenario, ws_frame
+from bench.load import CHAIN_TURNS, HOST, SCENARIOS, Scenario, Target, http_request, run_scenario, ws_frame
 from bench.processes import REPO, Server, configure_gateway, running_gateway, start_upstream
 from bench.upstream import API_KEY as UPSTREAM_KEY
 
@@ -138,29 +139,49 @@ async def measure_idle_sockets(
     return found
 
 
+def selected(only: list[str]) -> list[Scenario]:
+    return [s for s in SCENARIOS if not only or any(text in s.name for text in only)]
+
+
 async def measure_load(
-    settings: Settings, only: list[str], upstream: Server, gateway: Server, key: str
+    settings: Settings,
+    only: list[str],
+    upstream: Server,
+    gateway: Server,
+    key: str,
+    bare: Server | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     direct, through = targets(upstream, gateway, key)
-    pids = {"gateway": gateway.pid, "upstream": upstream.pid}
     await check_turns(through, direct)
+    if bare is not None:
+        await check_turns(targets(upstream, bare, key)[1], direct)
     await asyncio.sleep(settings.settle_seconds)
     memory: dict[str, Any] = {"idle_start_bytes": procstat.rss_bytes(gateway.pid)}
     say(f"gateway pid {gateway.pid}, idle RSS {memory['idle_start_bytes'] / report.MB:.1f} MB")
     summaries: list[dict[str, Any]] = []
-    for scenario in [s for s in SCENARIOS if not only or any(text in s.name for text in only)]:
-        say(f"{scenario.label}")
-        run = await run_scenario(
+    chosen = selected(only)
+    for scenario in chosen:
+        twins = {s.name: s for s in chosen}
+        if scenario.bare and scenario.name.removesuffix("-bare") in twins:
+            continue  # interleaved with its twin's batches, below
+        twin = twins.get(f"{scenario.name}-bare")
+        say(scenario.label + (" (and without limits, metrics or log, interleaved)" if twin else ""))
+        gateways = {"bare": (bare, scenario)} if scenario.bare else {"gateway": (gateway, scenario)}
+        if twin is not None:
+            gateways["bare"] = (bare, twin)
+        runs = await run_scenario(
             scenario,
-            (direct, through),
-            pids,
-            gateway.pid,
+            (direct, *(Target(name, s.port, key, "/v1/responses") for name, (s, _) in gateways.items())),
+            {"upstream": upstream.pid},
+            {name: s.pid for name, (s, _) in gateways.items()},
             pairs=settings.pairs,
             seconds=settings.batch_seconds,
             warmup=settings.warmup_seconds,
             progress=say,
         )
-        summaries.append(report.summarize(run))
+        for name, (_, which) in gateways.items():
+            runs[name].scenario = which
+            summaries.append(report.summarize(runs[name]))
     await asyncio.sleep(settings.settle_seconds)
     memory["idle_end_bytes"] = procstat.rss_bytes(gateway.pid)
     memory["peak_load_bytes"] = max((s["gateway"]["rss_peak_bytes"] for s in summaries), default=0)
@@ -181,8 +202,11 @@ def run(
         if not args.no_idle:
             with running_gateway(data_dir, "gateway-idle.log") as gateway:
                 idle_sockets = uvloop.run(measure_idle_sockets(settings, upstream, gateway, key))
-        with running_gateway(data_dir) as gateway:
-            summaries, memory = uvloop.run(measure_load(settings, args.only, upstream, gateway, key))
+        with running_gateway(data_dir) as gateway, ExitStack() as stack:
+            bare = None
+            if any(s.bare for s in selected(args.only)):  # a second process, idle but for its scenarios
+                bare = stack.enter_context(running_gateway(data_dir, "gateway-bare.log", bare=True))
+            summaries, memory = uvloop.run(measure_load(settings, args.only, upstream, gateway, key, bare))
         memory.update(idle_sockets)
         fleet: list[dict[str, Any]] = []
         if not (args.no_fleet or args.only):  # alone: python -m bench.fleet
@@ -302,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
 
     say("")
     for line in report.budget_lines(found):
+        say(line)
+    for line in report.governance_lines(summaries):
         say(line)
     if fleet:
         say("through nginx:\n" + fleet_table(fleet))

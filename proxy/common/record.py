@@ -1,11 +1,22 @@
 """The record of one turn: what the request log stores and the metrics count, filled in along the turn's
 path and handed to the writer (``proxy.usage.logwriter.submit``)."""
 
+import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 from proxy.common.outcome import Outcome
+
+# A benchmarking switch, never a deployment setting: with SLUICE_BENCHMARK_UNGOVERNED=1 the process enforces
+# no limits, counts no metrics and writes no request log, so that ``python -m bench`` can measure what they
+# cost per turn (its ``-bare`` scenarios). Said loudly at start-up: no one runs a server so by mistake.
+UNGOVERNED = os.environ.get("SLUICE_BENCHMARK_UNGOVERNED") == "1"
+if UNGOVERNED:
+    logging.getLogger("sluice").warning(
+        "SLUICE_BENCHMARK_UNGOVERNED=1: no limits, no metrics, no request log (a benchmark only)"
+    )
 
 
 @dataclass(slots=True)

