@@ -90,7 +90,7 @@ def test_the_benchmark_switch_turns_the_request_log_off(tmp_path):
     without it the same submit queues the row (the switch is read once, at start-up: a process of its own)."""
     code = (
         "import django; django.setup()\n"
-        "from proxy import logwriter\n"
+        "from proxy.usage import logwriter\n"
         "from proxy.common.record import TurnRecord\n"
         "logwriter.submit(TurnRecord(key_id=None, client_transport='http'))\n"
         "print(logwriter._pending, logwriter._thread is None)\n"
