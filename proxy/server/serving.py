@@ -86,6 +86,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, why: str) -> None:
         log.info("refused a request from %s: %s", self.client, why)
         self._disarm()
+        self._flush_response()
         body = b'{"error": {"type": "invalid_request_error", "code": "request_header_fields_too_large", '
         body += b'"message": "' + why.encode() + b'.", "param": null}}'
         self.transport.write(
@@ -118,10 +119,61 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         else:
             self._arm(settings.SLUICE_BODY_TIMEOUT, "body")
         super().on_headers_complete()
+        cycle = self.cycle
+        if cycle is not None and not self.parser.should_upgrade():
+            cycle.transport = OneWritePerTurn(cycle.transport, self.loop)
 
     def on_message_complete(self) -> None:
         self._disarm()
         super().on_message_complete()
+
+    def send_400_response(self, msg: str) -> None:
+        self._flush_response()
+        super().send_400_response(msg)
+
+    def _flush_response(self) -> None:
+        """What the current response wrote goes out before anything the protocol writes itself."""
+        transport = self.cycle.transport if self.cycle is not None else None
+        if isinstance(transport, OneWritePerTurn):
+            transport.flush()
+
+
+class OneWritePerTurn:
+    """The transport of one HTTP response, whose writes made in one turn of the event loop leave in one
+    system call: the status line and headers with the first events of a stream, the last events with the
+    chunked body's end. A stream still leaves as it comes: each write goes out before the loop waits again.
+    Everything else is the connection's transport's own."""
+
+    __slots__ = ("_transport", "_loop", "_chunks")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._chunks: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._chunks:
+            self._loop.call_soon(self.flush)
+        self._chunks.append(data)
+
+    def flush(self) -> None:
+        chunks = self._chunks
+        if not chunks:
+            return
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        if not self._transport.is_closing():
+            self._transport.write(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def server_options() -> dict[str, Any]:
