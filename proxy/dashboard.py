@@ -13,24 +13,23 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.db import connection, transaction
-from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
-from django.db.models.functions import Cast, Coalesce
+from django.db.models import CharField, Count, Func, Max, Min, Q, QuerySet, Sum, Value
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
 
 from providers.models import Provider
-from proxy import logwriter
+from proxy import logwriter, rollup
 from proxy.admin_limits import TEST_ENDPOINT, spend
 from proxy.charts import bar_chart
 from proxy.labels import endpoint_label, error_label
-from proxy.models import ApiKey, RequestLog, Team, UsageHour
+from proxy.models import ApiKey, LatencyDay, RequestLog, Team, UsageDay
 from proxy.templatetags.sluice_money import money
 from proxy.transport import FallbackReason, Transport
 
 DEFAULT_DAYS = 30
 TOP = 10
-TTFE_BUCKET_MS = 10  # percentiles from a histogram of 10 ms buckets: one scan, any database
 
 
 class Day(Func):
@@ -209,11 +208,9 @@ def queryset(f: Filters) -> QuerySet[RequestLog]:
     return qs.order_by()
 
 
-def rolled(f: Filters) -> QuerySet[UsageHour]:
-    """The hourly roll-up cells of ``f`` (proxy/rollup.py): the whole hours of its whole days."""
-    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
-    qs = UsageHour.objects.filter(hour__gte=start, hour__lt=end)
+def rolled(f: Filters) -> QuerySet[UsageDay]:
+    """The daily roll-up cells of ``f`` (proxy/rollup.py)."""
+    qs = UsageDay.objects.filter(day__gte=f.start, day__lte=f.end)
     if f.teams is not None:
         qs = qs.filter(team_id__in=f.teams)
     if f.key:
@@ -249,7 +246,7 @@ ROLLED = {
 
 
 def _sums(qs: QuerySet) -> dict[str, Any]:
-    return ROLLED if qs.model is UsageHour else SUMS
+    return SUMS if qs.model is RequestLog else ROLLED
 
 
 def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -257,11 +254,10 @@ def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str
     by_day: dict[str, dict[str, Any]] = {}
     pairs: dict[tuple[str, str], int] = {}
     sums = _sums(qs)
-    moment = "hour" if qs.model is UsageHour else "created_at"
-    for r in (
-        qs.annotate(day=Day(moment)).values("day", "client_transport", "upstream_transport").annotate(**sums)
-    ):
-        day = by_day.setdefault(r["day"], {k: 0 for k in SUMS})
+    if qs.model is RequestLog:
+        qs = qs.annotate(day=Day("created_at"))
+    for r in qs.values("day", "client_transport", "upstream_transport").annotate(**sums):
+        day = by_day.setdefault(str(r["day"]), {k: 0 for k in SUMS})
         for k in SUMS:
             day[k] += r[k]
         pair = (r["client_transport"], r["upstream_transport"])
@@ -311,20 +307,39 @@ def shares(qs: QuerySet, columns: list[str], total: int) -> list[dict[str, Any]]
     return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
 
 
-def percentiles(qs: QuerySet[RequestLog], names: dict[Any, str]) -> list[dict[str, Any]]:
-    """p50 and p95 of the time to first event per provider, from 10 ms buckets counted in SQL."""
-    buckets = (
-        qs.filter(time_to_first_event_ms__isnull=False)
-        .annotate(bucket=Cast(F("time_to_first_event_ms") / TTFE_BUCKET_MS, IntegerField()))
-        .values("provider_id", "bucket")
-        .annotate(n=Count("pk"))
-    )
-    per: dict[Any, list[tuple[int, int]]] = {}
-    for r in buckets:
-        per.setdefault(r["provider_id"], []).append((r["bucket"], r["n"]))
+def latency_buckets(f: Filters) -> dict[Any, dict[int, int]]:
+    """Turns per provider and latency bucket (proxy/rollup.py ``bucket``), within the filters: from the
+    daily latency roll-up, or for one key's or team's turns (which it does not tell apart), from the rows
+    (their own index)."""
+    per: dict[Any, dict[int, int]] = {}
+    if f.key or f.team or f.teams is not None:
+        rows = (
+            queryset(f)
+            .filter(time_to_first_event_ms__isnull=False)
+            .annotate(ms=rollup.Floor("time_to_first_event_ms"))
+            .values("provider_id", "ms")
+            .annotate(n=Count("pk"))
+        )
+        for r in rows:
+            buckets = per.setdefault(r["provider_id"] or 0, {})
+            number = rollup.bucket(r["ms"])
+            buckets[number] = buckets.get(number, 0) + r["n"]
+        return per
+    cells = LatencyDay.objects.filter(day__gte=f.start, day__lte=f.end).order_by()
+    if f.model:
+        cells = cells.filter(upstream_model=f.model)
+    if f.provider:
+        cells = cells.filter(provider_id=f.provider)
+    for r in cells.values("provider_id", "bucket").annotate(n=Sum("turns")):
+        per.setdefault(r["provider_id"], {})[r["bucket"]] = r["n"]
+    return per
+
+
+def percentiles(f: Filters, names: dict[Any, str]) -> list[dict[str, Any]]:
+    """p50 and p95 of the time to first event per provider, from 5 %-wide buckets (within 2.5 %)."""
     out = []
-    for provider_id, counts in per.items():
-        counts.sort()
+    for provider_id, found in latency_buckets(f).items():
+        counts = sorted(found.items())
         total = sum(n for _, n in counts)
         out.append(
             {
@@ -342,8 +357,45 @@ def _rank(counts: list[tuple[int, int]], rank: float) -> float:
     for bucket, n in counts:
         seen += n
         if seen >= rank:
-            return (bucket + 0.5) * TTFE_BUCKET_MS
+            return round(rollup.bucket_ms(bucket), 1)
     return 0.0
+
+
+def sessions(rows: QuerySet[RequestLog], since: dt.datetime, shown: int) -> list[dict[str, Any]]:
+    """The latest ``shown`` Codex sessions (Codex's session header or ``prompt_cache_key``) of ``rows`` (a
+    request-log queryset, scoped to whom it may show) with a turn since ``since``, latest first: when each
+    began and last ran in the range, its turns, refusals, tokens, cost, a key it used and its transports
+    ("websocket", "http" or "both"). The sessions are the first ``shown`` met reading the rows newest first
+    (an index read that stops there), then only their rows are summed (the session index)."""
+    rows = rows.filter(created_at__gte=since).exclude(session_id="").exclude(endpoint=TEST_ENDPOINT)
+    latest: dict[str, None] = {}
+    for session_id in rows.order_by("-created_at").values_list("session_id", flat=True).iterator(2000):
+        latest.setdefault(session_id)
+        if len(latest) >= shown:
+            break
+    found = list(
+        rows.filter(session_id__in=list(latest))
+        .order_by()
+        .values("session_id")
+        .annotate(
+            first=Min("created_at"),
+            last=Max("created_at"),
+            turns=Count("pk"),
+            input=Coalesce(Sum("input_tokens"), 0),
+            output=Coalesce(Sum("output_tokens"), 0),
+            cost=Sum("cost"),
+            websocket=Count("pk", filter=Q(client_transport="websocket")),
+            refused=Count("pk", filter=Q(status__gte=400)),
+            key=Max("api_key_id"),
+        )
+    )
+    found.sort(key=lambda r: r["last"], reverse=True)
+    for r in found:
+        r["tokens"] = r["input"] + r["output"]
+        r["transport"] = (
+            "websocket" if r["websocket"] == r["turns"] else "http" if not r["websocket"] else "both"
+        )
+    return found
 
 
 def names_of(model: Any, ids: set[Any], attr: str = "name") -> dict[Any, str]:
@@ -378,8 +430,7 @@ def usage(f: Filters) -> Usage:
 
 
 def _usage(f: Filters) -> Usage:
-    qs = queryset(f)
-    cells = rolled(f)  # everything but the latency percentiles, from the hourly roll-up
+    cells = rolled(f)  # the daily roll-up; the latency percentiles from theirs
     days, transports = daily(cells, f)
     totals = {k: sum(d[k] for d in days) for k in SUMS}
     provider_names = dict(Provider.objects.values_list("pk", "name"))
@@ -421,7 +472,7 @@ def _usage(f: Filters) -> Usage:
         transports=transports,
         fallbacks=fallbacks,
         refusals=refusals,
-        ttfe=percentiles(qs, provider_names),
+        ttfe=percentiles(f, provider_names),
         budgets=budgets(f),
     )
 
@@ -580,11 +631,13 @@ def people(f: Filters) -> list[dict[str, Any]]:
     from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
 
     ranked = list(
-        queryset(f)
+        rolled(f)
         .values("owner_id")
-        .annotate(cost=SUMS["cost"], turns=Count("pk"))
+        .annotate(cost=ROLLED["cost"], turns=ROLLED["turns"])
         .order_by("-cost", "-turns")[:TOP]
     )
+    for r in ranked:
+        r["owner_id"] = r["owner_id"] or None
     names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
     return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
 
@@ -619,7 +672,7 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
             bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
         ),
     ]
-    scoped = RequestLog.objects.all()
+    scoped = UsageDay.objects.all()
     keys = ApiKey.objects.all()
     teams = team_model().objects.all() if team_field() else None
     if u.filters.teams is not None:
@@ -627,7 +680,7 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
         keys = keys.filter(team_id__in=u.filters.teams)
         teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
     models = (
-        scoped.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
+        scoped.filter(day__gte=timezone.now().astimezone(dt.UTC).date() - dt.timedelta(days=90))
         .exclude(upstream_model="")
         .values_list("upstream_model", flat=True)
         .distinct()

@@ -8,7 +8,7 @@ from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from proxy import rollup
-from proxy.models import RequestLog, UsageHour
+from proxy.models import LatencyDay, RequestLog, UsageDay, UsageHour
 
 BATCH = 5000
 
@@ -26,10 +26,12 @@ def prune(older_than_days: int, batch: int = BATCH) -> int:
                 .values_list("pk", flat=True)[:batch]
             )
             if not ids:
-                # The roll-up forgets the same hours; the hour the cutoff falls in is summed again.
-                hour = cutoff.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-                UsageHour.objects.filter(hour__lt=hour).delete()
-                rollup.rebuild(hour, hour + dt.timedelta(hours=1))
+                # The roll-ups forget the same days; the day the cutoff falls in is summed again.
+                day = cutoff.astimezone(dt.UTC).date()
+                UsageHour.objects.filter(hour__lt=dt.datetime.combine(day, dt.time.min, dt.UTC)).delete()
+                UsageDay.objects.filter(day__lt=day).delete()
+                LatencyDay.objects.filter(day__lt=day).delete()
+                rollup.rebuild(day, day)
                 return deleted
             RequestLog.objects.filter(pk__in=ids).delete()
         deleted += len(ids)
