@@ -642,6 +642,15 @@ def people(f: Filters) -> list[dict[str, Any]]:
     return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
 
 
+def model_choices(f: Filters) -> list[str]:
+    """The models of the last 90 days (of the lead's teams), for the model filter: from the roll-up."""
+    cells = UsageDay.objects.filter(day__gte=timezone.now().astimezone(dt.UTC).date() - dt.timedelta(days=90))
+    if f.teams is not None:
+        cells = cells.filter(team_id__in=f.teams)
+    models = cells.exclude(upstream_model="").values_list("upstream_model", flat=True)
+    return list(models.distinct().order_by("upstream_model")[:200])
+
+
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
     """What the template needs beyond the aggregates: charts and the filter choices."""
     labels = [d["day"].strftime("%m-%d") for d in u.days]
@@ -672,27 +681,18 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
             bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
         ),
     ]
-    scoped = UsageDay.objects.all()
     keys = ApiKey.objects.all()
     teams = team_model().objects.all() if team_field() else None
     if u.filters.teams is not None:
-        scoped = scoped.filter(team_id__in=u.filters.teams)
         keys = keys.filter(team_id__in=u.filters.teams)
         teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
-    models = (
-        scoped.filter(day__gte=timezone.now().astimezone(dt.UTC).date() - dt.timedelta(days=90))
-        .exclude(upstream_model="")
-        .values_list("upstream_model", flat=True)
-        .distinct()
-        .order_by("upstream_model")[:200]
-    )
     return {
         "usage": u,
         "people": people(u.filters),
         "charts": charts,
         "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),
-        "models": list(models),
+        "models": model_choices(u.filters),
         "teams": teams,
         "query": u.filters.query(),
         "rows_range": urlencode(
