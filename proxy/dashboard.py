@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.db import connection, transaction
-from django.db.models import CharField, Count, Func, Max, Min, Q, QuerySet, Sum, Value
+from django.db.models import Case, CharField, Count, Func, Max, Min, Q, QuerySet, Sum, Value, When
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import formats, timezone
@@ -251,12 +251,43 @@ def _sums(qs: QuerySet) -> dict[str, Any]:
 
 def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sums per day, and turns per transport pair: one scan, grouped by both."""
-    by_day: dict[str, dict[str, Any]] = {}
-    pairs: dict[tuple[str, str], int] = {}
-    sums = _sums(qs)
     if qs.model is RequestLog:
         qs = qs.annotate(day=Day("created_at"))
-    for r in qs.values("day", "client_transport", "upstream_transport").annotate(**sums):
+    return _days(qs.values("day", "client_transport", "upstream_transport").annotate(**_sums(qs)), f)
+
+
+def overview(cells: QuerySet[UsageDay], f: Filters) -> tuple[list[dict[str, Any]], ...]:
+    """Sums per day, turns per transport pair, per fallback reason and per refusal code: one scan of the
+    cells, grouped by all of them."""
+    refusal = Case(
+        When(status_class__gte=4, provider_id=0, then="error_code"), default=None, output_field=CharField()
+    )
+    grouped = list(
+        cells.annotate(refusal=refusal)
+        .values("day", "client_transport", "upstream_transport", "fallback_reason", "refusal")
+        .annotate(**ROLLED)
+    )
+    days, transports = _days(grouped, f)
+    total = sum(d["turns"] for d in days)
+    counted: dict[str, dict[str, int]] = {"fallback_reason": {}, "refusal": {}}
+    for r in grouped:
+        for column, found in counted.items():
+            if r[column] is not None and (r[column] or column == "refusal"):
+                found[r[column]] = found.get(r[column], 0) + r["turns"]
+    fallbacks, refusals = (
+        [
+            {name: value, "turns": n, "share": n / total * 100 if total else 0.0}
+            for value, n in sorted(counted[column].items(), key=lambda item: -item[1])
+        ]
+        for column, name in (("fallback_reason", "fallback_reason"), ("refusal", "error_code"))
+    )
+    return days, transports, fallbacks, refusals
+
+
+def _days(grouped: Any, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    by_day: dict[str, dict[str, Any]] = {}
+    pairs: dict[tuple[str, str], int] = {}
+    for r in grouped:
         day = by_day.setdefault(str(r["day"]), {k: 0 for k in SUMS})
         for k in SUMS:
             day[k] += r[k]
@@ -300,11 +331,6 @@ def tops(
         ]
         for c, found in sums.items()
     }
-
-
-def shares(qs: QuerySet, columns: list[str], total: int) -> list[dict[str, Any]]:
-    rows = qs.values(*columns).annotate(turns=_sums(qs)["turns"]).order_by("-turns")
-    return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
 
 
 def latency_buckets(f: Filters) -> dict[Any, dict[int, int]]:
@@ -369,8 +395,16 @@ def sessions(rows: QuerySet[RequestLog], since: dt.datetime, shown: int) -> list
     (an index read that stops there), then only their rows are summed (the session index)."""
     rows = rows.filter(created_at__gte=since).exclude(session_id="").exclude(endpoint=TEST_ENDPOINT)
     latest: dict[str, None] = {}
-    for session_id in rows.order_by("-created_at").values_list("session_id", flat=True).iterator(2000):
-        latest.setdefault(session_id)
+    # Newest first, a day, then a week, then the rest: an OR of scopes (a person's rows) is sorted whole
+    # before its first row comes out, so each query sorts only the rows of its window.
+    now = timezone.now()
+    bounds = sorted({max(since, now - dt.timedelta(days=d)) for d in (1, 7)} | {since}, reverse=True)
+    for start, end in zip(bounds, [None, *bounds], strict=False):
+        window = rows.filter(created_at__gte=start, **({"created_at__lt": end} if end else {}))
+        for session_id in window.order_by("-created_at").values_list("session_id", flat=True).iterator(2000):
+            latest.setdefault(session_id)
+            if len(latest) >= shown:
+                break
         if len(latest) >= shown:
             break
     found = list(
@@ -417,6 +451,7 @@ class Usage:
     refusals: list[dict[str, Any]]
     ttfe: list[dict[str, Any]]
     budgets: list[dict[str, Any]]
+    people: list[dict[str, Any]]
 
 
 def usage(f: Filters) -> Usage:
@@ -431,13 +466,13 @@ def usage(f: Filters) -> Usage:
 
 def _usage(f: Filters) -> Usage:
     cells = rolled(f)  # the daily roll-up; the latency percentiles from theirs
-    days, transports = daily(cells, f)
+    days, transports, fallbacks, refusals = overview(cells, f)
     totals = {k: sum(d[k] for d in days) for k in SUMS}
     provider_names = dict(Provider.objects.values_list("pk", "name"))
     team_column = f"{team_field()}_id" if team_field() else None
     ranked = tops(
         cells,
-        ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])],
+        ["api_key_id", "provider_id", "upstream_model", "owner_id", *([team_column] if team_column else [])],
         named_only=("upstream_model",),
     )
     key_rows = ranked["api_key_id"]
@@ -455,10 +490,8 @@ def _usage(f: Filters) -> Usage:
     for r in transports:
         r["client_label"] = _label(Transport, r["client_transport"])
         r["upstream_label"] = _label(Transport, r["upstream_transport"]) or _("none")
-    fallbacks = shares(cells.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
     for r in fallbacks:
         r["label"] = _label(FallbackReason, r["fallback_reason"])
-    refusals = shares(cells.filter(status_class__gte=4, provider_id=0), ["error_code"], totals["turns"])
     for r in refusals:
         r["label"] = error_label(r["error_code"]) or _("(no code)")
     return Usage(
@@ -474,6 +507,7 @@ def _usage(f: Filters) -> Usage:
         refusals=refusals,
         ttfe=percentiles(f, provider_names),
         budgets=budgets(f),
+        people=people(ranked["owner_id"]),
     )
 
 
@@ -626,20 +660,13 @@ def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
     return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
 
 
-def people(f: Filters) -> list[dict[str, Any]]:
-    """Spend per person (the owner of the keys when the turns ran), the top ten, within the filters."""
+def people(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spend per person (the owner of the keys when the turns ran), the top ten (``tops``' ranking of the
+    owners), named."""
     from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
 
-    ranked = list(
-        rolled(f)
-        .values("owner_id")
-        .annotate(cost=ROLLED["cost"], turns=ROLLED["turns"])
-        .order_by("-cost", "-turns")[:TOP]
-    )
-    for r in ranked:
-        r["owner_id"] = r["owner_id"] or None
-    names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
-    return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
+    names = names_of(get_user_model(), {r["id"] for r in ranked}, "username")
+    return [{**r, "id": r["id"] or None, "name": names.get(r["id"]) or _("(no owner)")} for r in ranked]
 
 
 def model_choices(f: Filters) -> list[str]:
@@ -688,7 +715,7 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
         teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
     return {
         "usage": u,
-        "people": people(u.filters),
+        "people": u.people,
         "charts": charts,
         "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),
