@@ -37,10 +37,16 @@ def own_keys(user: Any) -> QuerySet[ApiKey]:
 
 def own_rows(user: Any, f: dashboard.Filters) -> QuerySet[RequestLog]:
     """The person's request-log rows of the range: owned, or (owner not recorded) made with one of their
-    keys. The range is repeated in each branch of the OR so that each reads an index of its own
-    instead of every row of the range through the table."""
+    keys."""
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    return own_rows_between(
+        user, start, dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    )
+
+
+def own_rows_between(user: Any, start: dt.datetime, end: dt.datetime) -> QuerySet[RequestLog]:
+    """The person's request-log rows from ``start`` to ``end``. The range is repeated in each branch of
+    the OR so that each reads an index of its own instead of every row of the range through the table."""
     key_ids = list(ApiKey.objects.filter(owner=user).values_list("pk", flat=True))
     when = Q(created_at__gte=start, created_at__lt=end)
     # "owner is NULL or this person" (the same rows as "owner is NULL" once the first branch is there):
@@ -73,9 +79,11 @@ def usage(cells: QuerySet[UsageDay], f: dashboard.Filters, keys: QuerySet[ApiKey
     return {"days": days, "totals": totals, "keys": ranked["api_key_id"], "models": ranked["upstream_model"]}
 
 
-def sessions(rows: QuerySet[RequestLog], f: dashboard.Filters) -> list[dict[str, Any]]:
-    """The person's latest Codex sessions (the admin's own query); ``rows`` are of the range."""
-    return dashboard.sessions(rows, dt.datetime.combine(f.start, dt.time.min, dt.UTC), SESSIONS_SHOWN)
+def sessions(user: Any, f: dashboard.Filters) -> list[dict[str, Any]]:
+    """The person's latest Codex sessions of the range (the admin's own query)."""
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    return dashboard.sessions(lambda s, e: own_rows_between(user, s, e), start, end, SESSIONS_SHOWN)
 
 
 def this_month() -> dashboard.Filters:

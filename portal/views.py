@@ -101,7 +101,7 @@ def usage(request: HttpRequest) -> HttpResponse:
     context = {
         **got,
         "charts": _charts(got["days"]),
-        "sessions": queries.sessions(queries.own_rows(request.user, f), f),
+        "sessions": queries.sessions(request.user, f),
         "filters": f,
         "section": "usage",
     }

@@ -18,7 +18,13 @@ SESSIONS_SHOWN = 200
 def sessions(rows: Any, days: int) -> list[dict[str, Any]]:
     """The latest sessions of ``rows`` (a request-log queryset) in the last ``days`` days, with their key's
     name."""
-    found = dashboard.sessions(rows, timezone.now() - dt.timedelta(days=days), SESSIONS_SHOWN)
+    now = timezone.now()
+    found = dashboard.sessions(
+        lambda start, end: rows.filter(created_at__gte=start, created_at__lt=end),
+        now - dt.timedelta(days=days),
+        now + dt.timedelta(days=1),  # and rows stamped by a clock ahead of ours
+        SESSIONS_SHOWN,
+    )
     names = dict(ApiKey.objects.filter(pk__in={r["key"] for r in found}).values_list("pk", "name"))
     labels = {"websocket": _("WebSocket"), "http": _("HTTP"), "both": _("both")}
     for r in found:

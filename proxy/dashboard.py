@@ -6,7 +6,7 @@ Teams and budgets: everything that reads them is in the "Governance" section bel
 
 import csv
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -387,26 +387,34 @@ def _rank(counts: list[tuple[int, int]], rank: float) -> float:
     return 0.0
 
 
-def sessions(rows: QuerySet[RequestLog], since: dt.datetime, shown: int) -> list[dict[str, Any]]:
-    """The latest ``shown`` Codex sessions (Codex's session header or ``prompt_cache_key``) of ``rows`` (a
-    request-log queryset, scoped to whom it may show) with a turn since ``since``, latest first: when each
-    began and last ran in the range, its turns, refusals, tokens, cost, a key it used and its transports
-    ("websocket", "http" or "both"). The sessions are the first ``shown`` met reading the rows newest first
-    (an index read that stops there), then only their rows are summed (the session index)."""
-    rows = rows.filter(created_at__gte=since).exclude(session_id="").exclude(endpoint=TEST_ENDPOINT)
+Scope = Callable[[dt.datetime, dt.datetime], QuerySet[RequestLog]]
+
+
+def sessions(scope: Scope, since: dt.datetime, until: dt.datetime, shown: int) -> list[dict[str, Any]]:
+    """The latest ``shown`` Codex sessions (Codex's session header or ``prompt_cache_key``) with a turn from
+    ``since`` to ``until``, latest first: when each began and last ran in the range, its turns, refusals,
+    tokens, cost, a key it used and its transports ("websocket", "http" or "both"). ``scope(start, end)``:
+    the request-log rows between two times that the page may show (bounded in every branch of an OR, so
+    that an index reads only those). The sessions are the first ``shown`` met reading the rows newest
+    first, an hour, six hours, a day, a week, then the rest (each query sorts only its window's rows),
+    then only their rows are summed (the session index)."""
     latest: dict[str, None] = {}
-    # Newest first, a day, then a week, then the rest: an OR of scopes (a person's rows) is sorted whole
-    # before its first row comes out, so each query sorts only the rows of its window.
     now = timezone.now()
-    bounds = sorted({max(since, now - dt.timedelta(days=d)) for d in (1, 7)} | {since}, reverse=True)
-    for start, end in zip(bounds, [None, *bounds], strict=False):
-        window = rows.filter(created_at__gte=start, **({"created_at__lt": end} if end else {}))
+    bounds = [
+        until,
+        *sorted({max(since, now - dt.timedelta(hours=h)) for h in (1, 6, 24, 168)}, reverse=True),
+    ]
+    for end, start in zip(bounds, [*bounds[1:], since], strict=True):
+        if start >= end:
+            continue
+        window = scope(start, end).exclude(session_id="").exclude(endpoint=TEST_ENDPOINT)
         for session_id in window.order_by("-created_at").values_list("session_id", flat=True).iterator(2000):
             latest.setdefault(session_id)
             if len(latest) >= shown:
                 break
         if len(latest) >= shown:
             break
+    rows = scope(since, until).exclude(endpoint=TEST_ENDPOINT)
     found = list(
         rows.filter(session_id__in=list(latest))
         .order_by()
