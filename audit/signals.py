@@ -35,6 +35,8 @@ AUDITED = (
 NOT_AUDITED = (
     "proxy.RequestLog",
     "proxy.UsageHour",
+    "proxy.UsageDay",
+    "proxy.LatencyDay",
     "proxy.Usage",
     "admin.LogEntry",
     "auth.Permission",

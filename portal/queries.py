@@ -11,14 +11,14 @@ import datetime as dt
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Max, Min, Q, QuerySet, Sum
+from django.db.models import Q, QuerySet, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from identity.models import Membership, Role
 from proxy.admin import dashboard
 from proxy.governance import limits
-from proxy.models import ApiKey, RequestLog, Team
+from proxy.models import ApiKey, RequestLog, Team, UsageDay
 
 DAYS = 30
 SESSIONS_SHOWN = 50
@@ -38,10 +38,16 @@ def own_keys(user: Any) -> QuerySet[ApiKey]:
 
 def own_rows(user: Any, f: dashboard.Filters) -> QuerySet[RequestLog]:
     """The person's request-log rows of the range: owned, or (owner not recorded) made with one of their
-    keys. The range is repeated in each branch of the OR so that each reads an index of its own
-    instead of every row of the range through the table."""
+    keys."""
     start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    return own_rows_between(
+        user, start, dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    )
+
+
+def own_rows_between(user: Any, start: dt.datetime, end: dt.datetime) -> QuerySet[RequestLog]:
+    """The person's request-log rows from ``start`` to ``end``. The range is repeated in each branch of
+    the OR so that each reads an index of its own instead of every row of the range through the table."""
     key_ids = list(ApiKey.objects.filter(owner=user).values_list("pk", flat=True))
     when = Q(created_at__gte=start, created_at__lt=end)
     # "owner is NULL or this person" (the same rows as "owner is NULL" once the first branch is there):
@@ -50,55 +56,36 @@ def own_rows(user: Any, f: dashboard.Filters) -> QuerySet[RequestLog]:
     return RequestLog.objects.filter((Q(owner=user) & when) | by_key).order_by()
 
 
+def own_cells(user: Any, f: dashboard.Filters) -> QuerySet[UsageDay]:
+    """The person's daily roll-up cells of the range (proxy/usage/rollup.py): the same rows as
+    ``own_rows``."""
+    key_ids = list(ApiKey.objects.filter(owner=user).values_list("pk", flat=True))
+    mine = Q(owner_id=user.pk) | Q(owner_id=0, api_key_id__in=key_ids)
+    return UsageDay.objects.filter(mine, day__gte=f.start, day__lte=f.end).order_by()
+
+
 def last_days(days: int = DAYS) -> dashboard.Filters:
     today = timezone.now().astimezone(dt.UTC).date()
     return dashboard.Filters(start=today - dt.timedelta(days=days - 1), end=today)
 
 
-def in_range(qs: QuerySet[RequestLog], f: dashboard.Filters) -> QuerySet[RequestLog]:
-    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
-    return qs.filter(created_at__gte=start, created_at__lt=end)
-
-
-def usage(rows: QuerySet[RequestLog], f: dashboard.Filters, keys: QuerySet[ApiKey]) -> dict[str, Any]:
-    """Per day, per model and per key over ``rows`` in the range; only ``keys`` are named (a row of a key
-    handed to someone else since is the person's, the key's name is not). ``rows`` are of the range."""
-    qs = rows
-    days, _transports = dashboard.daily(qs, f)
+def usage(cells: QuerySet[UsageDay], f: dashboard.Filters, keys: QuerySet[ApiKey]) -> dict[str, Any]:
+    """Per day, per model and per key over ``cells`` (``own_cells``); only ``keys`` are named (a row of a
+    key handed to someone else since is the person's, the key's name is not)."""
+    days, _transports = dashboard.daily(cells, f)
     totals = {k: sum(d[k] for d in days) for k in dashboard.SUMS}
-    # The model first: grouped by a key or owner first, SQLite reads the key's (or owner's) index and
-    # the table behind it instead of the team's covering index (ten times slower on a large team).
-    ranked = dashboard.tops(qs, ["upstream_model", "api_key_id"], named_only=("upstream_model",))
+    ranked = dashboard.tops(cells, ["upstream_model", "api_key_id"], named_only=("upstream_model",))
     names = dict(keys.filter(pk__in=[r["id"] for r in ranked["api_key_id"]]).values_list("pk", "name"))
     for r in ranked["api_key_id"]:
         r["name"] = names.get(r["id"], "—")
     return {"days": days, "totals": totals, "keys": ranked["api_key_id"], "models": ranked["upstream_model"]}
 
 
-def sessions(rows: QuerySet[RequestLog], f: dashboard.Filters) -> list[dict[str, Any]]:
-    """Turns grouped by session (Codex's session header or ``prompt_cache_key``), latest first; ``rows``
-    are of the range."""
-    out = list(
-        rows.exclude(session_id="")
-        .values("session_id")
-        .annotate(
-            first=Min("created_at"),
-            last=Max("created_at"),
-            turns=Count("pk"),
-            input=Coalesce(Sum("input_tokens"), 0),
-            output=Coalesce(Sum("output_tokens"), 0),
-            cost=Sum("cost"),
-            websocket=Count("pk", filter=Q(client_transport="websocket")),
-        )
-        .order_by("-last")[:SESSIONS_SHOWN]
-    )
-    for s in out:
-        s["tokens"] = s["input"] + s["output"]
-        s["transport"] = (
-            "websocket" if s["websocket"] == s["turns"] else "http" if s["websocket"] == 0 else "mixed"
-        )
-    return out
+def sessions(user: Any, f: dashboard.Filters) -> list[dict[str, Any]]:
+    """The person's latest Codex sessions of the range (the admin's own query)."""
+    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
+    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
+    return dashboard.sessions(lambda s, e: own_rows_between(user, s, e), start, end, SESSIONS_SHOWN)
 
 
 def this_month() -> dashboard.Filters:
@@ -106,12 +93,12 @@ def this_month() -> dashboard.Filters:
     return dashboard.Filters(start=today.replace(day=1), end=today)
 
 
-def spend(rows: QuerySet[RequestLog]) -> tuple[Decimal, Decimal]:
-    """Spend of ``rows`` (of this month) this UTC day and this calendar month."""
-    day = timezone.now().astimezone(dt.UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    got = rows.aggregate(
+def spend(cells: QuerySet[UsageDay]) -> tuple[Decimal, Decimal]:
+    """Spend of ``cells`` (of this month) this UTC day and this calendar month."""
+    day = timezone.now().astimezone(dt.UTC).date()
+    got = cells.aggregate(
         month=Coalesce(Sum("cost"), Decimal(0)),
-        day=Coalesce(Sum("cost", filter=Q(created_at__gte=day)), Decimal(0)),
+        day=Coalesce(Sum("cost", filter=Q(day=day)), Decimal(0)),
     )
     return got["day"], got["month"]
 
@@ -145,23 +132,21 @@ def keys_held(user: Any, team: Team) -> int:
 
 def team_usage(team: Team, f: dashboard.Filters) -> dict[str, Any]:
     """For a lead: the team's spend and tokens per day, by model and by member over the range, from one
-    grouping of the team's covering index; rows whose owner was not recorded count for their key's owner."""
+    grouping of the team's daily roll-up cells; rows whose owner was not recorded count for their key's
+    owner."""
     key_owner = dict(ApiKey.objects.filter(team=team).values_list("pk", "owner_id"))
     empty = {k: 0 for k in dashboard.SUMS}
     by_day: dict[str, dict[str, Any]] = {}
     by_model: dict[str, list] = {}
     by_person: dict[int | None, dict[str, Any]] = {}
-    rows = (
-        in_range(RequestLog.objects.filter(team=team), f)
+    cells = (
+        UsageDay.objects.filter(team_id=team.pk, day__gte=f.start, day__lte=f.end)
         .order_by()
-        .annotate(day=dashboard.Day("created_at"))
-        # The model first: grouped by a key or owner first, SQLite reads that column's index and the
-        # table behind it instead of the team's covering index (several times slower).
         .values("upstream_model", "owner_id", "api_key_id", "day")
-        .annotate(**dashboard.SUMS)
+        .annotate(**dashboard.ROLLED)
     )
-    for r in rows:
-        day = by_day.setdefault(r["day"], dict(empty))
+    for r in cells:
+        day = by_day.setdefault(str(r["day"]), dict(empty))
         for k in dashboard.SUMS:
             day[k] += r[k]
         if r["upstream_model"]:

@@ -51,10 +51,10 @@ class LoginView(auth_views.LoginView):
 @signed_in
 def teams(request: HttpRequest) -> HttpResponse:
     rows = []
-    own = queries.own_rows(request.user, queries.this_month())
+    own = queries.own_cells(request.user, queries.this_month())
     for membership in queries.memberships(request.user):
         team = membership.team
-        day, month = queries.spend(own.filter(team=team))
+        day, month = queries.spend(own.filter(team_id=team.pk))
         rows.append(
             {
                 "membership": membership,
@@ -97,12 +97,11 @@ def _charts(days: list[dict[str, Any]]) -> list[tuple[str, Any]]:
 @signed_in
 def usage(request: HttpRequest) -> HttpResponse:
     f = queries.last_days()
-    own = queries.own_rows(request.user, f)
-    got = queries.usage(own, f, ApiKey.objects.filter(owner=request.user))
+    got = queries.usage(queries.own_cells(request.user, f), f, ApiKey.objects.filter(owner=request.user))
     context = {
         **got,
         "charts": _charts(got["days"]),
-        "sessions": queries.sessions(own, f),
+        "sessions": queries.sessions(request.user, f),
         "filters": f,
         "section": "usage",
     }

@@ -317,6 +317,8 @@ class RequestLog(models.Model):
                 ],
                 name="requestlog_team_time",
             ),
+            # The sessions pages sum the rows of the sessions they show, and the request log filters on one.
+            models.Index(fields=["session_id", "created_at"], name="requestlog_session"),
         ]
 
     def __str__(self) -> str:
@@ -336,13 +338,27 @@ class Usage(RequestLog):
         verbose_name_plural = _("usage dashboard")
 
 
-class UsageHour(models.Model):
-    """The request log summed per UTC hour and per everything the usage dashboard filters and groups by
-    (proxy/usage/rollup.py keeps it). Ids are plain integers, 0 for none, so that the unique key the
-    increments upsert on holds (NULLs are never equal in a unique constraint); a deleted key's hours keep its
-    id."""
+# What a roll-up cell is summed per, beside its hour or day: everything the usage dashboard and the portal
+# filter and group by. The tables' unique constraints are made of these, and proxy/usage/rollup.py reads its
+# cells' columns from those constraints.
+CELL_COLUMNS = (
+    "api_key_id",
+    "team_id",
+    "provider_id",
+    "upstream_model",
+    "client_transport",
+    "upstream_transport",
+    "fallback_reason",
+    "status_class",
+    "error_code",
+)
 
-    hour = models.DateTimeField()
+
+class RollupCell(models.Model):
+    """A roll-up cell of the request log (proxy/usage/rollup.py keeps them). Ids are plain integers, 0 for
+    none, so that the unique key the increments upsert on holds (NULLs are never equal in a unique
+    constraint); a deleted key's cells keep its id."""
+
     api_key_id = models.BigIntegerField(default=0)
     team_id = models.BigIntegerField(default=0)
     provider_id = models.BigIntegerField(default=0)
@@ -360,23 +376,61 @@ class UsageHour(models.Model):
     reasoning_tokens = models.BigIntegerField(default=0)
 
     class Meta:
+        abstract = True
+
+
+class UsageHour(RollupCell):
+    """The request log summed per UTC hour and per cell column."""
+
+    hour = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["hour", *CELL_COLUMNS], name="usagehour_cell")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H:00} {self.upstream_model} {self.turns}"
+
+
+class UsageDay(RollupCell):
+    """The request log summed per UTC day, per cell column and per owner: what the dashboard and the
+    portal read (a month is some thousands of cells where the hours are hundreds of thousands)."""
+
+    day = models.DateField()
+    owner_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["day", *CELL_COLUMNS, "owner_id"], name="usageday_cell")
+        ]
+        indexes = [
+            # One key's, team's or person's cells of a range (the dashboard's filters, the portal).
+            models.Index(fields=["api_key_id", "day"], name="usageday_key"),
+            models.Index(fields=["team_id", "day"], name="usageday_team"),
+            models.Index(fields=["owner_id", "day"], name="usageday_owner"),
+            # The model filter's choices: the distinct models of 90 days, read from this index alone.
+            models.Index(fields=["upstream_model", "day"], name="usageday_model"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.day} {self.upstream_model} {self.turns}"
+
+
+class LatencyDay(models.Model):
+    """How many turns of a UTC day, provider and model had their time to first event in each bucket
+    (proxy/usage/rollup.py: buckets 5 % wide): the dashboard's p50 and p95 without reading the rows."""
+
+    day = models.DateField()
+    provider_id = models.BigIntegerField(default=0)
+    upstream_model = models.CharField(max_length=200, blank=True)
+    bucket = models.PositiveSmallIntegerField()
+    turns = models.BigIntegerField(default=0)
+
+    class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=[
-                    "hour",
-                    "api_key_id",
-                    "team_id",
-                    "provider_id",
-                    "upstream_model",
-                    "client_transport",
-                    "upstream_transport",
-                    "fallback_reason",
-                    "status_class",
-                    "error_code",
-                ],
-                name="usagehour_cell",
+                fields=["day", "provider_id", "upstream_model", "bucket"], name="latencyday_cell"
             )
         ]
 
     def __str__(self) -> str:
-        return f"{self.hour:%Y-%m-%d %H:00} {self.upstream_model} {self.turns}"
+        return f"{self.day} {self.upstream_model} {self.bucket} {self.turns}"

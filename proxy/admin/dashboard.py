@@ -6,15 +6,15 @@ Teams and budgets: everything that reads them is in the "Governance" section bel
 
 import csv
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 from django.db import connection, transaction
-from django.db.models import CharField, Count, F, Func, IntegerField, Q, QuerySet, Sum, Value
-from django.db.models.functions import Cast, Coalesce
+from django.db.models import Case, CharField, Count, Func, Max, Min, Q, QuerySet, Sum, Value, When
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest, StreamingHttpResponse
 from django.utils import formats, timezone
 from django.utils.translation import gettext as _
@@ -24,13 +24,12 @@ from proxy.admin.charts import bar_chart
 from proxy.admin.limits import TEST_ENDPOINT, spend
 from proxy.common.labels import endpoint_label, error_label
 from proxy.common.transport import FallbackReason, Transport
-from proxy.models import ApiKey, RequestLog, Team, UsageHour
+from proxy.models import ApiKey, LatencyDay, RequestLog, Team, UsageDay
 from proxy.templatetags.sluice_money import money
-from proxy.usage import logwriter
+from proxy.usage import logwriter, rollup
 
 DEFAULT_DAYS = 30
 TOP = 10
-TTFE_BUCKET_MS = 10  # percentiles from a histogram of 10 ms buckets: one scan, any database
 
 
 class Day(Func):
@@ -209,11 +208,9 @@ def queryset(f: Filters) -> QuerySet[RequestLog]:
     return qs.order_by()
 
 
-def rolled(f: Filters) -> QuerySet[UsageHour]:
-    """The hourly roll-up cells of ``f`` (proxy/usage/rollup.py): the whole hours of its whole days."""
-    start = dt.datetime.combine(f.start, dt.time.min, dt.UTC)
-    end = dt.datetime.combine(f.end + dt.timedelta(days=1), dt.time.min, dt.UTC)
-    qs = UsageHour.objects.filter(hour__gte=start, hour__lt=end)
+def rolled(f: Filters) -> QuerySet[UsageDay]:
+    """The daily roll-up cells of ``f`` (proxy/usage/rollup.py)."""
+    qs = UsageDay.objects.filter(day__gte=f.start, day__lte=f.end)
     if f.teams is not None:
         qs = qs.filter(team_id__in=f.teams)
     if f.key:
@@ -249,19 +246,49 @@ ROLLED = {
 
 
 def _sums(qs: QuerySet) -> dict[str, Any]:
-    return ROLLED if qs.model is UsageHour else SUMS
+    return SUMS if qs.model is RequestLog else ROLLED
 
 
 def daily(qs: QuerySet, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Sums per day, and turns per transport pair: one scan, grouped by both."""
+    if qs.model is RequestLog:
+        qs = qs.annotate(day=Day("created_at"))
+    return _days(qs.values("day", "client_transport", "upstream_transport").annotate(**_sums(qs)), f)
+
+
+def overview(cells: QuerySet[UsageDay], f: Filters) -> tuple[list[dict[str, Any]], ...]:
+    """Sums per day, turns per transport pair, per fallback reason and per refusal code: one scan of the
+    cells, grouped by all of them."""
+    refusal = Case(
+        When(status_class__gte=4, provider_id=0, then="error_code"), default=None, output_field=CharField()
+    )
+    grouped = list(
+        cells.annotate(refusal=refusal)
+        .values("day", "client_transport", "upstream_transport", "fallback_reason", "refusal")
+        .annotate(**ROLLED)
+    )
+    days, transports = _days(grouped, f)
+    total = sum(d["turns"] for d in days)
+    counted: dict[str, dict[str, int]] = {"fallback_reason": {}, "refusal": {}}
+    for r in grouped:
+        for column, found in counted.items():
+            if r[column] is not None and (r[column] or column == "refusal"):
+                found[r[column]] = found.get(r[column], 0) + r["turns"]
+    fallbacks, refusals = (
+        [
+            {name: value, "turns": n, "share": n / total * 100 if total else 0.0}
+            for value, n in sorted(counted[column].items(), key=lambda item: -item[1])
+        ]
+        for column, name in (("fallback_reason", "fallback_reason"), ("refusal", "error_code"))
+    )
+    return days, transports, fallbacks, refusals
+
+
+def _days(grouped: Any, f: Filters) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     by_day: dict[str, dict[str, Any]] = {}
     pairs: dict[tuple[str, str], int] = {}
-    sums = _sums(qs)
-    moment = "hour" if qs.model is UsageHour else "created_at"
-    for r in (
-        qs.annotate(day=Day(moment)).values("day", "client_transport", "upstream_transport").annotate(**sums)
-    ):
-        day = by_day.setdefault(r["day"], {k: 0 for k in SUMS})
+    for r in grouped:
+        day = by_day.setdefault(str(r["day"]), {k: 0 for k in SUMS})
         for k in SUMS:
             day[k] += r[k]
         pair = (r["client_transport"], r["upstream_transport"])
@@ -306,25 +333,39 @@ def tops(
     }
 
 
-def shares(qs: QuerySet, columns: list[str], total: int) -> list[dict[str, Any]]:
-    rows = qs.values(*columns).annotate(turns=_sums(qs)["turns"]).order_by("-turns")
-    return [{**r, "share": r["turns"] / total * 100 if total else 0.0} for r in rows]
+def latency_buckets(f: Filters) -> dict[Any, dict[int, int]]:
+    """Turns per provider and latency bucket (proxy/usage/rollup.py ``bucket``), within the filters: from the
+    daily latency roll-up, or for one key's or team's turns (which it does not tell apart), from the rows
+    (their own index)."""
+    per: dict[Any, dict[int, int]] = {}
+    if f.key or f.team or f.teams is not None:
+        rows = (
+            queryset(f)
+            .filter(time_to_first_event_ms__isnull=False)
+            .annotate(ms=rollup.Floor("time_to_first_event_ms"))
+            .values("provider_id", "ms")
+            .annotate(n=Count("pk"))
+        )
+        for r in rows:
+            buckets = per.setdefault(r["provider_id"] or 0, {})
+            number = rollup.bucket(r["ms"])
+            buckets[number] = buckets.get(number, 0) + r["n"]
+        return per
+    cells = LatencyDay.objects.filter(day__gte=f.start, day__lte=f.end).order_by()
+    if f.model:
+        cells = cells.filter(upstream_model=f.model)
+    if f.provider:
+        cells = cells.filter(provider_id=f.provider)
+    for r in cells.values("provider_id", "bucket").annotate(n=Sum("turns")):
+        per.setdefault(r["provider_id"], {})[r["bucket"]] = r["n"]
+    return per
 
 
-def percentiles(qs: QuerySet[RequestLog], names: dict[Any, str]) -> list[dict[str, Any]]:
-    """p50 and p95 of the time to first event per provider, from 10 ms buckets counted in SQL."""
-    buckets = (
-        qs.filter(time_to_first_event_ms__isnull=False)
-        .annotate(bucket=Cast(F("time_to_first_event_ms") / TTFE_BUCKET_MS, IntegerField()))
-        .values("provider_id", "bucket")
-        .annotate(n=Count("pk"))
-    )
-    per: dict[Any, list[tuple[int, int]]] = {}
-    for r in buckets:
-        per.setdefault(r["provider_id"], []).append((r["bucket"], r["n"]))
+def percentiles(f: Filters, names: dict[Any, str]) -> list[dict[str, Any]]:
+    """p50 and p95 of the time to first event per provider, from 5 %-wide buckets (within 2.5 %)."""
     out = []
-    for provider_id, counts in per.items():
-        counts.sort()
+    for provider_id, found in latency_buckets(f).items():
+        counts = sorted(found.items())
         total = sum(n for _, n in counts)
         out.append(
             {
@@ -342,8 +383,61 @@ def _rank(counts: list[tuple[int, int]], rank: float) -> float:
     for bucket, n in counts:
         seen += n
         if seen >= rank:
-            return (bucket + 0.5) * TTFE_BUCKET_MS
+            return round(rollup.bucket_ms(bucket), 1)
     return 0.0
+
+
+Scope = Callable[[dt.datetime, dt.datetime], QuerySet[RequestLog]]
+
+
+def sessions(scope: Scope, since: dt.datetime, until: dt.datetime, shown: int) -> list[dict[str, Any]]:
+    """The latest ``shown`` Codex sessions (Codex's session header or ``prompt_cache_key``) with a turn from
+    ``since`` to ``until``, latest first: when each began and last ran in the range, its turns, refusals,
+    tokens, cost, a key it used and its transports ("websocket", "http" or "both"). ``scope(start, end)``:
+    the request-log rows between two times that the page may show (bounded in every branch of an OR, so
+    that an index reads only those). The sessions are the first ``shown`` met reading the rows newest
+    first, an hour, six hours, a day, a week, then the rest (each query sorts only its window's rows),
+    then only their rows are summed (the session index)."""
+    latest: dict[str, None] = {}
+    now = timezone.now()
+    bounds = [
+        until,
+        *sorted({max(since, now - dt.timedelta(hours=h)) for h in (1, 6, 24, 168)}, reverse=True),
+    ]
+    for end, start in zip(bounds, [*bounds[1:], since], strict=True):
+        if start >= end:
+            continue
+        window = scope(start, end).exclude(session_id="").exclude(endpoint=TEST_ENDPOINT)
+        for session_id in window.order_by("-created_at").values_list("session_id", flat=True).iterator(2000):
+            latest.setdefault(session_id)
+            if len(latest) >= shown:
+                break
+        if len(latest) >= shown:
+            break
+    rows = scope(since, until).exclude(endpoint=TEST_ENDPOINT)
+    found = list(
+        rows.filter(session_id__in=list(latest))
+        .order_by()
+        .values("session_id")
+        .annotate(
+            first=Min("created_at"),
+            last=Max("created_at"),
+            turns=Count("pk"),
+            input=Coalesce(Sum("input_tokens"), 0),
+            output=Coalesce(Sum("output_tokens"), 0),
+            cost=Sum("cost"),
+            websocket=Count("pk", filter=Q(client_transport="websocket")),
+            refused=Count("pk", filter=Q(status__gte=400)),
+            key=Max("api_key_id"),
+        )
+    )
+    found.sort(key=lambda r: r["last"], reverse=True)
+    for r in found:
+        r["tokens"] = r["input"] + r["output"]
+        r["transport"] = (
+            "websocket" if r["websocket"] == r["turns"] else "http" if not r["websocket"] else "both"
+        )
+    return found
 
 
 def names_of(model: Any, ids: set[Any], attr: str = "name") -> dict[Any, str]:
@@ -365,6 +459,7 @@ class Usage:
     refusals: list[dict[str, Any]]
     ttfe: list[dict[str, Any]]
     budgets: list[dict[str, Any]]
+    people: list[dict[str, Any]]
 
 
 def usage(f: Filters) -> Usage:
@@ -378,15 +473,14 @@ def usage(f: Filters) -> Usage:
 
 
 def _usage(f: Filters) -> Usage:
-    qs = queryset(f)
-    cells = rolled(f)  # everything but the latency percentiles, from the hourly roll-up
-    days, transports = daily(cells, f)
+    cells = rolled(f)  # the daily roll-up; the latency percentiles from theirs
+    days, transports, fallbacks, refusals = overview(cells, f)
     totals = {k: sum(d[k] for d in days) for k in SUMS}
     provider_names = dict(Provider.objects.values_list("pk", "name"))
     team_column = f"{team_field()}_id" if team_field() else None
     ranked = tops(
         cells,
-        ["api_key_id", "provider_id", "upstream_model", *([team_column] if team_column else [])],
+        ["api_key_id", "provider_id", "upstream_model", "owner_id", *([team_column] if team_column else [])],
         named_only=("upstream_model",),
     )
     key_rows = ranked["api_key_id"]
@@ -404,10 +498,8 @@ def _usage(f: Filters) -> Usage:
     for r in transports:
         r["client_label"] = _label(Transport, r["client_transport"])
         r["upstream_label"] = _label(Transport, r["upstream_transport"]) or _("none")
-    fallbacks = shares(cells.exclude(fallback_reason=""), ["fallback_reason"], totals["turns"])
     for r in fallbacks:
         r["label"] = _label(FallbackReason, r["fallback_reason"])
-    refusals = shares(cells.filter(status_class__gte=4, provider_id=0), ["error_code"], totals["turns"])
     for r in refusals:
         r["label"] = error_label(r["error_code"]) or _("(no code)")
     return Usage(
@@ -421,8 +513,9 @@ def _usage(f: Filters) -> Usage:
         transports=transports,
         fallbacks=fallbacks,
         refusals=refusals,
-        ttfe=percentiles(qs, provider_names),
+        ttfe=percentiles(f, provider_names),
         budgets=budgets(f),
+        people=people(ranked["owner_id"]),
     )
 
 
@@ -575,18 +668,22 @@ def chargeback_csv(f: Filters, period: str) -> StreamingHttpResponse:
     return _csv_response(rows(), f"sluice-chargeback-{period}-{f.start}-{f.end}.csv")
 
 
-def people(f: Filters) -> list[dict[str, Any]]:
-    """Spend per person (the owner of the keys when the turns ran), the top ten, within the filters."""
+def people(ranked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Spend per person (the owner of the keys when the turns ran), the top ten (``tops``' ranking of the
+    owners), named."""
     from django.contrib.auth import get_user_model  # imported here: the user model is ready with the apps
 
-    ranked = list(
-        queryset(f)
-        .values("owner_id")
-        .annotate(cost=SUMS["cost"], turns=Count("pk"))
-        .order_by("-cost", "-turns")[:TOP]
-    )
-    names = names_of(get_user_model(), {r["owner_id"] for r in ranked}, "username")
-    return [{"id": r["owner_id"], "name": names.get(r["owner_id"]) or _("(no owner)"), **r} for r in ranked]
+    names = names_of(get_user_model(), {r["id"] for r in ranked}, "username")
+    return [{**r, "id": r["id"] or None, "name": names.get(r["id"]) or _("(no owner)")} for r in ranked]
+
+
+def model_choices(f: Filters) -> list[str]:
+    """The models of the last 90 days (of the lead's teams), for the model filter: from the roll-up."""
+    cells = UsageDay.objects.filter(day__gte=timezone.now().astimezone(dt.UTC).date() - dt.timedelta(days=90))
+    if f.teams is not None:
+        cells = cells.filter(team_id__in=f.teams)
+    models = cells.exclude(upstream_model="").values_list("upstream_model", flat=True)
+    return list(models.distinct().order_by("upstream_model")[:200])
 
 
 def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
@@ -619,27 +716,18 @@ def render_context(request: HttpRequest, u: Usage) -> dict[str, Any]:
             bar_chart(labels, [(_("turns"), [d["turns"] for d in u.days])], count, _("Turns per day")),
         ),
     ]
-    scoped = RequestLog.objects.all()
     keys = ApiKey.objects.all()
     teams = team_model().objects.all() if team_field() else None
     if u.filters.teams is not None:
-        scoped = scoped.filter(team_id__in=u.filters.teams)
         keys = keys.filter(team_id__in=u.filters.teams)
         teams = teams.filter(pk__in=u.filters.teams) if teams is not None else None
-    models = (
-        scoped.filter(created_at__gte=timezone.now() - dt.timedelta(days=90))
-        .exclude(upstream_model="")
-        .values_list("upstream_model", flat=True)
-        .distinct()
-        .order_by("upstream_model")[:200]
-    )
     return {
         "usage": u,
-        "people": people(u.filters),
+        "people": u.people,
         "charts": charts,
         "keys": keys.order_by("name").values_list("pk", "name"),
         "providers": Provider.objects.order_by("name").values_list("pk", "name"),
-        "models": list(models),
+        "models": model_choices(u.filters),
         "teams": teams,
         "query": u.filters.query(),
         "rows_range": urlencode(

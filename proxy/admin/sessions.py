@@ -4,46 +4,32 @@
 import datetime as dt
 from typing import Any
 
-from django.db.models import Count, Max, Min, Q, Sum
-from django.db.models.functions import Coalesce
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
+from proxy.admin import dashboard
 from proxy.models import ApiKey, RequestLog
 
 SESSIONS_SHOWN = 200
 
 
 def sessions(rows: Any, days: int) -> list[dict[str, Any]]:
-    """The latest sessions of ``rows`` (a request-log queryset) in the last ``days`` days."""
-    since = timezone.now() - dt.timedelta(days=days)
-    grouped = (
-        rows.filter(created_at__gte=since)
-        .exclude(session_id="")
-        .exclude(endpoint="provider_test")
-        .values("session_id")
-        .annotate(
-            first=Min("created_at"),
-            last=Max("created_at"),
-            turns=Count("pk"),
-            input=Coalesce(Sum("input_tokens"), 0),
-            output=Coalesce(Sum("output_tokens"), 0),
-            cost=Sum("cost"),
-            websocket=Count("pk", filter=Q(client_transport="websocket")),
-            refused=Count("pk", filter=Q(status__gte=400)),
-            key=Max("api_key_id"),
-        )
-        .order_by("-last")[:SESSIONS_SHOWN]
+    """The latest sessions of ``rows`` (a request-log queryset) in the last ``days`` days, with their key's
+    name."""
+    now = timezone.now()
+    found = dashboard.sessions(
+        lambda start, end: rows.filter(created_at__gte=start, created_at__lt=end),
+        now - dt.timedelta(days=days),
+        now + dt.timedelta(days=1),  # and rows stamped by a clock ahead of ours
+        SESSIONS_SHOWN,
     )
-    found = list(grouped)
     names = dict(ApiKey.objects.filter(pk__in={r["key"] for r in found}).values_list("pk", "name"))
+    labels = {"websocket": _("WebSocket"), "http": _("HTTP"), "both": _("both")}
     for r in found:
         r["key_name"] = names.get(r["key"], "—")
-        r["transport"] = (
-            _("WebSocket") if r["websocket"] == r["turns"] else _("HTTP") if not r["websocket"] else _("both")
-        )
+        r["transport"] = labels[r["transport"]]
     return found
 
 

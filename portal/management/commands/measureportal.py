@@ -1,23 +1,22 @@
 """Time the portal's pages on the request log as it is (after ``filllogs``): a scratch database only, it
-hands a key and a team to a measuring person."""
+makes the owner of the busiest key the lead of its team."""
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
 import time
 from typing import Any
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
+from django.db.models import Sum
 from django.test import Client
+from django.utils import timezone
 from django.utils.translation import gettext as _
 
 from identity.models import Membership, Role
-from proxy.models import ApiKey, RequestLog, Team
-
-USERNAME = "portal-measure"
-TEAM = "portal-measure"
+from proxy.models import ApiKey, Team, UsageDay
 
 
 class Command(BaseCommand):
@@ -27,10 +26,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--runs", type=int, default=5, help=_("Requests per page."))
-        parser.add_argument("--team-keys", type=int, default=10, help=_("Keys in the measured team."))
 
     def handle(self, *args: Any, **options: Any) -> None:
-        user, team = self.prepare(int(options["team_keys"]))
+        user, team = self.prepare()
         client = Client(HTTP_HOST="127.0.0.1")
         client.force_login(user)
         pages = [
@@ -56,17 +54,23 @@ class Command(BaseCommand):
                 f"({statistics.median(cpus) * 1000:.0f} ms CPU)"
             )
 
-    def prepare(self, team_keys: int) -> tuple[Any, Team]:
-        """A person who leads a team of ``team_keys`` generated keys and owns the first of them."""
-        keys = list(ApiKey.objects.order_by("pk").values_list("pk", flat=True)[:team_keys])
-        if not keys:
+    def prepare(self) -> tuple[Any, Team]:
+        """The owner of the busiest key of the last 30 days, made the lead of its team: the heaviest
+        person's pages."""
+        since = timezone.now().date() - dt.timedelta(days=29)
+        busiest = (
+            UsageDay.objects.filter(day__gte=since)
+            .exclude(api_key_id=0)
+            .values("api_key_id")
+            .annotate(n=Sum("turns"))
+            .order_by("-n")
+            .first()
+        )
+        key = ApiKey.objects.filter(pk=busiest["api_key_id"]).first() if busiest else None
+        if key is None or key.owner is None or key.team is None:
             raise CommandError(_("No keys: run filllogs first."))
-        user, _created = get_user_model().objects.get_or_create(username=USERNAME)
-        team, _created = Team.objects.get_or_create(name=TEAM)
-        Membership.objects.update_or_create(user=user, team=team, defaults={"role": Role.LEAD})
-        ApiKey.objects.filter(pk__in=keys).update(team=team)
-        ApiKey.objects.filter(pk=keys[0]).update(owner=user)
-        RequestLog.objects.filter(api_key_id__in=keys, team__isnull=True).update(team=team)
+        team = key.team
+        Membership.objects.update_or_create(user=key.owner, team=team, defaults={"role": Role.LEAD})
         with connection.cursor() as cursor:  # as a deployment's database would have them
             cursor.execute("VACUUM ANALYZE" if connection.vendor == "postgresql" else "ANALYZE")
-        return user, team
+        return key.owner, team

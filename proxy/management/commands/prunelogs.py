@@ -6,7 +6,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.translation import gettext as _
 
-from proxy.models import RequestLog, UsageHour
+from proxy.models import LatencyDay, RequestLog, UsageDay, UsageHour
 from proxy.usage import rollup
 from proxy.usage.batches import BATCH, delete_in_batches
 
@@ -17,10 +17,12 @@ def prune(older_than_days: int, batch: int = BATCH) -> int:
     cutoff = timezone.now() - dt.timedelta(days=older_than_days)
     deleted = delete_in_batches(RequestLog.objects.filter(created_at__lt=cutoff).order_by(), batch)
     with transaction.atomic():
-        # The roll-up forgets the same hours; the hour the cutoff falls in is summed again.
-        hour = cutoff.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0)
-        UsageHour.objects.filter(hour__lt=hour).delete()
-        rollup.rebuild(hour, hour + dt.timedelta(hours=1))
+        # The roll-ups forget the same days; the day the cutoff falls in is summed again.
+        day = cutoff.astimezone(dt.UTC).date()
+        UsageHour.objects.filter(hour__lt=dt.datetime.combine(day, dt.time.min, dt.UTC)).delete()
+        UsageDay.objects.filter(day__lt=day).delete()
+        LatencyDay.objects.filter(day__lt=day).delete()
+        rollup.rebuild(day, day)
     return deleted
 
 
