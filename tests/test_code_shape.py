@@ -22,15 +22,9 @@ SKIPPED_DIRS = frozenset({"migrations", "tests", ".venv", "__pycache__"})
 MAX_CLASS_LINES = 250
 MAX_FUNCTION_LINES = 60
 
-# (path, qualified name, rule) of what still breaks a rule, to be mended.
-KNOWN: frozenset[tuple[str, str, str]] = frozenset(
-    {
-        ("proxy/admin/dashboard.py", "render_context", "function"),
-        ("proxy/usage/logwriter.py", "write", "function"),
-        ("proxy/usage/rollup.py", "_upsert", "import"),
-        ("proxy/usage/rollup.py", "rebuild", "import"),
-    }
-)
+# (path, qualified name, rule) of what still breaks a rule, to be mended: none now. An entry added here must
+# still break its rule, so the list only shrinks.
+KNOWN: frozenset[tuple[str, str, str]] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -254,10 +254,6 @@ class DatabaseDown(Exception):
 def write(batch: list[TurnRecord]) -> None:
     # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
     from django.db import IntegrityError, transaction
-    from django.db.models import F
-    from django.db.models.functions import Coalesce, Greatest
-
-    from proxy.models import ApiKey
 
     prices = model_prices.get()
     priced: dict[str, Any] = {}  # model -> price, for this batch (an unpriced model scans the whole table)
@@ -277,39 +273,10 @@ def write(batch: list[TurnRecord]) -> None:
             tracing.end_turn(r, spent, team_names.get().get(r.team_id, ""))
         if r.dropped:
             continue
-        finished = r.finished_at or r.started
         created = dt.datetime.fromtimestamp(r.created_at, dt.UTC)
         if r.key_id is not None:
             used[r.key_id] = max(used.get(r.key_id, created), created)
-        rows.append(
-            (
-                created,
-                r.key_id,
-                r.provider_id,
-                r.endpoint,
-                r.requested_model[:200],
-                model[:200],
-                r.status,
-                (r.error_code or o.error_code)[:100],
-                o.input_tokens,
-                o.cached_input_tokens,
-                o.output_tokens,
-                o.reasoning_tokens,
-                spent,
-                (r.first_event_at - r.started) * 1000 if r.first_event_at else None,
-                (finished - r.started) * 1000,
-                r.client_transport,
-                r.upstream_transport,
-                r.fallback_reason,
-                r.ws_handshake_ms,
-                r.upstream_ws_url[:500],
-                o.response_id[:200],
-                r.session_id[:200],
-                r.team_id,
-                r.owner_id,
-                r.trace_id,
-            )
-        )
+        rows.append(_row(r, model, spent, created))
     now = time.monotonic()
     used = {
         k: v
@@ -335,12 +302,57 @@ def write(batch: list[TurnRecord]) -> None:
     dropped = sum(1 for r in batch if r.dropped)
     if dropped:
         metrics.log_dropped.labels("rate_limited").inc(dropped)
+    _mark_used(used, now)
+
+
+def _mark_used(used: dict[int, dt.datetime], now: float) -> None:
+    """Each key's last use, at most once per ``LAST_USED_RESOLUTION`` (a write per key, not per turn)."""
+    # Imported here: the ORM and the models need Django's apps loaded; this module is imported without them.
+    from django.db import transaction
+    from django.db.models import F
+    from django.db.models.functions import Coalesce, Greatest
+
+    from proxy.models import ApiKey
+
     with transaction.atomic():
         for key_id, when in used.items():
             _last_used_written[key_id] = now
             ApiKey.objects.filter(pk=key_id).update(
                 last_used_at=Greatest(Coalesce(F("last_used_at"), when), when)
             )
+
+
+def _row(r: TurnRecord, model: str, spent: Decimal | None, created: dt.datetime) -> tuple:
+    """The request-log row of ``r``, in ``COLUMNS`` order."""
+    o = r.outcome
+    finished = r.finished_at or r.started
+    return (
+        created,
+        r.key_id,
+        r.provider_id,
+        r.endpoint,
+        r.requested_model[:200],
+        model[:200],
+        r.status,
+        (r.error_code or o.error_code)[:100],
+        o.input_tokens,
+        o.cached_input_tokens,
+        o.output_tokens,
+        o.reasoning_tokens,
+        spent,
+        (r.first_event_at - r.started) * 1000 if r.first_event_at else None,
+        (finished - r.started) * 1000,
+        r.client_transport,
+        r.upstream_transport,
+        r.fallback_reason,
+        r.ws_handshake_ms,
+        r.upstream_ws_url[:500],
+        o.response_id[:200],
+        r.session_id[:200],
+        r.team_id,
+        r.owner_id,
+        r.trace_id,
+    )
 
 
 COLUMNS = (

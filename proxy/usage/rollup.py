@@ -27,6 +27,7 @@ from django.db.models import Count, Func, IntegerField, Model, Sum
 from django.db.models.functions import Coalesce, TruncHour
 
 from proxy.common.labels import Endpoint
+from proxy.models import LatencyDay, RequestLog, UsageDay, UsageHour
 
 MEASURES = ("turns", "cost", "input_tokens", "cached_input_tokens", "output_tokens", "reasoning_tokens")
 IDS = ("api_key_id", "team_id", "provider_id", "owner_id")
@@ -56,8 +57,6 @@ def bucket_ms(number: float) -> float:
 
 
 def _tables() -> tuple[tuple[type[Model], tuple[str, ...]], ...]:
-    from proxy.models import LatencyDay, UsageDay, UsageHour
-
     return tuple((m, cell_columns(m)) for m in (UsageHour, UsageDay, LatencyDay))
 
 
@@ -188,7 +187,6 @@ class Floor(Func):
 def rebuild(first: dt.date, last: dt.date) -> int:
     """Recompute the cells of the UTC days ``first`` to ``last`` (both included) from the request log;
     returns how many cells it wrote."""
-    from proxy.models import LatencyDay, RequestLog, UsageDay, UsageHour
 
     since = dt.datetime.combine(first, dt.time.min, dt.UTC)
     until = dt.datetime.combine(last + dt.timedelta(days=1), dt.time.min, dt.UTC)
