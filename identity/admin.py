@@ -1,12 +1,8 @@
-from typing import Any
-
 from django.contrib import admin
-from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from identity.models import BreakGlass, Membership, OidcSubject
-from proxy.admin.modeladmins import LedTeamsFilter, led_teams
-from proxy.models import Team
+from proxy.admin.modeladmins import LedTeamsFilter, LedTeamsOnly
 
 
 @admin.register(OidcSubject)
@@ -33,7 +29,7 @@ class BreakGlassAdmin(admin.ModelAdmin):
 
 
 @admin.register(Membership)
-class MembershipAdmin(admin.ModelAdmin):
+class MembershipAdmin(LedTeamsOnly, admin.ModelAdmin):
     """People in teams: a lead sees the team's people, usage and keys in the portal. Memberships from the
     identity provider are set again at each sign-in; those set here by hand stay."""
 
@@ -42,16 +38,3 @@ class MembershipAdmin(admin.ModelAdmin):
     search_fields = ("user__username", "user__email", "team__name")
     autocomplete_fields = ("user", "team")
     readonly_fields = ("source", "created_at")
-
-    # A team lead (staff, not a superuser) sees, changes and adds only their teams' memberships.
-    def get_queryset(self, request: HttpRequest) -> QuerySet[Membership]:
-        qs = super().get_queryset(request)
-        led = led_teams(request)
-        return qs if led is None else qs.filter(team_id__in=led)
-
-    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        """A lead's team choices are their teams: a form posted with another team is refused."""
-        led = led_teams(request)
-        if led is not None and db_field.name == "team":
-            kwargs["queryset"] = Team.objects.filter(pk__in=led)
-        return super().formfield_for_foreignkey(db_field, request, **kwargs)

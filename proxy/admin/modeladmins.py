@@ -85,6 +85,22 @@ class GroupListField(ModelListField):
             raise ValidationError(_("A group name has at most 255 characters."))
 
 
+class LedTeamsOnly:
+    """For the admin of a model whose rows belong to a team: a team lead (staff, not a superuser) sees,
+    changes and adds only their teams' rows, and a form posted with another team is refused."""
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        qs = super().get_queryset(request)  # type: ignore[misc]
+        led = led_teams(request)
+        return qs if led is None else qs.filter(team_id__in=led)
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        led = led_teams(request)
+        if led is not None and db_field.name == "team":
+            kwargs["queryset"] = Team.objects.filter(pk__in=led)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
+
+
 class LimitsAdmin(admin.ModelAdmin):
     """Limits beside their current usage, read from the counters admission checks against."""
 
@@ -211,7 +227,7 @@ class TeamAdmin(KeepsRecordAdmin, LimitsAdmin):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
+class ApiKeyAdmin(LedTeamsOnly, KeepsRecordAdmin, LimitsAdmin):
     scope_prefix = "k"
     list_display = (
         "name",
@@ -300,17 +316,10 @@ class ApiKeyAdmin(KeepsRecordAdmin, LimitsAdmin):
             ) % {"models": ", ".join(team.allowed_models)}
         return form
 
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiKey]:
-        qs = super().get_queryset(request)
-        led = led_teams(request)
-        return qs if led is None else qs.filter(team_id__in=led)
-
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
-        """A lead gives keys only to their teams and to those teams' people."""
+        """A lead gives keys only to their teams (``LedTeamsOnly``) and to those teams' people."""
         led = led_teams(request)
-        if led is not None and db_field.name == "team":
-            kwargs["queryset"] = Team.objects.filter(pk__in=led)
-        elif led is not None and db_field.name == "owner":
+        if led is not None and db_field.name == "owner":
             people = db_field.related_model.objects.filter(memberships__team_id__in=led)
             kwargs["queryset"] = people.distinct()
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
