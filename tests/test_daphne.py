@@ -18,6 +18,35 @@ from tests.helpers import manage
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def start_daphne(env: dict[str, str]) -> tuple[str, subprocess.Popen[bytes]]:
+    """daphne on a free port of 127.0.0.1; another port when another process took that one first (the
+    port is free when chosen, not always when daphne binds it)."""
+    for _attempt in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while process.poll() is None:
+            try:
+                httpx.get(url + "/healthz", timeout=1)
+                return url, process
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        process.kill()
+        detail = process.stderr.read().decode() if process.stderr else ""
+        if "Address already in use" not in detail:
+            raise RuntimeError(detail or "daphne did not start")
+    raise RuntimeError("daphne found no free port")
+
+
 @pytest.fixture
 def daphne_gateway(tmp_path, upstream):
     env = {
@@ -38,26 +67,7 @@ def daphne_gateway(tmp_path, upstream):
         upstream.api_key,
     )
     key = manage(env, "createapikey", "--name", "daphne").strip().splitlines()[-1]
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "config.asgi:application"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url + "/healthz", timeout=1)
-            break
-        except httpx.HTTPError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                detail = process.stderr.read().decode() if process.stderr else "daphne did not start"
-                raise RuntimeError(detail) from None
-            time.sleep(0.1)
+    url, process = start_daphne(env)
     yield url, key
     process.terminate()
     process.wait(10)
