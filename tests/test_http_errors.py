@@ -112,8 +112,11 @@ def stream(gateway, key: str):
     )
 
 
-def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, api_key):
+@pytest.mark.parametrize("delay", [0, 0.05], ids=["events-together", "events-apart"])
+def test_upstream_drop_mid_stream_ends_with_an_error_event(gateway, upstream, api_key, delay):
+    """The error event is numbered after every event relayed, however the reads batched them."""
     upstream.drop_after_events = 3
+    upstream.event_delay = delay
     make_provider(upstream)
     with stream(gateway, api_key) as response:
         assert response.status_code == 200

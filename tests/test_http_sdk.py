@@ -226,11 +226,30 @@ def test_a_key_that_expires_while_the_key_snapshot_is_cached_stops_at_its_expiry
     assert upstream.http_requests == 1
 
 
-def test_unknown_model_is_a_clear_404(gateway, upstream, api_key):
-    make_provider(upstream, allowed_models=["gpt-5.5"])
+def test_unknown_model_is_a_clear_404_and_no_provider_a_503(gateway, upstream, api_key):
+    provider = make_provider(upstream, allowed_models=["gpt-5.5"])
+    client = sdk(gateway, api_key)
     with pytest.raises(openai.NotFoundError) as info:
-        sdk(gateway, api_key).responses.create(model="gpt-4-nope", input="x")
-    assert info.value.body["code"] == "model_not_found"
+        client.responses.create(model="gpt-4-nope", input="x")
+    assert info.value.body == {
+        "type": "invalid_request_error",
+        "code": "model_not_found",
+        "message": "The model 'gpt-4-nope' is not served by this gateway.",
+        "param": "model",
+    }
+    # A request that names no model (a retrieve) with no provider left to ask.
+    stored = client.responses.create(model="gpt-5.5", input="x")
+    provider.enabled = False
+    provider.save()
+    with pytest.raises(openai.InternalServerError) as info:
+        client.responses.retrieve(stored.id)
+    assert info.value.status_code == 503
+    assert info.value.body == {
+        "type": "server_error",
+        "code": "no_provider",
+        "message": "No upstream provider is enabled.",
+        "param": None,
+    }
 
 
 @pytest.mark.parametrize("answered", [True, False], ids=["answered", "failed"])

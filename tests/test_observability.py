@@ -5,7 +5,9 @@ import datetime as dt
 import html
 import io
 import json
+import logging
 import re
+import socket
 from decimal import Decimal
 from io import StringIO
 
@@ -210,6 +212,39 @@ def test_refusals_without_a_key_are_rate_limited_per_address(gateway):
         before, "sluice_refusals_total", code="invalid_api_key"
     )
     assert refused == logwriter.ANONYMOUS_ROWS_PER_MINUTE + 15, "metrics count every refusal"
+    logwriter._anonymous.clear()
+
+
+def test_a_refusal_without_a_key_is_logged_and_allowed_rows_by_its_own_address(gateway, caplog):
+    """The allowance of rows is per client address (not per connection: each refusal below comes on a
+    connection of its own, from a port of its own), and the log line of a refusal names its method, path
+    and address, or a socket's upgrade."""
+    logwriter._anonymous.clear()
+    other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+    with caplog.at_level(logging.INFO, logger="sluice.refusals"):
+        for _ in range(logwriter.ANONYMOUS_ROWS_PER_MINUTE + 5):
+            assert httpx.get(gateway.url + "/v1/models").status_code == 401
+        assert other.post(gateway.url + "/v1/responses", json={"model": "gpt-5.5"}).status_code == 401
+        upgrade = socket.create_connection(("127.0.0.1", gateway.port), source_address=("127.0.0.2", 0))
+        with pytest.raises(InvalidStatus):
+            ws_connect(gateway.url.replace("http", "ws", 1) + "/v1/responses", sock=upgrade)
+    rows = request_logs(logwriter.ANONYMOUS_ROWS_PER_MINUTE + 2, timeout=2)
+    assert len(rows) == logwriter.ANONYMOUS_ROWS_PER_MINUTE + 2, (
+        "the other address has an allowance of its own"
+    )
+    assert [(r.endpoint, r.client_transport) for r in rows[-2:]] == [
+        ("responses", "http"),
+        ("responses", "websocket"),
+    ]
+    lines = [r.getMessage() for r in caplog.records if r.name == "sluice.refusals"]
+    assert lines[0].startswith("refused GET /v1/models from 127.0.0.1 (http, models): 401 "), lines[0]
+    assert lines[-2].startswith("refused POST /v1/responses from 127.0.0.2 (http, responses): 401 "), lines[
+        -2
+    ]
+    assert lines[-1].startswith(
+        "refused WEBSOCKET /v1/responses from 127.0.0.2 (websocket, responses): 401 "
+    ), lines[-1]
+    other.close()
     logwriter._anonymous.clear()
 
 

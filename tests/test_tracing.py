@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -226,6 +227,24 @@ def test_a_refused_turn_is_a_span_with_its_error(receiver, upstream):
         (admission,) = by_name(receiver.trace(CLIENT_TRACE, 2), "admission")
         assert admission["status"] == 2 and admission["parent"] == turn["span_id"]
         assert not by_name(receiver.spans, "upstream attempt")
+
+
+def test_a_request_refused_before_its_turn_is_a_span_in_the_clients_trace(receiver, upstream):
+    """No key, so no turn began: the refusal's span is still the client's child, with its status."""
+    make_provider(upstream)
+    with served(receiver) as server:
+        refused = httpx.post(
+            server.url + "/v1/responses",
+            json={"model": "gpt-5.5", "input": PROMPT},
+            headers={"traceparent": TRACEPARENT},
+            timeout=20,
+        )
+        assert refused.status_code == 401
+        (turn,) = receiver.trace(CLIENT_TRACE, 1)
+    assert turn["parent"] == CLIENT_SPAN and turn["kind"] == 2  # SERVER
+    assert turn["attributes"]["sluice.status"] == 401
+    assert turn["attributes"]["sluice.error_code"] == "invalid_api_key"
+    assert upstream.http_requests == 0
 
 
 def test_unconfigured_no_exporter_runs():
