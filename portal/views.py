@@ -108,17 +108,6 @@ def usage(request: HttpRequest) -> HttpResponse:
     return render(request, "portal/usage.html", context)
 
 
-# Spreadsheets run a cell that starts with one of these as a formula.
-FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
-
-
-def neutral(value: Any) -> Any:
-    """A CSV cell that a spreadsheet shows as text, never runs."""
-    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
-        return "'" + value
-    return value
-
-
 CSV_COLUMNS = (
     "created_at",
     "api_key_id",
@@ -161,8 +150,8 @@ def usage_csv(request: HttpRequest) -> StreamingHttpResponse:
         writer = csv.writer(_Echo())
         yield writer.writerow(["created_at", "key", *CSV_COLUMNS[2:]])
         for values in rows.values_list(*CSV_COLUMNS).iterator(2000):
-            cells = [neutral(v) for v in values]
-            cells[1] = neutral(names.get(values[1], ""))
+            cells = [dashboard.neutral(v) for v in values]
+            cells[1] = dashboard.neutral(names.get(values[1], ""))
             cells[COST] = "" if values[COST] is None else dashboard.usd(values[COST])
             yield writer.writerow(cells)
 

@@ -112,9 +112,8 @@ async def _relay(
 ) -> HttpResponse:
     """One turn over HTTP: the request read, then the ``Turn`` admitted, routed and opened; the handler
     closes the turn once the response is sent or the client is gone (``ApiHandler.handle``)."""
-    address = client_address(request.scope)  # type: ignore[attr-defined]
-    where = f"{request.method} {request.path} from {address or '?'}"
-    turn = Turn(client, "http", endpoint, parent=headers, client_addr=address, where=where)
+    scope = request.scope  # type: ignore[attr-defined]
+    turn = Turn(client, "http", endpoint, parent=headers, client_addr=client_address(scope), scope=scope)
     request.turn = turn  # type: ignore[attr-defined]
     raw: bytes | None = None
     body: dict[str, Any] | None = None

@@ -62,10 +62,10 @@ class Turn:
         link: Any = None,
         kept: list[TurnRecord] | None = None,
         client_addr: str = "",
-        where: str = "",
+        scope: Mapping[str, Any] | None = None,
     ) -> None:
         self.client = client
-        self.where = where  # for the log line of a refusal: the method and path, and the client's address
+        self.scope = scope  # the request's, read only for a refusal's log line
         self.record = TurnRecord(
             key_id=client.key_id if client is not None else None,
             team_id=client.team_id if client is not None else None,
@@ -100,9 +100,7 @@ class Turn:
         parent = None
         if tracing.ENABLED:
             parent = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or ()}
-        address = client_address(scope)
-        where = f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')} from {address or '?'}"
-        turn = cls(client, transport, endpoint, parent=parent, client_addr=address, where=where)
+        turn = cls(client, transport, endpoint, parent=parent, client_addr=client_address(scope), scope=scope)
         return turn.refuse(error)
 
     # ----- what the client asked for -----
@@ -210,7 +208,7 @@ class Turn:
         record = self.record
         log.info(
             "refused %s (%s, %s): %s %s: %s",
-            self.where or "a turn",
+            self.where(),
             record.client_transport,
             record.endpoint,
             error.status,
@@ -221,6 +219,14 @@ class Turn:
         self.submit()
         error.recorded = True  # type: ignore[attr-defined]
         return error
+
+    def where(self) -> str:
+        """Where a refused request came from, for its log line: its method, path and address, or the key."""
+        if self.scope is not None:
+            scope = self.scope
+            address = client_address(scope) or "?"
+            return f"{scope.get('method', 'WEBSOCKET')} {scope.get('path', '')} from {address}"
+        return f"a turn of key {self.client.key_name}" if self.client is not None else "a turn"
 
     def broke(self, code: str, status: int = 502) -> None:
         """The upstream broke off, or sent an answer cut short, after the client's answer began."""

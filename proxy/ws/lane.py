@@ -142,7 +142,6 @@ class Lane:
             parent=tracing.turn_parent(frame),
             link=connection.trace_link,
             kept=connection.kept(),
-            where=f"response.create of key {connection.client.key_name}",
         )
         counted = False  # by the admission: an error before it still counts against the key's rate
         try:
